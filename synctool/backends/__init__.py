@@ -1,0 +1,29 @@
+"""Storage backends behind one small interface, found by URL scheme."""
+
+from synctool.backends.base import (
+    Backend,
+    BackendError,
+    BackendSpec,
+    DeleteError,
+    Entry,
+    FatalBackendError,
+    Location,
+    NotFound,
+    parse_bool,
+)
+from synctool.backends.registry import backend_class, open_backend, schemes
+
+__all__ = [
+    "Backend",
+    "BackendError",
+    "BackendSpec",
+    "DeleteError",
+    "Entry",
+    "FatalBackendError",
+    "Location",
+    "NotFound",
+    "backend_class",
+    "open_backend",
+    "parse_bool",
+    "schemes",
+]

@@ -1,0 +1,235 @@
+"""The contract every storage backend fulfils.
+
+A backend is one module under ``synctool/backends/`` holding one subclass of
+:class:`Backend`. The coordinator and the workers only ever see this class and
+:class:`BackendSpec`; they never import a concrete backend (the registry in
+``synctool.backends`` does, lazily, by URL scheme).
+
+To add a backend: write ``synctool/backends/NAME.py`` with a ``Backend``
+subclass, list its schemes in ``synctool.backends.registry.BUILTIN`` (or
+publish it under the ``synctool.backends`` entry-point group), and make it
+pass ``tests/backend_contract.py``.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from typing import ClassVar
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Entry:
+    """One file as a listing reports it."""
+
+    name: str  # path relative to the backend root, '/'-separated, no leading '/'
+    size: int
+    mtime: float  # seconds since the epoch (UTC)
+
+
+@dataclasses.dataclass(frozen=True)
+class Location:
+    """A backend URL taken apart. ``path`` is percent-decoded."""
+
+    scheme: str
+    user: str | None
+    password: str | None
+    host: str | None
+    port: int | None
+    path: str
+    query: dict[str, str]
+
+    @classmethod
+    def parse(cls, url: str) -> "Location":
+        """Parse a backend string; a plain path (no ``scheme://``) is ``file``."""
+        if not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", url):
+            return cls("file", None, None, None, None, url, {})
+        parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise BackendError(f"invalid port in backend URL: {exc}") from None
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        return cls(
+            scheme=parts.scheme.lower(),
+            user=unquote(parts.username) if parts.username is not None else None,
+            password=unquote(parts.password) if parts.password is not None else None,
+            host=parts.hostname,
+            port=port,
+            path=unquote(parts.path),
+            query=query,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendSpec:
+    """Everything a process needs to open a backend: small and picklable.
+
+    ``options`` is already merged: --global-options, then the side's own
+    option list, then the URL's query parameters, each winning over the last.
+    """
+
+    url: str
+    options: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def location(self) -> Location:
+        return Location.parse(self.url)
+
+
+class BackendError(Exception):
+    """A backend operation failed. ``retryable`` says whether trying again may help."""
+
+    retryable = True
+
+
+class FatalBackendError(BackendError):
+    """Trying again will not help: wrong credentials, missing bucket, refused host key."""
+
+    retryable = False
+
+
+class NotFound(BackendError):
+    """The named file or folder does not exist."""
+
+    retryable = False
+
+
+class UnsafeName(BackendError):
+    """A name that could escape the root: refused, never retried."""
+
+    retryable = False
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it is a safe relative path, else raise :class:`UnsafeName`.
+
+    Listings from S3 or an SFTP server may carry keys like ``../x``, ``/etc/x``,
+    ``a//b`` or a NUL byte; written naively they land outside the destination.
+    """
+    if not name:
+        raise UnsafeName("refusing an empty file name")
+    if "\x00" in name:
+        raise UnsafeName(f"refusing a name with a NUL byte: {name!r}")
+    if name.startswith("/"):
+        raise UnsafeName(f"refusing an absolute name: {name!r}")
+    for part in name.split("/"):
+        if part in ("", ".", ".."):
+            raise UnsafeName(f"refusing a name with an empty, '.' or '..' segment: {name!r}")
+    return name
+
+
+def parse_bool(value: str | bool | None, default: bool = False) -> bool:
+    """Duplicati-style boolean option value: an empty value (``--flag``) means true."""
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    text = value.strip().lower()
+    if text in ("", "1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+class Backend(abc.ABC):
+    """One storage location, opened once per process and reused for every job.
+
+    Names passed in and returned are always relative to the root of the
+    backend URL, with '/' separators. Every method may be called from several
+    threads of one process at once.
+    """
+
+    #: URL schemes served by this class, e.g. ("s3", "s3s").
+    schemes: ClassVar[tuple[str, ...]] = ()
+    #: Option keys this backend understands, with a one-line description.
+    #: Keys it does not know produce a warning, never a failure.
+    options: ClassVar[dict[str, str]] = {}
+    #: Option keys whose values are secrets: shown as *** everywhere.
+    secret_options: ClassVar[frozenset[str]] = frozenset()
+    #: How many jobs one worker process may run against this backend at once.
+    concurrency: ClassVar[int] = 4
+    #: Resolution of the modification times this backend lists, in seconds.
+    mtime_precision: ClassVar[float] = 1.0
+
+    def __init__(self, spec: BackendSpec):
+        self.spec = spec
+        self.location = spec.location
+
+    # -- required -------------------------------------------------------
+    @abc.abstractmethod
+    def prepare(self, create: bool) -> None:
+        """Check that the root exists and can be reached.
+
+        With ``create`` a missing root is created (the destination);
+        without it a missing root raises :class:`NotFound` (the source).
+        Unreachable servers and bad credentials raise :class:`FatalBackendError`.
+        """
+
+    @abc.abstractmethod
+    def list(self) -> Iterator[Entry]:
+        """Every file below the root, recursively, in any order.
+
+        Folders are not entries; empty folders do not show.
+        """
+
+    @abc.abstractmethod
+    def read(self, name: str) -> Iterator[bytes]:
+        """Stream a file's content as chunks. Closing the iterator releases it."""
+
+    @abc.abstractmethod
+    def write(
+        self,
+        name: str,
+        chunks: Iterable[bytes],
+        size: int,
+        mtime: float | None = None,
+        keep_old_as: str | None = None,
+    ) -> None:
+        """Store ``chunks`` as ``name``, all or nothing.
+
+        The iterator must be consumed to its end before the file becomes
+        visible under ``name``: the caller raises from it to abort (the
+        source changed, the run was interrupted), and then nothing is left
+        behind. With ``keep_old_as``, an existing ``name`` is kept under that
+        name before being replaced. ``mtime`` is applied where the backend
+        can store it. Missing parent folders are created.
+        """
+
+    @abc.abstractmethod
+    def rename(self, old: str, new: str) -> None:
+        """Rename a file on the server side."""
+
+    @abc.abstractmethod
+    def delete(self, names: Sequence[str]) -> None:
+        """Delete files. Raises :class:`DeleteError` naming every file that failed."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+    # -- helpers --------------------------------------------------------
+    def display_url(self) -> str:
+        """The URL with its secrets masked, for messages."""
+        from synctool.secrets import redact
+
+        return redact(self.spec.url)
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class DeleteError(BackendError):
+    """Some files of a batch delete failed: ``failures`` maps name to reason."""
+
+    def __init__(self, failures: dict[str, str]):
+        self.failures = failures
+        names = ", ".join(sorted(failures)[:5])
+        more = f" and {len(failures) - 5} more" if len(failures) > 5 else ""
+        super().__init__(f"could not delete {len(failures)} file(s): {names}{more}")

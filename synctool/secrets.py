@@ -1,0 +1,76 @@
+"""Keep secrets out of every line synctool prints or writes.
+
+Every secret value (a password in a URL, a secret key, an inline private key)
+is registered here as soon as the options are parsed; :func:`redact` then
+replaces it with ``***`` in any text. The log formatter, the progress display,
+error messages and the report all pass through it, so a secret that slips
+into an exception message from a library is still masked.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from urllib.parse import quote
+
+MASK = "***"
+
+#: Option keys that hold secrets, whatever backend they are for.
+SECRET_KEYS = frozenset(
+    {
+        "auth-password",
+        "aws-secret-access-key",
+        "aws-session-token",
+        "ssh-key",
+        "passphrase",
+        "password",
+        "secret",
+    }
+)
+
+_lock = threading.Lock()
+_secrets: set[str] = set()
+_pattern: re.Pattern[str] | None = None
+# A password in a URL: scheme://user:PASSWORD@host
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*:)(?P<pw>[^@/\s]+)(?=@)")
+
+
+def register(value: str | None) -> None:
+    """Mask ``value`` from now on (and its URL-encoded form)."""
+    global _pattern
+    if not value or len(value) < 3:
+        # Masking one- or two-character strings would shred ordinary text;
+        # such a secret is no secret anyway.
+        return
+    with _lock:
+        for form in {value, quote(value, safe=""), quote(value)}:
+            _secrets.add(form)
+            # Inline keys span lines; mask each long line of them too.
+            for line in form.splitlines():
+                if len(line.strip()) >= 16:
+                    _secrets.add(line.strip())
+        ordered = sorted(_secrets, key=len, reverse=True)
+        _pattern = re.compile("|".join(re.escape(s) for s in ordered))
+
+
+def register_options(options: dict[str, str], extra_keys: frozenset[str] = frozenset()) -> None:
+    for key, value in options.items():
+        if key.lower() in SECRET_KEYS or key.lower() in extra_keys:
+            register(value)
+
+
+def redact(text: object) -> str:
+    """``text`` with every registered secret and every URL password masked."""
+    out = _URL_PASSWORD.sub(lambda m: m.group("head") + MASK, str(text))
+    pattern = _pattern
+    if pattern is not None:
+        out = pattern.sub(MASK, out)
+    return out
+
+
+def clear() -> None:
+    """Forget all secrets (tests, and library calls that run many syncs)."""
+    global _pattern
+    with _lock:
+        _secrets.clear()
+        _pattern = None

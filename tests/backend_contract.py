@@ -1,0 +1,130 @@
+"""What every backend must do, as one test class (after rclone's fstests).
+
+A backend's test module subclasses :class:`BackendContract` and provides a
+``spec`` fixture: a :class:`BackendSpec` for a fresh, empty, writable root on
+a real server. Every test here then runs against that backend.
+"""
+
+from __future__ import annotations
+
+import time
+
+import blake3
+import pytest
+
+from synctool.backends import BackendSpec, DeleteError, NotFound, open_backend
+from synctool.backends.base import BackendError, Entry
+
+
+def _content(seed: int, size: int) -> bytes:
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += blake3.blake3(f"{seed}:{counter}".encode()).digest(length=65536)
+        counter += 1
+    return bytes(out[:size])
+
+
+def _chunks(data: bytes, step: int = 100_000):
+    for i in range(0, len(data), step):
+        yield data[i : i + step]
+
+
+class BackendContract:
+    @pytest.fixture
+    def backend(self, spec: BackendSpec):
+        b = open_backend(spec)
+        b.prepare(create=True)
+        yield b
+        b.close()
+
+    def listing(self, backend) -> dict[str, Entry]:
+        return {e.name: e for e in backend.list()}
+
+    def read_all(self, backend, name: str) -> bytes:
+        return b"".join(backend.read(name))
+
+    def test_empty_root_lists_nothing(self, backend):
+        assert list(backend.list()) == []
+
+    def test_write_then_list_and_read(self, backend):
+        data = _content(1, 300_000)
+        backend.write("a/b/c.bin", _chunks(data), len(data))
+        backend.write("top.txt", iter([b"hello"]), 5)
+        entries = self.listing(backend)
+        assert set(entries) == {"a/b/c.bin", "top.txt"}
+        assert entries["a/b/c.bin"].size == len(data)
+        assert abs(entries["top.txt"].mtime - time.time()) < 300
+        assert self.read_all(backend, "a/b/c.bin") == data
+        assert self.read_all(backend, "top.txt") == b"hello"
+
+    def test_zero_byte_file(self, backend):
+        backend.write("empty", iter([]), 0)
+        assert self.listing(backend)["empty"].size == 0
+        assert self.read_all(backend, "empty") == b""
+
+    def test_unicode_and_spaces(self, backend):
+        name = "dossier été/ファイル name with  spaces.txt"
+        backend.write(name, iter([b"x" * 10]), 10)
+        assert name in self.listing(backend)
+        assert self.read_all(backend, name) == b"x" * 10
+
+    def test_overwrite_replaces_content(self, backend):
+        backend.write("f", iter([b"old content"]), 11)
+        backend.write("f", iter([b"new"]), 3)
+        assert self.read_all(backend, "f") == b"new"
+        assert self.listing(backend)["f"].size == 3
+
+    def test_failed_write_leaves_nothing(self, backend):
+        backend.write("keep", iter([b"old"]), 3)
+
+        def broken():
+            yield b"x" * 1000
+            raise RuntimeError("source went away")
+
+        with pytest.raises(RuntimeError):
+            backend.write("keep", broken(), 2000)
+        with pytest.raises(RuntimeError):
+            backend.write("new/file", broken(), 2000)
+        # the old file is intact, nothing half-written or temporary shows
+        assert set(self.listing(backend)) == {"keep"}
+        assert self.read_all(backend, "keep") == b"old"
+
+    def test_keep_old_as(self, backend):
+        backend.write("d/f", iter([b"v1"]), 2)
+        backend.write("d/f", iter([b"v2!"]), 3, keep_old_as="d/20260101000000.old.f")
+        assert self.read_all(backend, "d/f") == b"v2!"
+        assert self.read_all(backend, "d/20260101000000.old.f") == b"v1"
+
+    def test_rename(self, backend):
+        backend.write("x/one", iter([b"1"]), 1)
+        backend.rename("x/one", "x/20260101000000.old.one")
+        assert set(self.listing(backend)) == {"x/20260101000000.old.one"}
+
+    def test_delete(self, backend):
+        for i in range(5):
+            backend.write(f"d/{i}", iter([b"z"]), 1)
+        backend.delete(["d/0", "d/1", "d/2"])
+        assert set(self.listing(backend)) == {"d/3", "d/4"}
+        backend.delete(["d/missing"])  # deleting what is gone is not an error
+
+    def test_read_missing(self, backend):
+        with pytest.raises(BackendError):
+            self.read_all(backend, "nope")
+
+    def test_unsafe_names_refused(self, backend):
+        for bad in ("../escape", "/abs", "a//b", "a/./b", "nul\x00byte"):
+            with pytest.raises(BackendError):
+                backend.write(bad, iter([b"x"]), 1)
+        assert list(backend.list()) == []
+
+    def test_mtime_kept_where_supported(self, backend):
+        backend.write("m", iter([b"m"]), 1, mtime=1_600_000_000.0)
+        mtime = self.listing(backend)["m"].mtime
+        # Backends that cannot store mtimes report the upload time instead,
+        # which is never older than the source's.
+        assert mtime >= 1_600_000_000.0 - backend.mtime_precision
+
+
+def assert_not_found(exc: Exception) -> bool:
+    return isinstance(exc, (NotFound, DeleteError))
