@@ -1,0 +1,62 @@
+"""The library entry point: ``synctool.sync(source, destination, **options)``."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from synctool.coordinator import Coordinator, Env
+from synctool.errors import UsageError
+from synctool.options import SyncOptions, parse_log_level
+from synctool.report import Report
+
+_FIELDS = {f.name for f in dataclasses.fields(SyncOptions)} - {"source", "destination"}
+
+
+def sync(
+    source: str,
+    destination: str,
+    *,
+    src_options: Mapping[str, Any] | None = None,
+    dst_options: Mapping[str, Any] | None = None,
+    global_options: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> Report:
+    """Make ``destination`` an exact mirror of ``source`` and return the run's :class:`Report`.
+
+    Keyword options are the command line's, in Python spelling: ``dry_run``,
+    ``force``, ``retention``, ``retry``, ``verify_contents``,
+    ``verify_get_after_put``, ``workers``, ``max_delete``, ``retry_delay``
+    (seconds), ``log_level`` ("Information", "Verbose", ...), ``progress``,
+    ``report_file``. Nothing is asked: a library call is its own confirmation.
+    A failed run does not raise; look at ``report.exit_code`` or call
+    ``report.raise_for_status()``. Bad arguments raise :class:`UsageError`.
+    """
+    unknown = set(options) - _FIELDS
+    if unknown:
+        raise UsageError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    if "log_level" in options and isinstance(options["log_level"], str):
+        options["log_level"] = parse_log_level(options["log_level"])
+    if options.get("retry_delay") is None:
+        options.pop("retry_delay", None)
+    if options.get("workers") is None:
+        options.pop("workers", None)
+    opts = SyncOptions(
+        source=str(source),
+        destination=str(destination),
+        src_options={str(k): str(v) for k, v in (src_options or {}).items()},
+        dst_options={str(k): str(v) for k, v in (dst_options or {}).items()},
+        global_options={str(k): str(v) for k, v in (global_options or {}).items()},
+        **{"confirm": True, **options},
+    )
+    opts.apply_global_keys(explicit=set(options))
+    return run(opts, Env())
+
+
+def run(opts: SyncOptions, env: Env) -> Report:
+    """Run one sync with fully parsed options (shared by the CLI and :func:`sync`)."""
+    report = Coordinator(opts, env).run()
+    if opts.report_file:
+        report.write(opts.report_file)
+    return report

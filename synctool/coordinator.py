@@ -1,0 +1,452 @@
+"""One sync run: list, plan, confirm, copy on the worker pool, then rename and delete.
+
+The coordinator decides everything and moves no file content itself; the
+workers do the streaming. It never imports a concrete backend: it opens
+backends through the registry by URL scheme.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import heapq
+import itertools
+import logging
+import random
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import TextIO
+
+from synctool import secrets
+from synctool.backends import (
+    Backend,
+    BackendError,
+    BackendSpec,
+    DeleteError,
+    Entry,
+    NotFound,
+    backend_class,
+    open_backend,
+)
+from synctool.errors import Declined, ExitCode, Interrupted, SyncError
+from synctool.logs import DRYRUN, RETRY
+from synctool.options import SyncOptions
+from synctool.plan import Copy, Plan, make_plan
+from synctool.pool import WorkerPool
+from synctool.progress import Progress
+from synctool.report import Report, human_bytes
+from synctool.shards import make_shards
+from workers.jobs import COMPARE, COPY, MSG_BYTES, MSG_RESULT, Job, Result, WorkerSettings
+
+log = logging.getLogger("synctool")
+
+DELETE_BATCH = 1000
+RENAME_THREADS = 8
+MAX_BACKOFF_SECONDS = 60.0
+
+
+@dataclasses.dataclass
+class Env:
+    """The streams a run talks to, so tests can call it without a subprocess (as httpie does)."""
+
+    stdin: TextIO | None = None
+    stdout: TextIO | None = None
+    stdin_isatty: bool = False
+    stdout_isatty: bool = False
+
+    @classmethod
+    def from_process(cls) -> "Env":
+        return cls(sys.stdin, sys.stdout, _isatty(sys.stdin), _isatty(sys.stdout))
+
+
+def _isatty(stream: TextIO | None) -> bool:
+    try:
+        return bool(stream and stream.isatty())
+    except (ValueError, AttributeError):
+        return False
+
+
+def register_secrets(spec: BackendSpec, cls: type[Backend]) -> None:
+    secrets.register(spec.location.password)
+    secrets.register_options(spec.options, cls.secret_options)
+
+
+class Coordinator:
+    def __init__(self, opts: SyncOptions, env: Env | None = None):
+        self.opts = opts
+        self.env = env or Env()
+        self.report = Report(dry_run=opts.dry_run)
+        self.progress = Progress(self.env.stdout if opts.progress else None, self.env.stdout_isatty)
+        self.stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+        self.pool: WorkerPool | None = None
+        self.src: Backend | None = None
+        self.dst: Backend | None = None
+        self.ids = itertools.count(1)
+        self.copy_failures = 0
+
+    # -- the run -------------------------------------------------------------
+    def run(self) -> Report:
+        started = time.monotonic()
+        try:
+            self._run()
+        except KeyboardInterrupt:
+            self._stop_pool(cancel=True)
+            self.report.errors.append("interrupted: workers stopped, unfinished writes abandoned")
+            self.report.exit_code = Interrupted.exit_code
+        except SyncError as exc:
+            self.report.errors.append(secrets.redact(str(exc)))
+            self.report.exit_code = exc.exit_code
+        finally:
+            self._stop_pool(cancel=self.report.exit_code != 0)
+            self.progress.finish()
+            for backend in (self.src, self.dst):
+                if backend is not None:
+                    backend.close()
+            self.report.elapsed = time.monotonic() - started
+        return self.report
+
+    def _run(self) -> None:
+        opts = self.opts
+        src_spec, dst_spec = opts.spec("source"), opts.spec("destination")
+        self.src, self.dst = self._open(src_spec, "source"), self._open(dst_spec, "destination")
+        self.report.source, self.report.destination = self.src.display_url(), self.dst.display_url()
+        if not opts.dry_run:
+            # Workers start now so their start-up and logins overlap the listing.
+            settings = WorkerSettings(verify_get_after_put=opts.verify_get_after_put)
+            self.pool = WorkerPool(opts.workers, src_spec, dst_spec, settings, logging.getLogger("synctool").level)
+            self.pool.start()
+        src_entries, dst_entries = self._list_both()
+        window = max(self.src.mtime_precision, self.dst.mtime_precision)
+        plan = make_plan(
+            src_entries,
+            dst_entries,
+            stamp=self.stamp,
+            force=opts.force,
+            retention=opts.retention,
+            verify_contents=opts.verify_contents and not opts.force,
+            mtime_window=window,
+        )
+        del src_entries, dst_entries
+        self._account_plan(plan)
+        if opts.dry_run:
+            self._describe_dry_run(plan)
+        else:
+            self._execute(plan)
+        self._set_exit_code()
+
+    def _open(self, spec: BackendSpec, side: str) -> Backend:
+        try:
+            cls = backend_class(spec.location.scheme)
+        except BackendError as exc:
+            raise SyncError(f"{side}: {exc}") from None
+        register_secrets(spec, cls)
+        for key in sorted(spec.options):
+            if key not in cls.options:
+                msg = f"option {key!r} is not known to the {spec.location.scheme}:// backend ({side}); ignored"
+                log.warning("%s", msg)
+                self.report.warnings.append(msg)
+        try:
+            backend = open_backend(spec)
+            if side == "source":
+                backend.prepare(create=False)
+            elif not self.opts.dry_run:
+                backend.prepare(create=self.opts.auto_create_folders)
+        except NotFound as exc:
+            if side == "destination" and self.opts.dry_run:
+                return backend  # a dry run creates nothing: the listing is simply empty
+            raise SyncError(f"{side}: {exc}") from None
+        except BackendError as exc:
+            raise SyncError(f"{side}: {exc}") from None
+        return backend
+
+    # -- listing ---------------------------------------------------------------
+    def _list_both(self) -> tuple[list[Entry], list[Entry]]:
+        self.progress.start("listing")
+        found = {"source": [], "destination": []}
+        with cf.ThreadPoolExecutor(2, thread_name_prefix="list") as ex:
+            futures = {
+                ex.submit(self._list, self.src, found["source"], "source"): "source",
+                ex.submit(self._list, self.dst, found["destination"], "destination"): "destination",
+            }
+            pending = set(futures)
+            while pending:
+                _, pending = cf.wait(pending, timeout=0.2)
+                self.progress.files_done = len(found["source"]) + len(found["destination"])
+                self.progress.draw()
+            for future in futures:
+                future.result()  # raises the listing's SyncError
+        self.progress.finish()
+        log.info(
+            "listed %d file(s) at the source, %d at the destination",
+            len(found["source"]),
+            len(found["destination"]),
+        )
+        return found["source"], found["destination"]
+
+    def _list(self, backend: Backend, into: list[Entry], side: str) -> None:
+        for attempt in itertools.count():
+            into.clear()
+            try:
+                into.extend(backend.list())
+                return
+            except NotFound:
+                if side == "destination" and self.opts.dry_run:
+                    return
+                raise SyncError(f"listing the {side} failed: {backend.display_url()} does not exist") from None
+            except BackendError as exc:
+                if not exc.retryable or attempt >= self.opts.retry:
+                    raise SyncError(f"listing the {side} failed: {exc}") from None
+                delay = self._backoff(attempt)
+                log.log(RETRY, "listing the %s failed (%s); retrying in %.1f s", side, exc, delay)
+                time.sleep(delay)
+
+    # -- planning and confirming -------------------------------------------
+    def _account_plan(self, plan: Plan) -> None:
+        r = self.report
+        r.planned_copies, r.planned_bytes = len(plan.copies), plan.copy_bytes
+        r.planned_renames = len(plan.renames) + sum(1 for c in plan.copies if c.keep_old_as)
+        r.planned_deletes = len(plan.deletes)
+        r.planned_verifies = len(plan.compares)
+        r.unchanged, r.kept = plan.unchanged, plan.kept
+        for name, problem in plan.refused:
+            log.error("%s", problem)
+            r.failed.append((name, problem))
+        for name in plan.ignored:
+            msg = f"destination entry {name!r} has an unsafe name; left alone"
+            log.warning("%s", msg)
+            r.warnings.append(msg)
+
+    def _describe_dry_run(self, plan: Plan) -> None:
+        for c in plan.copies:
+            log.log(DRYRUN, "would copy %s (%s, %s)", c.entry.name, human_bytes(c.entry.size), c.reason)
+            if c.keep_old_as:
+                log.log(DRYRUN, "would keep the old %s as %s", c.entry.name, c.keep_old_as)
+        for c in plan.compares:
+            log.log(DRYRUN, "would verify %s", c.source.name)
+        for old, new in plan.renames:
+            log.log(DRYRUN, "would rename %s to %s", old, new)
+        for name in plan.deletes:
+            log.log(DRYRUN, "would delete %s", name)
+        if self.opts.max_delete is not None and plan.removals > self.opts.max_delete:
+            self._refuse_max_delete(plan)
+
+    def _confirm(self, question: str) -> None:
+        """Ask on the terminal; no terminal means no."""
+        if self.opts.confirm:
+            return
+        out, stdin = self.env.stdout or sys.stdout, self.env.stdin
+        out.write(secrets.redact(question) + " [y/N] ")
+        out.flush()
+        if stdin is None or not self.env.stdin_isatty:
+            out.write("\n")
+            raise Declined("no terminal to confirm on: pass -y (--confirm) to run without asking")
+        answer = stdin.readline().strip().lower()
+        if answer not in ("y", "yes"):
+            raise Declined("declined: nothing was changed")
+
+    def _plan_question(self, plan: Plan) -> str:
+        src, dst = self.report.source, self.report.destination
+        lines = []
+        if plan.removals:
+            lines.append(
+                f"Rename {len(plan.renames)} and delete {len(plan.deletes)} file(s) from {dst}"
+                if self.opts.retention
+                else f"Delete {len(plan.deletes)} file(s) from {dst}"
+            )
+        if plan.copies:
+            kept = sum(1 for c in plan.copies if c.keep_old_as)
+            lines.append(
+                f"Copy {len(plan.copies)} file(s), {human_bytes(plan.copy_bytes)}, from {src} to {dst}"
+                + (f" (keeping {kept} overwritten version(s))" if kept else "")
+            )
+        return "\n".join(lines) + "\nContinue?"
+
+    # -- executing ---------------------------------------------------------------
+    def _execute(self, plan: Plan) -> None:
+        assert self.pool is not None
+        if plan.compares:
+            self._confirm(
+                f"Verify {len(plan.compares)} file(s) that seem equal by reading both sides "
+                f"({human_bytes(plan.compare_bytes)})?"
+            )
+            plan.copies.extend(self._verify(plan))
+            self.report.planned_copies, self.report.planned_bytes = len(plan.copies), plan.copy_bytes
+            self.report.planned_renames = len(plan.renames) + sum(1 for c in plan.copies if c.keep_old_as)
+        if plan.copies or plan.removals:
+            self._confirm(self._plan_question(plan))
+        jobs = [Job(next(self.ids), COPY, c.entry.name, c.entry.size, c.entry.mtime, c.keep_old_as) for c in plan.copies]
+        self.progress.start("copying", len(jobs), plan.copy_bytes)
+        self._run_jobs(jobs, self._on_copied)
+        self.progress.finish()
+        self._stop_pool()
+        self._apply_removals(plan)
+
+    def _verify(self, plan: Plan) -> list[Copy]:
+        """Hash both sides of every seemingly equal pair; return copies for those that differ."""
+        differing: list[Copy] = []
+        by_id: dict[int, Copy] = {}
+        jobs = []
+        for c in plan.compares:
+            job = Job(next(self.ids), COMPARE, c.source.name, c.source.size, c.source.mtime, c.keep_old_as, c.destination.size)
+            by_id[job.id] = Copy(c.source, "content", c.keep_old_as)
+            jobs.append(job)
+
+        def on_compared(job: Job, result: Result) -> None:
+            self.report.verified += 1
+            if not result.same:
+                self.report.verify_mismatches += 1
+                log.info("%s differs from the source: it will be copied", job.name)
+                differing.append(by_id[job.id])
+            self.progress.add(files=1)
+
+        self.progress.start("verifying", len(jobs), plan.compare_bytes)
+        self._run_jobs(jobs, on_compared)
+        self.progress.finish()
+        return differing
+
+    def _on_copied(self, job: Job, result: Result) -> None:
+        r = self.report
+        r.copied += 1
+        r.copied_bytes += result.bytes
+        r.renamed += 1 if job.keep_old_as else 0
+        r.verified_after_put += 1 if result.verified else 0
+        log.debug("copied %s (%s)", job.name, human_bytes(result.bytes))
+        self.progress.add(files=1)
+
+    def _run_jobs(self, jobs: list[Job], on_success: Callable[[Job, Result], None]) -> None:
+        """Run ``jobs`` on the pool; retry failures with backoff; record what never worked."""
+        pool = self.pool
+        assert pool is not None
+        waiting = {j.id: j for j in jobs}
+        retry_at: list[tuple[float, int, Job]] = []
+        for shard in make_shards(jobs, pool.size):
+            pool.submit(shard)
+        while waiting:
+            now = time.monotonic()
+            due = []
+            while retry_at and retry_at[0][0] <= now:
+                due.append(heapq.heappop(retry_at)[2])
+            pool.submit(due)
+            if pool.fatal:
+                raise SyncError(f"a worker could not open the backends: {pool.fatal}")
+            timeout = min(0.2, max(0.0, retry_at[0][0] - now)) if retry_at else 0.2
+            for kind, _wid, payload in pool.poll(timeout):
+                if kind == MSG_BYTES:
+                    self.progress.add(nbytes=payload)
+                elif kind == MSG_RESULT and payload.job_id in waiting:
+                    job = waiting[payload.job_id]
+                    if payload.ok:
+                        del waiting[job.id]
+                        on_success(job, payload)
+                    elif payload.retryable and job.attempt < self.opts.retry:
+                        job.attempt += 1
+                        self.report.retries += 1
+                        delay = self._backoff(job.attempt - 1)
+                        log.log(RETRY, "%s; retry %d of %d in %.1f s", payload.error, job.attempt, self.opts.retry, delay)
+                        heapq.heappush(retry_at, (now + delay, job.id, job))
+                    else:
+                        del waiting[job.id]
+                        self._failed(job.name, payload.error or "failed")
+            self.progress.draw()
+
+    def _failed(self, name: str, error: str) -> None:
+        log.error("%s", error)
+        self.report.failed.append((name, error))
+        self.copy_failures += 1
+        self.progress.add(files=1)
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff with full jitter around the base delay."""
+        base = self.opts.retry_delay * (2**attempt if self.opts.exponential_backoff else 1)
+        return min(MAX_BACKOFF_SECONDS, base * random.uniform(0.5, 1.5))
+
+    def _stop_pool(self, cancel: bool = False) -> None:
+        if self.pool is not None:
+            self.pool.stop(cancel=cancel)
+            self.report.worker_peak_rss = max(self.pool.peaks.values(), default=0)
+            self.pool = None
+
+    # -- renames and deletes, last -------------------------------------------------
+    def _refuse_max_delete(self, plan: Plan) -> None:
+        self.report.errors.append(
+            f"the plan would delete or rename {plan.removals} file(s), more than --max-delete "
+            f"{self.opts.max_delete}: no file was deleted or renamed"
+        )
+
+    def _apply_removals(self, plan: Plan) -> None:
+        if not plan.removals:
+            return
+        if self.copy_failures:
+            self.report.errors.append(
+                f"{self.copy_failures} file(s) failed to copy, so no file was deleted or renamed "
+                "at the destination; fix the failures and run again"
+            )
+            return
+        if self.opts.max_delete is not None and plan.removals > self.opts.max_delete:
+            self._refuse_max_delete(plan)
+            return
+        if plan.renames:
+            self.progress.start("renaming", len(plan.renames))
+            with cf.ThreadPoolExecutor(RENAME_THREADS, thread_name_prefix="rename") as ex:
+                for (old, new), error in zip(plan.renames, ex.map(lambda p: self._with_retry(self.dst.rename, *p), plan.renames)):
+                    if error:
+                        self.report.failed.append((old, f"rename to {new} failed: {error}"))
+                        log.error("%s: rename to %s failed: %s", old, new, error)
+                    else:
+                        self.report.renamed += 1
+                    self.progress.add(files=1)
+            self.progress.finish()
+        if plan.deletes:
+            self.progress.start("deleting", len(plan.deletes))
+            for i in range(0, len(plan.deletes), DELETE_BATCH):
+                batch = plan.deletes[i : i + DELETE_BATCH]
+                failures = self._delete_batch(batch)
+                self.report.deleted += len(batch) - len(failures)
+                for name, reason in failures.items():
+                    self.report.failed.append((name, f"delete failed: {reason}"))
+                    log.error("%s: delete failed: %s", name, reason)
+                self.progress.add(files=len(batch))
+            self.progress.finish()
+
+    def _with_retry(self, fn: Callable[..., None], *args: str) -> str | None:
+        """Call ``fn``; on a retryable error try again with backoff. Returns the last error."""
+        for attempt in itertools.count():
+            try:
+                fn(*args)
+                return None
+            except BackendError as exc:
+                if not exc.retryable or attempt >= self.opts.retry:
+                    return secrets.redact(str(exc))
+                time.sleep(self._backoff(attempt))
+        return None  # unreachable
+
+    def _delete_batch(self, batch: list[str]) -> dict[str, str]:
+        remaining = list(batch)
+        failures: dict[str, str] = {}
+        for attempt in itertools.count():
+            try:
+                self.dst.delete(remaining)
+                return {}
+            except DeleteError as exc:
+                failures = exc.failures
+            except BackendError as exc:
+                failures = {name: str(exc) for name in remaining}
+                if not exc.retryable:
+                    break
+            if attempt >= self.opts.retry:
+                break
+            remaining = list(failures)
+            time.sleep(self._backoff(attempt))
+        return {k: secrets.redact(v) for k, v in failures.items()}
+
+    # -- ending --------------------------------------------------------------
+    def _set_exit_code(self) -> None:
+        r = self.report
+        if r.exit_code:
+            return
+        if r.failed:
+            r.exit_code = ExitCode.PARTIAL
+        elif r.errors:
+            r.exit_code = ExitCode.FATAL

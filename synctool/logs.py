@@ -1,0 +1,56 @@
+"""Logging: Duplicati's level names on Python's logging, secrets masked everywhere."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import TextIO
+
+from synctool.secrets import redact
+
+for _level, _name in ((1, "ExplicitOnly"), (5, "Profiling"), (15, "Retry"), (25, "DryRun")):
+    logging.addLevelName(_level, _name)
+
+DRYRUN = 25
+RETRY = 15
+
+
+class RedactingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+def _private_file_handler(path: str) -> logging.Handler:
+    """Append to ``path``, creating it (and its folder) readable by its owner only."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.close(fd)
+    return logging.FileHandler(path, mode="a", encoding="utf-8")
+
+
+def setup(level: int, log_file: str | None, stderr: TextIO | None = None) -> list[logging.Handler]:
+    """Route the ``synctool`` loggers to stderr and the log file; returns the handlers added."""
+    logger = logging.getLogger("synctool")
+    logger.setLevel(level)
+    logger.propagate = False
+    handlers: list[logging.Handler] = []
+    console = logging.StreamHandler(stderr or sys.stderr)
+    console.setFormatter(RedactingFormatter("%(levelname)s: %(message)s"))
+    handlers.append(console)
+    if log_file:
+        handler = _private_file_handler(log_file)
+        handler.setFormatter(RedactingFormatter("%(asctime)s [%(levelname)s] %(name)s: %(message)s"))
+        handlers.append(handler)
+    for h in handlers:
+        h.setLevel(level)
+        logger.addHandler(h)
+    return handlers
+
+
+def teardown(handlers: list[logging.Handler]) -> None:
+    logger = logging.getLogger("synctool")
+    for h in handlers:
+        logger.removeHandler(h)
+        h.close()

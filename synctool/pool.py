@@ -1,0 +1,193 @@
+"""The coordinator's side of the worker processes.
+
+Each worker has its own job queue, so the coordinator always knows which jobs
+a worker holds: when a worker dies (killed, out of memory), those jobs come
+back as failures to retry and a replacement starts. At most
+``SHARDS_PER_WORKER`` shards are handed to a worker at a time (one running,
+one waiting), which bounds what is in flight the way s3transfer's semaphores
+do, and lets a fast worker take more of the remaining work.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import queue
+import sys
+import time
+from typing import Any
+
+import multiprocess as mp
+
+from synctool.backends import BackendSpec
+from workers.jobs import MSG_FATAL, MSG_LOG, MSG_PEAK, MSG_READY, MSG_RESULT, Job, Result, WorkerSettings
+from workers.process import worker_main
+
+log = logging.getLogger("synctool.pool")
+worker_log = logging.getLogger("synctool.worker")
+
+SHARDS_PER_WORKER = 2
+# How long a worker gets to finish its cleanup after SIGTERM before SIGKILL.
+TERMINATE_GRACE_SECONDS = 8.0
+
+
+def _context() -> Any:
+    # fork starts in milliseconds; the coordinator holds no threads or
+    # connections that a worker would use (each opens its own).
+    return mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+
+
+@dataclasses.dataclass
+class _Worker:
+    id: int
+    process: Any
+    jobs: Any
+    outstanding: dict[int, Job] = dataclasses.field(default_factory=dict)
+    shards: list[set[int]] = dataclasses.field(default_factory=list)
+
+    def open_shards(self) -> int:
+        self.shards = [s for s in self.shards if s & self.outstanding.keys()]
+        return len(self.shards)
+
+
+class WorkerPool:
+    def __init__(
+        self,
+        size: int,
+        src: BackendSpec,
+        dst: BackendSpec,
+        settings: WorkerSettings,
+        log_level: int,
+    ):
+        self.size = size
+        self.args = (src, dst, settings)
+        self.log_level = log_level
+        self.ctx = _context()
+        self.results = self.ctx.Queue()
+        self.workers: dict[int, _Worker] = {}
+        self.pending: collections.deque[list[Job]] = collections.deque()
+        self.next_id = 0
+        self.peaks: dict[int, int] = {}
+        self.fatal: str | None = None
+        self.replaced = 0
+
+    # -- life cycle --------------------------------------------------------
+    def start(self) -> None:
+        for _ in range(self.size):
+            self._spawn()
+
+    def _spawn(self) -> _Worker:
+        wid = self.next_id
+        self.next_id += 1
+        jobs = self.ctx.Queue()
+        process = self.ctx.Process(
+            target=worker_main,
+            args=(wid, *self.args, jobs, self.results, self.log_level),
+            name=f"synctool-worker-{wid}",
+            daemon=True,
+        )
+        process.start()
+        worker = _Worker(wid, process, jobs)
+        self.workers[wid] = worker
+        return worker
+
+    def stop(self, cancel: bool = False) -> None:
+        """End every worker: politely (a sentinel), or at once (SIGTERM, then SIGKILL)."""
+        for w in self.workers.values():
+            if cancel:
+                w.process.terminate()
+            else:
+                w.jobs.put(None)
+        deadline = time.monotonic() + (TERMINATE_GRACE_SECONDS if cancel else 60)
+        # Keep reading the result queue while waiting: a child blocked on a
+        # full pipe never exits (the classic multiprocessing join deadlock).
+        while any(w.process.is_alive() for w in self.workers.values()) and time.monotonic() < deadline:
+            self._drain(0.05)
+        for w in self.workers.values():
+            if w.process.is_alive():
+                w.process.kill()
+            w.process.join(1)
+        self._drain(0.05)
+        self.workers.clear()
+
+    def _drain(self, timeout: float) -> None:
+        try:
+            while True:
+                self._note(*self.results.get(timeout=timeout))
+        except (queue.Empty, OSError, EOFError, ValueError):
+            return
+
+    def _note(self, kind: str, wid: int, payload: Any) -> None:
+        """Book-keeping for every message; the coordinator sees results and bytes."""
+        worker = self.workers.get(wid)
+        if kind == MSG_RESULT and worker is not None:
+            worker.outstanding.pop(payload.job_id, None)
+        elif kind == MSG_PEAK:
+            self.peaks[wid] = payload
+        elif kind == MSG_FATAL:
+            self.fatal = payload
+        elif kind == MSG_LOG:
+            worker_log.log(payload[0], "%s", payload[1])
+        elif kind == MSG_READY:
+            log.debug("worker %d started as process %d", wid, payload)
+
+    # -- work ----------------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        return len(self.pending) + sum(len(w.outstanding) for w in self.workers.values())
+
+    def submit(self, shard: list[Job]) -> None:
+        if shard:
+            self.pending.append(shard)
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        while self.pending:
+            idle = [w for w in self.workers.values() if w.open_shards() < SHARDS_PER_WORKER]
+            if not idle:
+                return
+            worker = min(idle, key=lambda w: len(w.outstanding))
+            shard = self.pending.popleft()
+            worker.outstanding.update((j.id, j) for j in shard)
+            worker.shards.append({j.id for j in shard})
+            worker.jobs.put(shard)
+
+    def poll(self, timeout: float) -> list[tuple[str, int, Any]]:
+        """Messages from the workers; a dead worker's jobs come back as failed results."""
+        messages: list[tuple[str, int, Any]] = []
+        try:
+            messages.append(self.results.get(timeout=timeout))
+            while True:
+                messages.append(self.results.get_nowait())
+        except queue.Empty:
+            pass
+        for message in messages:
+            self._note(*message)
+        messages.extend(self._reap())
+        self._dispatch()
+        return messages
+
+    def _reap(self) -> list[tuple[str, int, Any]]:
+        """Replace dead workers; hand their unfinished jobs back as retryable failures."""
+        lost: list[tuple[str, int, Any]] = []
+        for wid, worker in list(self.workers.items()):
+            code = worker.process.exitcode
+            if code is None:
+                continue
+            del self.workers[wid]
+            if self.fatal:
+                continue  # it could not open its backends: the coordinator ends the run
+            how = f"signal {-code}" if code < 0 else f"exit code {code}"
+            log.warning(
+                "worker %d (process %d) died (%s) holding %d job(s); starting a replacement",
+                wid,
+                worker.process.pid,
+                how,
+                len(worker.outstanding),
+            )
+            for job in worker.outstanding.values():
+                lost.append((MSG_RESULT, wid, Result(job.id, False, error=f"{job.name}: worker process died ({how})")))
+            self.replaced += 1
+            self._spawn()
+        return lost

@@ -1,0 +1,112 @@
+"""The figures of one run: what the summary prints and ``--report`` writes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+from synctool.errors import ExitCode
+from synctool.secrets import redact
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+@dataclasses.dataclass
+class Report:
+    source: str = ""
+    destination: str = ""
+    dry_run: bool = False
+    # what the plan asked for
+    planned_copies: int = 0
+    planned_bytes: int = 0
+    planned_renames: int = 0
+    planned_deletes: int = 0
+    planned_verifies: int = 0
+    # what happened
+    copied: int = 0
+    copied_bytes: int = 0
+    renamed: int = 0
+    deleted: int = 0
+    verified: int = 0  # pairs compared by --verify-contents
+    verify_mismatches: int = 0  # of those, how many differed (and were copied)
+    verified_after_put: int = 0  # copies read back and matched
+    unchanged: int = 0
+    kept: int = 0  # retention versions left alone
+    retries: int = 0
+    failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    errors: list[str] = dataclasses.field(default_factory=list)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    elapsed: float = 0.0
+    worker_peak_rss: int = 0
+    exit_code: int = ExitCode.SUCCESS
+
+    @property
+    def throughput(self) -> float:
+        """Bytes copied per second of the whole run."""
+        return self.copied_bytes / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == ExitCode.SUCCESS
+
+    def raise_for_status(self) -> None:
+        """Raise :class:`SyncFailed` unless the run succeeded."""
+        if not self.ok:
+            raise SyncFailed(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["failed"] = [{"name": n, "error": e} for n, e in self.failed]
+        out["throughput"] = self.throughput
+        out["exit_code"] = int(self.exit_code)
+        return out
+
+    def to_json(self) -> str:
+        return redact(json.dumps(self.to_dict(), indent=2, ensure_ascii=False))
+
+    def write(self, path: str) -> None:
+        """Write the report as JSON, readable by its owner only."""
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(self.to_json() + "\n")
+
+    def summary_lines(self) -> list[str]:
+        verb = "Would copy" if self.dry_run else "Copied"
+        lines = [
+            f"{verb} {self.copied if not self.dry_run else self.planned_copies} file(s), "
+            f"{human_bytes(self.copied_bytes if not self.dry_run else self.planned_bytes)}"
+            + ("" if self.dry_run else f" in {self.elapsed:.1f} s ({human_bytes(self.throughput)}/s)"),
+        ]
+        if self.dry_run:
+            lines.append(f"Would rename {self.planned_renames}, delete {self.planned_deletes}, "
+                         f"verify {self.planned_verifies} file(s)")
+        else:
+            lines.append(
+                f"Renamed {self.renamed}, deleted {self.deleted}, verified {self.verified} "
+                f"({self.verify_mismatches} differed), read back {self.verified_after_put}, "
+                f"unchanged {self.unchanged}, failed {len(self.failed)}"
+            )
+        for name, error in self.failed[:20]:
+            lines.append(f"  failed: {name}: {error}")
+        if len(self.failed) > 20:
+            lines.append(f"  ... and {len(self.failed) - 20} more (see --report)")
+        for error in self.errors:
+            lines.append(f"Error: {error}")
+        return [redact(line) for line in lines]
+
+
+class SyncFailed(Exception):
+    def __init__(self, report: Report):
+        self.report = report
+        detail = "; ".join(report.errors) or f"{len(report.failed)} file(s) failed"
+        super().__init__(f"sync failed (exit code {int(report.exit_code)}): {redact(detail)}")

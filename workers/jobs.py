@@ -1,0 +1,48 @@
+"""The small picklable records that travel between coordinator and workers."""
+
+from __future__ import annotations
+
+import dataclasses
+
+COPY = "copy"
+COMPARE = "compare"
+
+
+@dataclasses.dataclass(slots=True)
+class Job:
+    id: int
+    kind: str  # COPY or COMPARE
+    name: str
+    size: int  # the source size the listing reported
+    mtime: float
+    keep_old_as: str | None = None
+    dst_size: int = 0  # COMPARE: the destination size the listing reported
+    attempt: int = 0
+
+
+@dataclasses.dataclass(slots=True)
+class Result:
+    job_id: int
+    ok: bool
+    bytes: int = 0
+    digest: str | None = None  # BLAKE3 of the source bytes
+    same: bool | None = None  # COMPARE: do both sides hash the same?
+    verified: bool = False  # COPY: read back and matched (--verify-get-after-put)
+    error: str | None = None
+    retryable: bool = True
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    verify_get_after_put: bool = False
+    threads: int = 0  # 0: as many as the backends want
+    progress_step: int = 4 << 20  # report streamed bytes every this many
+
+
+# Messages on the result queue: (kind, worker_id, payload)
+MSG_READY = "ready"  # payload: pid
+MSG_RESULT = "result"  # payload: Result
+MSG_BYTES = "bytes"  # payload: bytes streamed since the last report
+MSG_LOG = "log"  # payload: (levelno, message)
+MSG_PEAK = "peak"  # payload: peak resident memory of the worker, bytes
+MSG_FATAL = "fatal"  # payload: message; the worker could not start

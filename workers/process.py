@@ -1,0 +1,170 @@
+"""The main loop of one worker process.
+
+It opens its own backend connections once, after the process has started
+(boto3 clients and SSH sessions must not cross a fork), then takes shards of
+jobs from its queue and runs them on a few threads: network and disk waits
+release the GIL, so several small files stay in flight at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from synctool.backends import BackendSpec, open_backend
+from synctool.secrets import redact
+from workers.jobs import (
+    COMPARE,
+    MSG_BYTES,
+    MSG_FATAL,
+    MSG_LOG,
+    MSG_PEAK,
+    MSG_READY,
+    MSG_RESULT,
+    Job,
+    Result,
+    WorkerSettings,
+)
+from workers.transfer import compare_file, copy_file
+
+# Once told to stop, how long running jobs get to abandon their writes
+# (remove temporary files, abort multipart uploads) before the process exits.
+STOP_GRACE_SECONDS = 5.0
+
+
+class _QueueLogHandler(logging.Handler):
+    """Send log records to the coordinator, which owns the log file and stderr."""
+
+    def __init__(self, queue: Any, worker_id: int):
+        super().__init__()
+        self.queue = queue
+        self.worker_id = worker_id
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put((MSG_LOG, self.worker_id, (record.levelno, redact(record.getMessage()))))
+        except Exception:  # a closing queue must not kill a job
+            pass
+
+
+def peak_rss() -> int:
+    """Peak resident memory of this process, in bytes (Linux VmHWM)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class _ByteMeter:
+    """Batch progress reports so a 1 MiB chunk is not one queue message."""
+
+    def __init__(self, queue: Any, worker_id: int, step: int):
+        self.queue, self.worker_id, self.step = queue, worker_id, step
+        self.pending = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, n: int) -> None:
+        with self.lock:
+            self.pending += n
+            if self.pending < self.step:
+                return
+            n, self.pending = self.pending, 0
+        self.queue.put((MSG_BYTES, self.worker_id, n))
+
+    def flush(self) -> None:
+        with self.lock:
+            n, self.pending = self.pending, 0
+        if n:
+            self.queue.put((MSG_BYTES, self.worker_id, n))
+
+
+def run_job(job: Job, src, dst, settings: WorkerSettings, cancel: threading.Event, meter: _ByteMeter) -> Result:
+    try:
+        if job.kind == COMPARE:
+            digest, same = compare_file(job, src, dst, cancel=cancel)
+            return Result(job.id, True, digest=digest, same=same)
+        digest, count, verified = copy_file(
+            job, src, dst, verify=settings.verify_get_after_put, cancel=cancel, on_bytes=meter
+        )
+        return Result(job.id, True, bytes=count, digest=digest, verified=verified)
+    except Exception as exc:  # every failure becomes a report, never a dead worker
+        message = str(exc) if getattr(exc, "args", None) else type(exc).__name__
+        if not message.startswith(job.name):
+            message = f"{job.name}: {message}"
+        return Result(job.id, False, error=redact(message), retryable=getattr(exc, "retryable", True))
+
+
+def worker_main(
+    worker_id: int,
+    src_spec: BackendSpec,
+    dst_spec: BackendSpec,
+    settings: WorkerSettings,
+    jobs: Any,
+    results: Any,
+    log_level: int,
+) -> None:
+    """Entry point of a worker process."""
+    # Ctrl-C reaches the whole process group; the coordinator decides what
+    # happens and tells the workers with SIGTERM.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    cancel = threading.Event()
+
+    def on_term(signum: int, frame: object) -> None:
+        cancel.set()
+        raise SystemExit(130)
+
+    signal.signal(signal.SIGTERM, on_term)
+
+    root = logging.getLogger("synctool")
+    root.handlers[:] = [_QueueLogHandler(results, worker_id)]
+    root.setLevel(log_level)
+    root.propagate = False
+
+    try:
+        src, dst = open_backend(src_spec), open_backend(dst_spec)
+    except Exception as exc:
+        results.put((MSG_FATAL, worker_id, redact(str(exc))))
+        return
+    threads = settings.threads or max(src.concurrency, dst.concurrency)
+    meter = _ByteMeter(results, worker_id, settings.progress_step)
+    results.put((MSG_READY, worker_id, os.getpid()))
+
+    def report(job: Job):
+        def done(future) -> None:
+            result = future.result()
+            if not result.ok or job.kind != COMPARE:
+                meter.flush()
+            results.put((MSG_RESULT, worker_id, result))
+
+        return done
+
+    pool = ThreadPoolExecutor(threads, thread_name_prefix=f"w{worker_id}")
+    try:
+        while True:
+            shard = jobs.get()
+            if shard is None:
+                break
+            for job in shard:
+                pool.submit(run_job, job, src, dst, settings, cancel, meter).add_done_callback(report(job))
+        pool.shutdown(wait=True)
+    except SystemExit:
+        # Stopping: running jobs see `cancel` at their next chunk and abort
+        # their writes; queued ones are dropped. A job stuck in a network
+        # call gets a few seconds, then the process goes regardless.
+        threading.Timer(STOP_GRACE_SECONDS, os._exit, (130,)).start()
+        pool.shutdown(wait=True, cancel_futures=True)
+        os._exit(130)
+    finally:
+        results.put((MSG_PEAK, worker_id, peak_rss()))
+        src.close()
+        dst.close()
