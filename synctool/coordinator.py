@@ -30,7 +30,7 @@ from synctool.backends import (
     backend_class,
     open_backend,
 )
-from synctool.errors import Declined, ExitCode, Interrupted, SyncError
+from synctool.errors import Declined, ExitCode, Interrupted, SyncError, UsageError
 from synctool.logs import DRYRUN, RETRY
 from synctool.options import SyncOptions
 from synctool.plan import Copy, Plan, make_plan
@@ -96,6 +96,7 @@ class Coordinator:
             self.report.errors.append("interrupted: workers stopped, unfinished writes abandoned")
             self.report.exit_code = Interrupted.exit_code
         except SyncError as exc:
+            log.error("%s", exc)
             self.report.errors.append(secrets.redact(str(exc)))
             self.report.exit_code = exc.exit_code
         finally:
@@ -140,7 +141,7 @@ class Coordinator:
         try:
             cls = backend_class(spec.location.scheme)
         except BackendError as exc:
-            raise SyncError(f"{side}: {exc}") from None
+            raise UsageError(f"{side}: {exc}") from None
         register_secrets(spec, cls)
         for key in sorted(spec.options):
             if key not in cls.options:

@@ -81,6 +81,9 @@ class Report:
             f.write(self.to_json() + "\n")
 
     def summary_lines(self) -> list[str]:
+        nothing_done = not (self.copied or self.renamed or self.deleted or self.verified)
+        if self.exit_code in (ExitCode.DECLINED, ExitCode.USAGE, ExitCode.FATAL) and nothing_done and not self.dry_run:
+            return [redact(f"Error: {e}") for e in self.errors]
         verb = "Would copy" if self.dry_run else "Copied"
         lines = [
             f"{verb} {self.copied if not self.dry_run else self.planned_copies} file(s), "

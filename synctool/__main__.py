@@ -1,0 +1,3 @@
+from synctool.cli.main import entry
+
+entry()

@@ -1,0 +1,673 @@
+"""S3-compatible object stores: ``s3://BUCKET/PREFIX`` (``s3s://`` for TLS).
+
+Works with AWS S3 and the S3 dialects of MinIO, Wasabi, Backblaze B2, Ceph RGW
+and ``rclone serve s3``. Option names are Duplicati's, so its scripts keep
+working; a few ``s3-*`` options of our own tune the multipart upload.
+
+Memory: one process holds at most ``s3-parts-in-flight`` parts being uploaded
+plus one part being filled per file it is writing, so its peak is about
+``(s3-parts-in-flight + files written at once) x s3-part-size``; with the
+defaults (4 parts of 8 MiB) one large file costs about 40 MiB.
+
+Not atomic on S3, and what we do about it:
+
+* ``keep_old_as`` copies the old object to its retention name before the new
+  one completes; if the upload then fails, the old object stays as it was and
+  a spare copy remains under the retention name (nothing is lost).
+* The BLAKE3 of a multipart upload is only known after its last part, but S3
+  takes metadata when the upload starts. After completing the upload we
+  rewrite the object's metadata in place with one server-side CopyObject
+  (no bytes pass through us). Above 5 GiB that would be a multipart copy of
+  the whole object, and archive storage classes refuse copies, so there the
+  metadata is left out; ``s3-multipart-blake3=false`` turns the rewrite off
+  (worth it in versioned buckets, where it keeps a second version).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from urllib.parse import urlsplit
+
+import blake3
+import boto3
+import botocore.exceptions
+import urllib3.exceptions
+from botocore.config import Config
+
+from synctool.backends.base import (
+    Backend,
+    BackendError,
+    BackendSpec,
+    DeleteError,
+    Entry,
+    FatalBackendError,
+    NotFound,
+    check_name,
+    parse_bool,
+)
+
+log = logging.getLogger("synctool.backends.s3")
+
+MiB = 1 << 20
+GiB = 1 << 30
+READ_CHUNK = MiB
+MIN_PART = 5 * MiB  # S3's smallest part (all but the last)
+MAX_PARTS = 10_000  # S3's most parts in one upload
+PART_HEADROOM = 9_000  # size parts for this many, in case the file grew since listing
+DELETE_BATCH = 1_000  # S3's most keys per DeleteObjects request
+ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+
+# Error codes that mean "these credentials are not accepted here".
+AUTH_CODES = frozenset(
+    {
+        "403",
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "InvalidToken",
+        "ExpiredToken",
+        "AuthorizationHeaderMalformed",
+        "InvalidClientTokenId",
+    }
+)
+# 4xx codes that are worth another try (everything 5xx is too).
+RETRY_CODES = frozenset({"SlowDown", "RequestTimeout", "RequestTimeTooSkewed", "OperationAborted", "Throttling"})
+# Errors below the HTTP layer: the connection failed, broke, or timed out.
+CONNECTION_ERRORS = (
+    botocore.exceptions.EndpointConnectionError,
+    botocore.exceptions.ConnectionError,
+    botocore.exceptions.HTTPClientError,
+    botocore.exceptions.ResponseStreamingError,
+    botocore.exceptions.IncompleteReadError,
+    urllib3.exceptions.HTTPError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+class S3Backend(Backend):
+    schemes = ("s3", "s3s")
+    options = {
+        "aws-access-key-id": "S3 access key id (default: boto3's credential chain)",
+        "aws-secret-access-key": "S3 secret access key",
+        "auth-username": "alias of aws-access-key-id",
+        "auth-password": "alias of aws-secret-access-key",
+        "aws-session-token": "session token for temporary credentials",
+        "s3-server-name": "endpoint: host[:port], or a URL whose http/https sets TLS (default: AWS)",
+        "use-ssl": "use TLS with a host[:port] s3-server-name (s3s:// implies it)",
+        "s3-location-constraint": "region, also used when creating the bucket",
+        "s3-storage-class": "storage class of new objects, e.g. STANDARD_IA",
+        "s3-ext-forcepathstyle": "path-style addressing (default: on for endpoints that are not AWS)",
+        "auto-create-folders": "create a missing destination bucket (default true)",
+        "s3-part-size": "multipart part size, at least 5MiB (default 8MiB; grows to stay under 10,000 parts)",
+        "s3-parts-in-flight": "parts one process uploads at once (default 4)",
+        "s3-multipart-blake3": "add x-amz-meta-blake3 to multipart objects up to 5 GiB (default true)",
+    }
+    secret_options = frozenset({"aws-secret-access-key", "auth-password", "aws-session-token"})
+    # Small objects cost one round trip each: overlap several per process.
+    concurrency = 8
+    mtime_precision = 1.0
+    #: Largest object one CopyObject may copy; above it, a multipart copy.
+    copy_limit = 5 * GiB
+
+    def __init__(self, spec: BackendSpec):
+        super().__init__(spec)
+        opts = {**spec.options, **self.location.query}
+        self.bucket = _bucket_name(spec.url)
+        self.prefix = _prefix(self.location.path)
+        self.endpoint, self.is_aws = _endpoint(opts, tls_default=self.location.scheme == "s3s")
+        self.region = opts.get("s3-location-constraint") or None
+        self.storage_class = opts.get("s3-storage-class") or None
+        self.auto_create = _bool(opts, "auto-create-folders", True)
+        self.part_size = _size(opts, "s3-part-size", 8 * MiB)
+        if self.part_size < MIN_PART:
+            raise FatalBackendError("s3-part-size must be at least 5MiB (S3's smallest part)")
+        self.parts_in_flight = max(1, _int(opts, "s3-parts-in-flight", 4))
+        self.multipart_blake3 = _bool(opts, "s3-multipart-blake3", True)
+        self._credentials = _credentials(opts, self.location)
+        path_style = _bool(opts, "s3-ext-forcepathstyle", not self.is_aws)
+        self._config = self._client_config(path_style)
+        # Each parked part holds a slot until uploaded: the memory bound above.
+        self._slots = threading.BoundedSemaphore(self.parts_in_flight)
+        self._lock = threading.Lock()
+        self._pid = -1
+        self._client_obj = None
+        self._pool_obj: ThreadPoolExecutor | None = None
+
+    # -- connection ------------------------------------------------------
+    def _client_config(self, path_style: bool) -> Config:
+        extra = {}
+        if not self.is_aws:
+            # botocore >= 1.36 sends CRC checksums by default, which many
+            # S3-compatible servers reject; they ask only when required.
+            extra = {"request_checksum_calculation": "when_required", "response_checksum_validation": "when_required"}
+        return Config(
+            region_name=self.region or ("us-east-1" if not self.is_aws else None),
+            signature_version="s3v4",
+            s3={"addressing_style": "path" if path_style else "auto"},
+            # standard mode backs off on 503 SlowDown, 5xx and connection resets;
+            # the job-level --retry of the coordinator sits above it.
+            retries={"mode": "standard", "max_attempts": 5},
+            max_pool_connections=self.concurrency + self.parts_in_flight + 2,
+            connect_timeout=10,
+            read_timeout=60,
+            tcp_keepalive=True,
+            **extra,
+        )
+
+    def _new_client(self, config: Config):
+        session = boto3.session.Session(**self._credentials)
+        return session.client("s3", endpoint_url=self.endpoint, config=config)
+
+    def _ensure_open(self) -> None:
+        """Open the client and part pool once per process; a forked child opens its own."""
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid != os.getpid():
+                self._client_obj = self._new_client(self._config)
+                self._pool_obj = ThreadPoolExecutor(self.parts_in_flight, thread_name_prefix="s3-part")
+                self._pid = os.getpid()
+
+    @property
+    def _client(self):
+        self._ensure_open()
+        return self._client_obj
+
+    @property
+    def _pool(self) -> ThreadPoolExecutor:
+        self._ensure_open()
+        assert self._pool_obj is not None
+        return self._pool_obj
+
+    def close(self) -> None:
+        if self._pid != os.getpid():
+            return  # never touch a parent's connections from a forked child
+        if self._pool_obj is not None:
+            self._pool_obj.shutdown(wait=True)
+        if self._client_obj is not None and hasattr(self._client_obj, "close"):
+            self._client_obj.close()
+        self._client_obj = self._pool_obj = None
+        self._pid = -1
+
+    def display_url(self) -> str:
+        return f"{self.location.scheme}://{self.bucket}/{self.prefix}"
+
+    def _where(self) -> str:
+        return self.endpoint or "AWS S3"
+
+    def _key(self, name: str) -> str:
+        return self.prefix + check_name(name)
+
+    # -- Backend ---------------------------------------------------------
+    def prepare(self, create: bool) -> None:
+        # Fail fast on a wrong endpoint: the standard retries would take ~15 s.
+        probe = self._new_client(self._config.merge(Config(retries={"mode": "standard", "max_attempts": 2})))
+        try:
+            probe.head_bucket(Bucket=self.bucket)
+        except botocore.exceptions.ClientError as exc:
+            if _status(exc) != 404 and _code(exc) != "NoSuchBucket":
+                raise self._error(exc, f"bucket {self.bucket}", first_contact=True) from exc
+            self._missing_bucket(probe, create)
+        except Exception as exc:
+            raise self._error(exc, f"bucket {self.bucket}", first_contact=True) from exc
+        finally:
+            probe.close()
+        if not create and self.prefix and not self._prefix_has_objects():
+            # A source prefix that holds nothing is almost always a typo, and
+            # mirroring it would empty the destination: treat it as missing.
+            raise NotFound(f"nothing under s3://{self.bucket}/{self.prefix} at {self._where()}")
+
+    def _missing_bucket(self, client, create: bool) -> None:
+        missing = f"bucket {self.bucket} does not exist at {self._where()}"
+        if not create:
+            raise NotFound(missing)
+        if not self.auto_create:
+            raise FatalBackendError(f"{missing} (and auto-create-folders is off)")
+        args: dict = {"Bucket": self.bucket}
+        if self.region and self.region != "us-east-1":
+            args["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+        try:
+            client.create_bucket(**args)
+        except Exception as exc:
+            raise self._error(exc, f"creating bucket {self.bucket}", first_contact=True) from exc
+        log.info("created bucket %s at %s", self.bucket, self._where())
+
+    def _prefix_has_objects(self) -> bool:
+        try:
+            page = self._client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
+        except Exception as exc:
+            raise self._error(exc, f"listing s3://{self.bucket}/{self.prefix}") from exc
+        return bool(page.get("KeyCount") or page.get("Contents"))
+
+    def list(self) -> Iterator[Entry]:
+        pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)
+        try:
+            # One page (up to 1,000 keys) at a time: the plan holds the rest.
+            for page in pages:
+                for obj in page.get("Contents", ()):
+                    entry = self._entry(obj)
+                    if entry is not None:
+                        yield entry
+        except Exception as exc:
+            raise self._error(exc, f"listing s3://{self.bucket}/{self.prefix}") from exc
+
+    def _entry(self, obj: dict) -> Entry | None:
+        key, size = obj["Key"], obj["Size"]
+        if size == 0 and key.endswith("/"):
+            return None  # a folder marker made by consoles and other tools
+        name = key[len(self.prefix) :]
+        if not name:
+            return None  # the prefix itself stored as an object: not below the root
+        # Unsafe names (../x, a//b) are passed on: the coordinator refuses them by name.
+        return Entry(name, size, obj["LastModified"].timestamp())
+
+    def read(self, name: str) -> Iterator[bytes]:
+        key = self._key(name)
+        try:
+            body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        except Exception as exc:
+            raise self._error(exc, name) from exc
+        try:
+            yield from body.iter_chunks(READ_CHUNK)
+        except Exception as exc:
+            raise self._error(exc, name) from exc
+        finally:
+            body.close()
+
+    def write(
+        self,
+        name: str,
+        chunks: Iterable[bytes],
+        size: int,
+        mtime: float | None = None,
+        keep_old_as: str | None = None,
+    ) -> None:
+        # mtime is not stored: S3 reports the upload time as LastModified,
+        # which is newer than the source's, so the next plan sees it as current.
+        key = self._key(name)
+        old_key = self._key(keep_old_as) if keep_old_as is not None else None
+        part_size = self._part_size_for(size)
+        hasher = blake3.blake3(max_threads=1)
+        blocks = _blocks(chunks, part_size, hasher)
+        first = next(blocks, b"")
+        if len(first) < part_size:
+            # A short first block is also the last: the whole content is here.
+            self._put_whole(key, first, hasher.hexdigest(), old_key, name)
+        else:
+            self._put_multipart(key, first, blocks, hasher, old_key, name)
+
+    def rename(self, old: str, new: str) -> None:
+        old_key, new_key = self._key(old), self._key(new)
+        try:
+            if not self._copy(old_key, new_key):
+                raise NotFound(f"{old}: no such object")
+            self._client.delete_object(Bucket=self.bucket, Key=old_key)
+        except BackendError:
+            raise
+        except Exception as exc:
+            raise self._error(exc, old) from exc
+
+    def delete(self, names: Sequence[str]) -> None:
+        failures: dict[str, str] = {}
+        keys: dict[str, str] = {}
+        for name in names:
+            try:
+                keys[self._key(name)] = name
+            except BackendError as exc:
+                failures[name] = str(exc)
+        batch = list(keys)
+        for start in range(0, len(batch), DELETE_BATCH):
+            failures.update(self._delete_batch(batch[start : start + DELETE_BATCH], keys))
+        if failures:
+            raise DeleteError(failures)
+
+    # -- writing ---------------------------------------------------------
+    def _part_size_for(self, size: int) -> int:
+        """The configured part size, grown (in whole MiB) to keep under 10,000 parts."""
+        needed = math.ceil(max(size, 0) / PART_HEADROOM)
+        return max(self.part_size, math.ceil(needed / MiB) * MiB)
+
+    def _object_args(self) -> dict:
+        return {"StorageClass": self.storage_class} if self.storage_class else {}
+
+    def _put_whole(self, key: str, data: bytes, digest: str, old_key: str | None, name: str) -> None:
+        try:
+            if old_key is not None:
+                self._copy(key, old_key)
+            self._client.put_object(
+                Bucket=self.bucket, Key=key, Body=data, Metadata={"blake3": digest}, **self._object_args()
+            )
+        except BackendError:
+            raise
+        except Exception as exc:
+            raise self._error(exc, name) from exc
+
+    def _put_multipart(self, key, first, blocks, hasher, old_key, name) -> None:
+        try:
+            upload_id = self._client.create_multipart_upload(Bucket=self.bucket, Key=key, **self._object_args())[
+                "UploadId"
+            ]
+        except Exception as exc:
+            raise self._error(exc, name) from exc
+        try:
+            parts = self._upload_parts(key, upload_id, first, blocks)
+            if old_key is not None:
+                self._copy(key, old_key)
+            self._client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        except BaseException as exc:
+            # Interrupted, the source failed, or a part failed: leave no parts behind.
+            self._abort(key, upload_id)
+            if isinstance(exc, Exception) and not isinstance(exc, BackendError) and _is_s3_error(exc):
+                raise self._error(exc, name) from exc
+            raise
+        self._add_blake3(key, hasher.hexdigest(), parts)
+
+    def _upload_parts(self, key: str, upload_id: str, first: bytes, blocks: Iterator[bytes]) -> list[dict]:
+        """Upload blocks as they arrive, several at once, at most parts-in-flight parked."""
+        futures: list[Future] = []
+        try:
+            number = 1
+            block: bytes | None = first
+            while block is not None:
+                if number > MAX_PARTS:
+                    raise BackendError(f"more than {MAX_PARTS} parts: the file grew while being copied")
+                futures.append(self._submit_part(key, upload_id, number, block))
+                del block  # the pool holds it now; let it go once uploaded
+                _raise_first_failure(futures)
+                block = next(blocks, None)
+                number += 1
+            return [f.result() for f in futures]
+        except BaseException:
+            # Parts still running must finish before the abort, or they outlive it.
+            for f in futures:
+                f.cancel()
+            for f in futures:
+                if not f.cancelled():
+                    f.exception()
+            raise
+
+    def _submit_part(self, key: str, upload_id: str, number: int, block: bytes) -> Future:
+        self._slots.acquire()  # backpressure: wait here while the pipe is full
+        try:
+            future = self._pool.submit(self._upload_part, key, upload_id, number, block)
+        except BaseException:
+            self._slots.release()
+            raise
+        future.add_done_callback(lambda _: self._slots.release())
+        return future
+
+    def _upload_part(self, key: str, upload_id: str, number: int, block: bytes) -> dict:
+        answer = self._client.upload_part(
+            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=block
+        )
+        return {"PartNumber": number, "ETag": answer["ETag"]}
+
+    def _abort(self, key: str, upload_id: str) -> None:
+        try:
+            self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except Exception as exc:  # the original error matters more
+            log.warning("could not abort the multipart upload of %s: %s", key, _describe(exc))
+
+    def _add_blake3(self, key: str, digest: str, parts: list[dict]) -> None:
+        """Rewrite a multipart object's metadata in place; see the module notes."""
+        if not self.multipart_blake3 or (self.storage_class or "").upper() in ARCHIVE_CLASSES:
+            return
+        size_bound = len(parts) * self._part_size_ceiling(parts)
+        if size_bound > self.copy_limit and self._size(key) > self.copy_limit:
+            return
+        try:
+            self._client.copy_object(
+                Bucket=self.bucket,
+                Key=key,
+                CopySource={"Bucket": self.bucket, "Key": key},
+                MetadataDirective="REPLACE",
+                Metadata={"blake3": digest},
+                **self._object_args(),
+            )
+        except Exception as exc:  # the content is complete and correct without it
+            log.warning("could not add the blake3 metadata to %s: %s", key, _describe(exc))
+
+    def _part_size_ceiling(self, parts: list[dict]) -> int:
+        # Parts overshoot the part size by less than one chunk; 2x is a safe bound.
+        return 2 * self.part_size
+
+    def _size(self, key: str) -> int:
+        return self._client.head_object(Bucket=self.bucket, Key=key)["ContentLength"]
+
+    # -- server-side copy and delete ---------------------------------------
+    def _copy(self, src: str, dst: str) -> bool:
+        """Copy ``src`` to ``dst`` on the server; False when ``src`` does not exist."""
+        try:
+            head = self._client.head_object(Bucket=self.bucket, Key=src)
+        except botocore.exceptions.ClientError as exc:
+            if _status(exc) == 404:
+                return False
+            raise
+        storage = self.storage_class or head.get("StorageClass")
+        extra = {"StorageClass": storage} if storage else {}
+        if head["ContentLength"] <= self.copy_limit:
+            self._client.copy_object(
+                Bucket=self.bucket, Key=dst, CopySource={"Bucket": self.bucket, "Key": src}, **extra
+            )
+        else:
+            self._multipart_copy(src, dst, head, extra)
+        return True
+
+    def _multipart_copy(self, src: str, dst: str, head: dict, extra: dict) -> None:
+        """CopyObject stops at 5 GiB; larger objects are copied range by range."""
+        size = head["ContentLength"]
+        part = max(self._part_size_for(size), min(self.copy_limit, 512 * MiB))
+        upload_id = self._client.create_multipart_upload(
+            Bucket=self.bucket, Key=dst, Metadata=head.get("Metadata", {}), **extra
+        )["UploadId"]
+        try:
+            ranges = [(n + 1, start, min(start + part, size) - 1) for n, start in enumerate(range(0, size, part))]
+            parts = list(self._pool.map(lambda r: self._copy_part(src, dst, upload_id, *r), ranges))
+            self._client.complete_multipart_upload(
+                Bucket=self.bucket, Key=dst, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        except BaseException:
+            self._abort(dst, upload_id)
+            raise
+
+    def _copy_part(self, src: str, dst: str, upload_id: str, number: int, first: int, last: int) -> dict:
+        answer = self._client.upload_part_copy(
+            Bucket=self.bucket,
+            Key=dst,
+            UploadId=upload_id,
+            PartNumber=number,
+            CopySource={"Bucket": self.bucket, "Key": src},
+            CopySourceRange=f"bytes={first}-{last}",
+        )
+        etag = answer.get("CopyPartResult", {}).get("ETag")
+        if not etag:
+            raise FatalBackendError("the server does not support multipart copy (UploadPartCopy)")
+        return {"PartNumber": number, "ETag": etag}
+
+    def _delete_batch(self, keys: list[str], names: dict[str, str]) -> dict[str, str]:
+        """Delete up to 1,000 keys in one request; return name -> reason for each failure."""
+        request = {"Objects": [{"Key": k} for k in keys], "Quiet": True}
+        try:
+            answer = self._client.delete_objects(Bucket=self.bucket, Delete=request)
+        except Exception as exc:
+            reason = str(self._error(exc, "delete"))
+            return {names[k]: reason for k in keys}
+        failures = {}
+        for err in answer.get("Errors", ()):
+            if err.get("Code") == "NoSuchKey":
+                continue  # already gone: what we wanted
+            key = err.get("Key", "")
+            failures[names.get(key, key)] = f"{err.get('Code')}: {err.get('Message', '')}".strip()
+        return failures
+
+    # -- errors ------------------------------------------------------------
+    def _error(self, exc: BaseException, what: str, first_contact: bool = False) -> BackendError:
+        """Turn a boto3 error into a BackendError that says what is wrong (never a secret)."""
+        if isinstance(exc, BackendError):
+            return exc
+        if isinstance(exc, botocore.exceptions.NoCredentialsError):
+            return FatalBackendError(
+                "no S3 credentials: give aws-access-key-id and aws-secret-access-key, "
+                "or set up boto3's credential chain (environment, profile, instance role)"
+            )
+        if isinstance(exc, botocore.exceptions.ClientError):
+            return self._client_error(exc, what)
+        if isinstance(exc, CONNECTION_ERRORS):
+            # At first contact a dead endpoint is a setting to fix; later, a blip to retry.
+            cls = FatalBackendError if first_contact else BackendError
+            return cls(f"cannot reach the S3 endpoint {self._where()}: {_describe(exc)}")
+        return BackendError(f"{what}: {_describe(exc)}")
+
+    def _client_error(self, exc: botocore.exceptions.ClientError, what: str) -> BackendError:
+        code, status = _code(exc), _status(exc)
+        if code == "NoSuchBucket":
+            return FatalBackendError(f"bucket {self.bucket} does not exist at {self._where()}")
+        if code in AUTH_CODES or status == 403:
+            return FatalBackendError(
+                f"access to bucket {self.bucket} at {self._where()} was refused ({code}): "
+                "check aws-access-key-id, aws-secret-access-key and the bucket's permissions"
+            )
+        if code in ("NoSuchKey", "404") or status == 404:
+            return NotFound(f"{what}: no such object")
+        err = BackendError(f"{what}: {_describe(exc)}")
+        err.retryable = status >= 500 or code in RETRY_CODES
+        return err
+
+
+# -- helpers -----------------------------------------------------------------
+def _blocks(chunks: Iterable[bytes], part_size: int, hasher) -> Iterator[bytes]:
+    """Regroup chunks into blocks of at least ``part_size`` (only the last is shorter).
+
+    Chunks are never split: S3 parts need not be equal, only 5 MiB or more.
+    The iterator is drained to its end before the last block is yielded.
+    """
+    pending: list[bytes] = []
+    filled = 0
+    for chunk in chunks:
+        hasher.update(chunk)
+        pending.append(chunk)
+        filled += len(chunk)
+        if filled >= part_size:
+            yield b"".join(pending)
+            pending, filled = [], 0
+    if pending or filled == 0:
+        yield b"".join(pending)
+
+
+def _raise_first_failure(futures: list[Future]) -> None:
+    for f in futures:
+        if f.done() and f.exception() is not None:
+            raise f.exception()  # type: ignore[misc]
+
+
+def _is_s3_error(exc: BaseException) -> bool:
+    return isinstance(exc, (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, *CONNECTION_ERRORS))
+
+
+def _code(exc: botocore.exceptions.ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _status(exc: botocore.exceptions.ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, botocore.exceptions.ClientError):
+        err = exc.response.get("Error", {})
+        return f"{err.get('Code', '?')}: {err.get('Message', '')}".strip()
+    return str(exc) or type(exc).__name__
+
+
+def _bucket_name(url: str) -> str:
+    """The bucket as written: urlsplit lowercases hosts, legacy buckets may not be."""
+    netloc = urlsplit(url).netloc.rpartition("@")[2]
+    bucket = re.sub(r":\d*$", "", netloc)
+    if not bucket:
+        raise FatalBackendError("an S3 backend needs a bucket: s3://BUCKET/PREFIX")
+    return bucket
+
+
+def _prefix(path: str) -> str:
+    """``/backup/`` -> ``backup/``: a trailing slash so ``backup`` never matches ``backup2``."""
+    path = path.strip("/")
+    return path + "/" if path else ""
+
+
+def _endpoint(opts: dict[str, str], tls_default: bool) -> tuple[str | None, bool]:
+    """(endpoint URL or None for AWS's own, whether it is AWS)."""
+    server = (opts.get("s3-server-name") or "").strip()
+    if not server:
+        return None, True
+    if "://" in server:
+        parts = urlsplit(server)
+        # Drop any user:password so the endpoint can appear in messages.
+        host = parts.netloc.rpartition("@")[2]
+        url = f"{parts.scheme}://{host}{parts.path.rstrip('/')}"
+    else:
+        host = server.rstrip("/")
+        is_aws = _is_aws_host(host)
+        # Duplicati leaves TLS off unless asked; AWS hosts get it anyway.
+        tls = _bool(opts, "use-ssl", tls_default or is_aws)
+        url = f"{'https' if tls else 'http'}://{host}"
+    return url, _is_aws_host(host)
+
+
+def _is_aws_host(host: str) -> bool:
+    name = host.rsplit(":", 1)[0].lower() if not host.startswith("[") else host
+    return name == "amazonaws.com" or name.endswith(".amazonaws.com")
+
+
+def _credentials(opts: dict[str, str], location) -> dict[str, str]:
+    """Keys for boto3's Session; empty means boto3's own credential chain."""
+    key = opts.get("aws-access-key-id") or opts.get("auth-username") or location.user
+    secret = opts.get("aws-secret-access-key") or opts.get("auth-password") or location.password
+    token = opts.get("aws-session-token")
+    if bool(key) != bool(secret):
+        raise FatalBackendError("give both aws-access-key-id and aws-secret-access-key, or neither")
+    if not key:
+        return {}
+    creds = {"aws_access_key_id": key, "aws_secret_access_key": secret}
+    if token:
+        creds["aws_session_token"] = token
+    return creds
+
+
+def _bool(opts: dict[str, str], key: str, default: bool) -> bool:
+    try:
+        return parse_bool(opts.get(key), default)
+    except ValueError:
+        raise FatalBackendError(f"option {key} takes true or false, not {opts[key]!r}") from None
+
+
+def _int(opts: dict[str, str], key: str, default: int) -> int:
+    value = opts.get(key)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise FatalBackendError(f"option {key} takes a whole number, not {value!r}") from None
+
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def _size(opts: dict[str, str], key: str, default: int) -> int:
+    """A size like 5MiB, 8MB, 16m or 1048576 (K/M/G are powers of 1024, as in Duplicati)."""
+    value = opts.get(key)
+    if value is None or value.strip() == "":
+        return default
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]?)(?:i?b)?\s*", value.lower())
+    if not match:
+        raise FatalBackendError(f"option {key} takes a size such as 8MiB, not {value!r}")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])

@@ -1,0 +1,793 @@
+"""SFTP servers over SSH: ``ssh://[user[:password]@]host[:port]/path``.
+
+One SSH connection (a paramiko ``Transport``) per backend instance, opened
+lazily in the process that uses it and reused for every job. SFTP requests on
+one channel must not interleave between threads (paramiko's ``SFTPClient``
+reads whichever response comes next), so each thread leases a channel of its
+own from a small pool over that one connection. A dropped connection is
+noticed on the failing call, which raises a retryable :class:`BackendError`;
+the next call opens a new connection.
+
+Option names follow Duplicati's SSH backend, so existing scripts keep working.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import errno
+import hashlib
+import io
+import logging
+import math
+import os
+import posixpath
+import re
+import secrets
+import socket
+import stat
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from urllib.parse import unquote
+
+import paramiko
+
+from synctool import secrets as secret_store
+from synctool.backends.base import (
+    Backend,
+    BackendError,
+    BackendSpec,
+    DeleteError,
+    Entry,
+    FatalBackendError,
+    NotFound,
+    check_name,
+    parse_bool,
+)
+from synctool.backends.local import TEMP_PREFIX, TEMP_SUFFIX
+
+log = logging.getLogger("synctool.backends.sftp")
+
+CHUNK = 1 << 20  # read() yields about this much at a time; write() buffers this much
+# SFTP requests carry at most 32 KiB each: every server accepts that much.
+# Throughput comes from keeping many in flight (pipelined writes, prefetched
+# reads) over a wide SSH window, not from bigger requests.
+READ_AHEAD = 128  # prefetched read requests in flight per file (4 MiB)
+WINDOW = 16 << 20  # SSH channel window: room for the requests in flight
+MAX_CHANNELS = 8  # OpenSSH allows 10 sessions per connection by default
+LIST_THREADS = 4  # folders listed at once
+CONNECT_TIMEOUT = 30.0
+IO_TIMEOUT = 120.0  # a reply that takes longer means the server is stuck
+CHANNEL_WAIT = 600.0  # longest wait for a free channel before giving up
+DEFAULT_PORT = 22
+
+
+# -- settings ---------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything needed to connect, taken from the URL and the options."""
+
+    host: str
+    port: int
+    user: str
+    password: str | None
+    keyfile: str | None
+    key_text: str | None
+    fingerprint: str | None
+    accept_any: bool
+    disable_agent: bool
+    keepalive: float
+    relative: bool
+    path: str
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def parse_settings(spec: BackendSpec) -> Settings:
+    loc = spec.location
+    opts = {k.lower(): v for k, v in {**spec.options, **loc.query}.items()}
+    _register_secrets(loc.password, opts)
+    if not loc.host:
+        raise FatalBackendError("an ssh:// URL needs a host: ssh://user@host[:port]/path")
+    user = opts.get("auth-username") or loc.user
+    if not user:
+        raise FatalBackendError(
+            f"no user name for ssh://{loc.host}: give one in the URL (ssh://user@{loc.host}/...) "
+            "or with the auth-username option"
+        )
+    return Settings(
+        host=loc.host,
+        port=loc.port or DEFAULT_PORT,
+        user=user,
+        password=opts.get("auth-password") or loc.password,
+        keyfile=opts.get("ssh-keyfile") or None,
+        key_text=_inline_key(opts.get("ssh-key")),
+        fingerprint=opts.get("ssh-fingerprint") or None,
+        accept_any=_bool_option(opts, "ssh-accept-any-fingerprints"),
+        disable_agent=_bool_option(opts, "ssh-disable-agent"),
+        keepalive=_seconds_option(opts, "ssh-keepalive"),
+        relative=_bool_option(opts, "ssh-relative-path"),
+        path=loc.path,
+    )
+
+
+def _register_secrets(url_password: str | None, opts: dict[str, str]) -> None:
+    secret_store.register(url_password)
+    secret_store.register(opts.get("auth-password"))
+    secret_store.register(opts.get("ssh-key"))
+    secret_store.register(_inline_key(opts.get("ssh-key")))
+
+
+def _inline_key(value: str | None) -> str | None:
+    """The private key text of ``ssh-key``; Duplicati writes it as ``sshkey://`` + URL-encoded."""
+    if not value:
+        return None
+    if value.startswith("sshkey://"):
+        return unquote(value[len("sshkey://") :])
+    return value
+
+
+def _bool_option(opts: dict[str, str], key: str) -> bool:
+    try:
+        return parse_bool(opts.get(key))
+    except ValueError:
+        raise FatalBackendError(f"option {key}: expected true or false, got {opts[key]!r}") from None
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)", re.IGNORECASE)
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _seconds_option(opts: dict[str, str], key: str) -> float:
+    """A Duplicati time span such as ``30``, ``30s``, ``5m`` or ``1h30m``; 0 when absent."""
+    text = (opts.get(key) or "0").strip()
+    parts = _DURATION.findall(text)
+    if not parts or _DURATION.sub("", text).strip():
+        raise FatalBackendError(f"option {key}: expected a time span like 30s or 5m, got {text!r}")
+    return sum(float(n) * _UNIT[u.lower()] for n, u in parts)
+
+
+# -- host keys ----------------------------------------------------------------
+def fingerprints(key: paramiko.PKey) -> tuple[str, str]:
+    """The host key's fingerprint in Duplicati's form and in OpenSSH's form."""
+    md5 = hashlib.md5(key.asbytes()).hexdigest()  # noqa: S324 - a fingerprint, not security
+    duplicati = f"{key.get_name()} {key.get_bits()} " + ":".join(md5[i : i + 2] for i in range(0, 32, 2))
+    sha = base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
+    return duplicati, f"SHA256:{sha}"
+
+
+def fingerprint_matches(pin: str, key: paramiko.PKey) -> bool:
+    """Does ``pin`` (``ssh-ed25519 256 aa:bb:..``, ``MD5:aa:bb:..`` or ``SHA256:...``) name ``key``?"""
+    duplicati, openssh = fingerprints(key)
+    for token in pin.replace(",", " ").split():
+        if token.upper().startswith("SHA256:"):
+            if token[7:].rstrip("=") == openssh[7:]:
+                return True
+        else:
+            hexdigits = re.sub(r"^MD5:", "", token, flags=re.IGNORECASE).replace(":", "").lower()
+            if len(hexdigits) == 32 and hexdigits == duplicati.split()[-1].replace(":", ""):
+                return True
+    return False
+
+
+def _known_hosts() -> paramiko.HostKeys:
+    keys = paramiko.HostKeys()
+    for path in (os.path.expanduser("~/.ssh/known_hosts"), "/etc/ssh/ssh_known_hosts"):
+        try:
+            keys.load(path)
+        except FileNotFoundError:
+            pass
+        except (OSError, paramiko.SSHException) as exc:
+            log.warning("cannot read %s: %s", path, exc)
+    return keys
+
+
+def _known_host_name(s: Settings) -> str:
+    return s.host if s.port == DEFAULT_PORT else f"[{s.host}]:{s.port}"
+
+
+def _algorithm_key_type(algorithm: str) -> str:
+    """The key type an algorithm name signs with: rsa-sha2-512 is an ssh-rsa key."""
+    return "ssh-rsa" if algorithm.startswith("rsa-sha2-") else algorithm
+
+
+def check_host_key(s: Settings, key: paramiko.PKey, known: paramiko.HostKeys) -> None:
+    """Refuse a server whose key is neither pinned nor in known_hosts."""
+    if s.accept_any:
+        return
+    duplicati, openssh = fingerprints(key)
+    shown = f'{duplicati} (OpenSSH: {openssh}); to trust it, set ssh-fingerprint="{openssh}"'
+    if s.fingerprint:
+        if fingerprint_matches(s.fingerprint, key):
+            return
+        raise FatalBackendError(
+            f"host key of {s.address} does not match ssh-fingerprint: the server presents {shown}"
+        )
+    entry = known.lookup(_known_host_name(s))
+    if entry is not None and key.get_name() in entry:
+        if entry[key.get_name()] == key:
+            return
+        raise FatalBackendError(
+            f"host key of {s.address} differs from the one in known_hosts (was it replaced, "
+            f"or is someone in the middle?): the server presents {shown}"
+        )
+    raise FatalBackendError(
+        f"host key of {s.address} is unknown (not in known_hosts and no ssh-fingerprint given): "
+        f"the server presents {shown}, or add it to ~/.ssh/known_hosts"
+    )
+
+
+# -- private keys ------------------------------------------------------------
+_KEY_CLASSES = (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey)
+
+
+def _parse_key(text: str, passphrase: str | None, origin: str) -> paramiko.PKey:
+    """Load an OpenSSH or PEM private key of any supported type."""
+    for cls in _KEY_CLASSES:
+        try:
+            return cls.from_private_key(io.StringIO(text), password=passphrase)
+        except paramiko.PasswordRequiredException:
+            raise
+        except (paramiko.SSHException, ValueError, TypeError):
+            continue
+    hint = "wrong passphrase (auth-password), or " if passphrase else ""
+    raise FatalBackendError(f"cannot use the private key {origin}: {hint}not an ed25519, ECDSA or RSA key")
+
+
+def load_private_key(s: Settings) -> tuple[paramiko.PKey | None, bool]:
+    """The configured key, and whether auth-password was spent on its passphrase.
+
+    auth-password is the passphrase of an encrypted key; it is then never
+    sent to the server as a login password.
+    """
+    if s.key_text:
+        text, origin = s.key_text, "given in ssh-key"
+    elif s.keyfile:
+        origin = os.path.expanduser(s.keyfile)
+        try:
+            with open(origin, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as exc:
+            raise FatalBackendError(f"cannot read ssh-keyfile {origin}: {exc.strerror}") from None
+    else:
+        return None, False
+    try:
+        return _parse_key(text, None, origin), False
+    except paramiko.PasswordRequiredException:
+        if not s.password:
+            raise FatalBackendError(
+                f"the private key {origin} is encrypted: give its passphrase with auth-password"
+            ) from None
+        return _parse_key(text, s.password, origin), True
+
+
+# -- one connection, many channels ------------------------------------------------
+class _Lease:
+    """One SFTP channel, lent to one thread for one operation."""
+
+    def __init__(self, sftp: paramiko.SFTPClient):
+        self.sftp = sftp
+        self.usable = True  # set False when the channel's state is unknown
+
+
+class Connection:
+    """An authenticated SSH transport and a pool of SFTP channels over it."""
+
+    def __init__(self, settings: Settings, transport: paramiko.Transport):
+        self.settings = settings
+        self.transport = transport
+        self.pid = os.getpid()
+        self.posix_rename: bool | None = None  # unknown until first tried
+        self._idle: list[paramiko.SFTPClient] = []
+        self._open_channels = 0
+        self._cond = threading.Condition()
+        self._closed = False
+
+    @classmethod
+    def open(cls, s: Settings) -> "Connection":
+        known = _known_hosts()
+        sock = _dial(s)
+        transport = paramiko.Transport(sock, default_window_size=WINDOW)
+        try:
+            _prefer_key_types(transport, _expected_key_types(s, known))
+            transport.start_client(timeout=CONNECT_TIMEOUT)
+            # Nothing but the key exchange has happened yet: check the key
+            # before sending any credential.
+            check_host_key(s, transport.get_remote_server_key(), known)
+            if s.accept_any:
+                log.warning("not checking the host key of %s (ssh-accept-any-fingerprints)", s.address)
+            _authenticate(transport, s)
+            if s.keepalive:
+                transport.set_keepalive(max(1, int(s.keepalive)))
+        except paramiko.SSHException as exc:
+            transport.close()
+            raise BackendError(f"SSH session with {s.address} failed: {exc}") from exc
+        except BaseException:
+            transport.close()
+            raise
+        return cls(s, transport)
+
+    def alive(self) -> bool:
+        return not self._closed and self.transport.is_active()
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[_Lease]:
+        lease = _Lease(self._take())
+        try:
+            yield lease
+        except Exception as exc:
+            lease.usable = lease.usable and _channel_survives(lease.sftp, exc)
+            raise
+        except BaseException:
+            lease.usable = False  # interrupted mid-request: the channel's state is unknown
+            raise
+        finally:
+            self._give_back(lease)
+
+    def _take(self) -> paramiko.SFTPClient:
+        with self._cond:
+            while not self._idle and self._open_channels >= MAX_CHANNELS:
+                if not self._cond.wait(CHANNEL_WAIT):
+                    raise BackendError(f"no free SFTP channel to {self.settings.address}")
+            if self._idle:
+                return self._idle.pop()
+            self._open_channels += 1
+        try:
+            sftp = paramiko.SFTPClient.from_transport(self.transport, window_size=WINDOW)
+            if sftp is None:
+                raise paramiko.SSHException("the server refused an SFTP channel")
+            sftp.get_channel().settimeout(IO_TIMEOUT)
+            return sftp
+        except BaseException:
+            with self._cond:
+                self._open_channels -= 1
+                self._cond.notify()
+            raise
+
+    def _give_back(self, lease: _Lease) -> None:
+        with self._cond:
+            if lease.usable and not self._closed:
+                self._idle.append(lease.sftp)
+            else:
+                self._open_channels -= 1
+                _quietly(lease.sftp.close)
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._cond.notify_all()
+        for sftp in idle:
+            _quietly(sftp.close)
+        _quietly(self.transport.close)
+
+
+def _dial(s: Settings) -> socket.socket:
+    try:
+        return socket.create_connection((s.host, s.port), timeout=CONNECT_TIMEOUT)
+    except socket.gaierror as exc:
+        raise BackendError(f"cannot resolve host {s.host}: {exc.strerror}") from None
+    except ConnectionRefusedError:
+        raise BackendError(f"connection refused by {s.address} (is an SSH server listening there?)") from None
+    except TimeoutError:
+        raise BackendError(f"timed out connecting to {s.address}") from None
+    except OSError as exc:
+        raise BackendError(f"cannot connect to {s.address}: {exc.strerror or exc}") from None
+
+
+def _expected_key_types(s: Settings, known: paramiko.HostKeys) -> set[str]:
+    """Key types the pin (Duplicati's form names one) or known_hosts holds for the host."""
+    if s.fingerprint:
+        return {t for t in s.fingerprint.replace(",", " ").split() if t.startswith(("ssh-", "ecdsa-"))}
+    entry = known.lookup(_known_host_name(s))
+    return set(entry.keys()) if entry else set()
+
+
+def _prefer_key_types(transport: paramiko.Transport, wanted: set[str]) -> None:
+    """Ask for the host key type we can check first, as OpenSSH does: a
+    server with several keys then shows the one that was pinned."""
+    if not wanted:
+        return
+    options = transport.get_security_options()
+    first = [a for a in options.key_types if _algorithm_key_type(a) in wanted]
+    options.key_types = first + [a for a in options.key_types if a not in first]
+
+
+def _authenticate(transport: paramiko.Transport, s: Settings) -> None:
+    """Try the key, then the password, then the agent's keys."""
+    key, passphrase_used = load_private_key(s)
+    tried = []
+    if key is not None:
+        tried.append("the private key")
+        if _try_auth(lambda: transport.auth_publickey(s.user, key), transport):
+            return
+    if s.password and not passphrase_used:
+        tried.append("the password")
+        if _try_auth(lambda: transport.auth_password(s.user, s.password), transport):
+            return
+    if not s.disable_agent:
+        agent = paramiko.Agent()
+        try:
+            for agent_key in agent.get_keys():
+                if "the SSH agent" not in tried:
+                    tried.append("the SSH agent")
+                if _try_auth(lambda k=agent_key: transport.auth_publickey(s.user, k), transport):
+                    return
+        finally:
+            agent.close()
+    what = ", ".join(tried) if tried else "no key, password or SSH agent was available"
+    raise FatalBackendError(f"authentication as {s.user} on {s.address} failed (tried: {what})")
+
+
+def _try_auth(attempt, transport: paramiko.Transport) -> bool:
+    try:
+        attempt()
+    except paramiko.AuthenticationException:
+        return False
+    return transport.is_authenticated()
+
+
+def _channel_survives(sftp: paramiko.SFTPClient, exc: Exception) -> bool:
+    """After an error, may the channel be used again?
+
+    A status the server sent (no such file, permission denied) leaves it
+    fine; a timeout, a closed channel or a dead transport does not.
+    """
+    if isinstance(exc, (TimeoutError, paramiko.SSHException)):
+        return False
+    channel = sftp.get_channel()
+    return channel is not None and not channel.closed and channel.get_transport().is_active()
+
+
+def _quietly(action) -> None:
+    try:
+        action()
+    except Exception:  # noqa: BLE001 - cleanup of something already broken
+        pass
+
+
+class _SourceFailed(Exception):
+    """The caller's chunk iterator raised: re-raised as itself, never translated."""
+
+
+def _pull(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    it = iter(chunks)
+    while True:
+        try:
+            chunk = next(it)
+        except StopIteration:
+            return
+        except BaseException as exc:
+            raise _SourceFailed() from exc
+        yield chunk
+
+
+# -- the backend -------------------------------------------------------------
+class SFTPBackend(Backend):
+    schemes = ("ssh", "sftp")
+    options = {
+        "auth-username": "user name (instead of user@ in the URL)",
+        "auth-password": "password, or the passphrase of the private key",
+        "ssh-keyfile": "path of a private key file",
+        "ssh-key": "a private key inline (also sshkey://URL-encoded)",
+        "ssh-fingerprint": "pinned host key: 'ssh-ed25519 256 aa:bb:..' or 'SHA256:...'",
+        "ssh-accept-any-fingerprints": "do not check the host key (unsafe)",
+        "ssh-disable-agent": "do not try the keys of the SSH agent",
+        "ssh-keepalive": "send a keepalive this often (e.g. 30s); 0 disables",
+        "ssh-relative-path": "the path is relative to the login folder",
+    }
+    secret_options = frozenset({"auth-password", "ssh-key"})
+    concurrency = 4
+    mtime_precision = 1.0  # SFTP v3 carries whole seconds
+
+    def __init__(self, spec: BackendSpec):
+        super().__init__(spec)
+        self.settings = parse_settings(spec)
+        self._lock = threading.Lock()
+        self._conn: Connection | None = None
+        self._root: str | None = None
+        # Temporary files a dropped connection kept us from removing: removed
+        # as soon as a new connection is up.
+        self._orphans: set[str] = set()
+
+    def __getstate__(self):
+        # A connection never crosses a process boundary.
+        state = self.__dict__.copy()
+        state.update(_lock=None, _conn=None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def display_url(self) -> str:
+        s = self.settings
+        return f"ssh://{s.user}@{s.address}{s.path}"
+
+    # -- connection ----------------------------------------------------------
+    def _connection(self) -> Connection:
+        with self._lock:
+            conn = self._conn
+            if conn is not None and conn.pid == os.getpid():
+                if conn.alive():
+                    return conn
+                log.info("connection to %s was lost; reconnecting", self.settings.address)
+                conn.close()
+            # A connection inherited through fork belongs to the parent: just forget it.
+            self._conn = None
+            conn = Connection.open(self.settings)
+            self._conn = conn
+            self._after_connect(conn)
+            return conn
+
+    def _after_connect(self, conn: Connection) -> None:
+        with conn.lease() as lease:
+            if self._root is None:
+                self._root = self._resolve_root(lease.sftp)
+            for temp in list(self._orphans):
+                with contextlib.suppress(OSError):
+                    lease.sftp.remove(temp)
+                self._orphans.discard(temp)
+
+    def _resolve_root(self, sftp: paramiko.SFTPClient) -> str:
+        """Absolute root folder. As in Duplicati, the path is absolute unless
+        ssh-relative-path is set; an empty path means the login folder."""
+        path = self.settings.path
+        if self.settings.relative or path in ("", "/"):
+            return posixpath.normpath(posixpath.join(sftp.normalize("."), path.lstrip("/")))
+        return "/" + posixpath.normpath(path).strip("/")
+
+    @contextlib.contextmanager
+    def _sftp(self, what: str) -> Iterator[_Lease]:
+        """Lease a channel; turn SFTP and network errors into BackendErrors about ``what``."""
+        conn = self._connection()
+        try:
+            with conn.lease() as lease:
+                yield lease
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self._translate(exc, what, conn) from exc
+
+    def _translate(self, exc: BaseException, what: str, conn: Connection) -> BackendError:
+        code = getattr(exc, "errno", None)
+        if not conn.alive() or isinstance(exc, (EOFError, paramiko.SSHException, TimeoutError)):
+            return BackendError(f"{what}: connection to {self.settings.address} lost ({exc})")
+        if code == errno.ENOENT:
+            return NotFound(f"{what}: no such file or folder")
+        if code == errno.EACCES:
+            return FatalBackendError(f"{what}: permission denied")
+        return BackendError(f"{what}: {exc}")
+
+    def _path(self, name: str) -> str:
+        assert self._root is not None, "connect first"
+        return posixpath.join(self._root, check_name(name))
+
+    # -- Backend -----------------------------------------------------------------
+    def prepare(self, create: bool) -> None:
+        try:
+            self._connection()
+        except FatalBackendError:
+            raise
+        except BackendError as exc:
+            raise FatalBackendError(str(exc)) from exc
+        root = self._root
+        with self._sftp(f"opening {root}") as lease:
+            try:
+                mode = lease.sftp.stat(root).st_mode
+            except FileNotFoundError:
+                mode = None
+            if mode is not None and not stat.S_ISDIR(mode):
+                raise FatalBackendError(f"{root} on {self.settings.address} exists but is not a folder")
+            if mode is None and not create:
+                raise NotFound(f"folder {root} does not exist on {self.settings.address}")
+            if mode is None:
+                _makedirs(lease.sftp, root)
+
+    def list(self) -> Iterator[Entry]:
+        self._connection()
+        # Listing a folder is one round trip per batch of names: walk
+        # several folders at once, each on its own channel.
+        with ThreadPoolExecutor(LIST_THREADS, thread_name_prefix="sftp-list") as pool:
+            pending = {pool.submit(self._scan, "", self._root, True)}
+            try:
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        files, folders = future.result()
+                        yield from files
+                        pending |= {pool.submit(self._scan, prefix, path, False) for prefix, path in folders}
+            finally:
+                for future in pending:
+                    future.cancel()
+
+    def _scan(self, prefix: str, folder: str, is_root: bool) -> tuple[list[Entry], list[tuple[str, str]]]:
+        """One folder: its files, and its subfolders as (name prefix, path)."""
+        try:
+            with self._sftp(f"listing {folder}") as lease:
+                items = lease.sftp.listdir_attr(folder)
+        except NotFound:
+            if is_root:
+                raise NotFound(f"folder {folder} does not exist on {self.settings.address}") from None
+            raise BackendError(f"folder {folder} vanished while it was being listed") from None
+        files, folders = [], []
+        for item in items:
+            name, mode = prefix + item.filename, item.st_mode or 0
+            if stat.S_ISLNK(mode):
+                log.warning("skipping symbolic link %s (links are never followed)", name)
+            elif stat.S_ISDIR(mode):
+                if "/" in item.filename or "\x00" in item.filename:
+                    log.warning("skipping folder with an unusable name %r", name)
+                else:
+                    folders.append((name + "/", f"{folder}/{item.filename}"))
+            elif stat.S_ISREG(mode):
+                files.append(Entry(name, item.st_size or 0, float(item.st_mtime or 0)))
+            else:
+                log.warning("skipping %s: not a regular file", name)
+        return files, folders
+
+    def read(self, name: str) -> Iterator[bytes]:
+        self._connection()
+        path = self._path(name)
+        with self._sftp(f"reading {name}") as lease:
+            f = lease.sftp.open(path, "rb")
+            finished = False
+            try:
+                f.prefetch(max_concurrent_requests=READ_AHEAD)
+                while chunk := f.read(CHUNK):
+                    yield chunk
+                finished = True
+            finally:
+                if finished:
+                    f.close()
+                else:
+                    # Stopped early: requests of the prefetch are still in
+                    # flight. Closing the channel closes the file with it.
+                    lease.usable = False
+
+    def write(
+        self,
+        name: str,
+        chunks: Iterable[bytes],
+        size: int,
+        mtime: float | None = None,
+        keep_old_as: str | None = None,
+    ) -> None:
+        self._connection()
+        final = self._path(name)
+        old = self._path(keep_old_as) if keep_old_as is not None else None
+        try:
+            with self._sftp(f"writing {name}") as lease:
+                self._write(lease, final, chunks, mtime, old)
+        except _SourceFailed as failed:
+            raise failed.__cause__ from None
+
+    def _write(self, lease: _Lease, final: str, chunks: Iterable[bytes], mtime: float | None, old: str | None):
+        sftp = lease.sftp
+        temp, f = self._create_temp(sftp, posixpath.dirname(final))
+        try:
+            try:
+                f.set_pipelined(True)
+                for chunk in _pull(chunks):
+                    f.write(chunk)
+            finally:
+                f.close()  # waits for every pipelined write: a failed one raises here
+            if mtime is not None:
+                # Rounded up: SFTP keeps whole seconds, and a copy must never
+                # look older than its source.
+                sftp.utime(temp, (math.ceil(mtime), math.ceil(mtime)))
+            if old is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    self._move(sftp, final, old)
+            self._move(sftp, temp, final)
+        except BaseException:
+            self._remove_temp(sftp, temp)
+            raise
+
+    def _create_temp(self, sftp: paramiko.SFTPClient, folder: str) -> tuple[str, paramiko.SFTPFile]:
+        temp = f"{folder}/{TEMP_PREFIX}{secrets.token_hex(6)}{TEMP_SUFFIX}"
+        try:
+            return temp, sftp.open(temp, "wb", bufsize=CHUNK)
+        except FileNotFoundError:
+            _makedirs(sftp, folder)  # first file in a new folder
+            return temp, sftp.open(temp, "wb", bufsize=CHUNK)
+
+    def _remove_temp(self, sftp: paramiko.SFTPClient, temp: str) -> None:
+        try:
+            sftp.remove(temp)
+        except FileNotFoundError:
+            pass
+        except Exception:  # noqa: BLE001 - the connection is gone: clean up after reconnecting
+            self._orphans.add(temp)
+
+    def _move(self, sftp: paramiko.SFTPClient, src: str, dst: str) -> None:
+        """Rename ``src`` to ``dst``, replacing ``dst`` atomically where the server can."""
+        conn = self._conn
+        if conn is None or conn.posix_rename is not False:
+            try:
+                sftp.posix_rename(src, dst)
+                if conn is not None:
+                    conn.posix_rename = True
+                return
+            except OSError as exc:
+                if exc.errno is not None or conn is None or "unsupported" not in str(exc).lower():
+                    raise
+                conn.posix_rename = False
+                log.info("%s has no posix-rename: replacing files by remove and rename", self.settings.address)
+        try:
+            sftp.rename(src, dst)
+        except OSError:
+            # Plain SFTP rename refuses to replace: remove the target first.
+            # The old file is complete until then, the new one from then on.
+            sftp.stat(src)  # a missing source is the real error
+            sftp.remove(dst)
+            sftp.rename(src, dst)
+
+    def rename(self, old: str, new: str) -> None:
+        self._connection()
+        src, dst = self._path(old), self._path(new)
+        with self._sftp(f"renaming {old} to {new}") as lease:
+            if posixpath.dirname(src) != posixpath.dirname(dst):
+                _makedirs(lease.sftp, posixpath.dirname(dst))
+            self._move(lease.sftp, src, dst)
+
+    def delete(self, names: Sequence[str]) -> None:
+        self._connection()
+        failures: dict[str, str] = {}
+        folders: set[str] = set()
+        with self._sftp("deleting files") as lease:
+            for name in names:
+                try:
+                    path = self._path(name)
+                    lease.sftp.remove(path)
+                    folders.add(posixpath.dirname(path))
+                except FileNotFoundError:
+                    pass
+                except BackendError as exc:
+                    failures[name] = str(exc)
+                except OSError as exc:
+                    if not _channel_survives(lease.sftp, exc):
+                        raise
+                    failures[name] = "permission denied" if exc.errno == errno.EACCES else str(exc)
+            self._prune(lease.sftp, folders)
+        if failures:
+            raise DeleteError(failures)
+
+    def _prune(self, sftp: paramiko.SFTPClient, folders: set[str]) -> None:
+        """Remove folders the deletes left empty, deepest first, never the root."""
+        for folder in sorted(folders, key=len, reverse=True):
+            while folder != self._root and folder.startswith(self._root.rstrip("/") + "/"):
+                try:
+                    sftp.rmdir(folder)
+                except OSError:
+                    break
+                folder = posixpath.dirname(folder)
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None and conn.pid == os.getpid():
+            conn.close()
+
+
+def _makedirs(sftp: paramiko.SFTPClient, folder: str) -> None:
+    """mkdir -p: create ``folder`` and any missing parents."""
+    missing = []
+    while folder not in ("", "/"):
+        try:
+            if stat.S_ISDIR(sftp.stat(folder).st_mode):
+                break
+            raise NotADirectoryError(errno.ENOTDIR, f"{folder} is not a folder")
+        except FileNotFoundError:
+            missing.append(folder)
+            folder = posixpath.dirname(folder)
+    for path in reversed(missing):
+        try:
+            sftp.mkdir(path)
+        except OSError:
+            # Another thread may have made it meanwhile; anything else shows on stat.
+            if not stat.S_ISDIR(sftp.stat(path).st_mode):
+                raise

@@ -1,0 +1,241 @@
+"""``synctool SOURCE DESTINATION [options]``: the command line, on click.
+
+Parsing ends in a :class:`SyncOptions`; the work is :func:`synctool.api.run`;
+every exception becomes an exit code here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import click
+from click.core import ParameterSource
+
+from synctool import __version__, secrets
+from synctool import logs
+from synctool.api import run
+from synctool.backends import Location
+from synctool.cli.args import expand_option_lists
+from synctool.coordinator import Env
+from synctool.errors import ExitCode, SyncError, UsageError
+from synctool.options import (
+    SyncOptions,
+    default_workers,
+    parse_duration,
+    parse_flag,
+    parse_log_level,
+    parse_option_list,
+)
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0    success (also a dry run and --parse-arguments-only)
+  1    fatal error: a listing failed, a backend unreachable,
+       or --max-delete refused the deletes
+  2    usage error: bad arguments or option values
+  3    finished, but some files failed (the summary names them)
+  4    declined at the confirmation prompt
+  130  interrupted (Ctrl-C or SIGTERM)
+
+\b
+Backends: a folder path or file:///path, s3://bucket/prefix,
+ssh://user@host:port/path. Option lists take key=value tokens:
+  --dst-options aws-access-key-id=KEY aws-secret-access-key=SECRET
+"""
+
+# Options whose value is "true"/"false" but which may also stand alone, as in
+# Duplicati: --auto-create-folders means --auto-create-folders=true.
+_OPTIONAL_BOOL = {"is_flag": False, "flag_value": "true", "default": None, "metavar": "[true|false]"}
+
+
+def _tool_options(f):
+    options = [
+        click.option("-y", "--confirm", "--yes", "confirm", is_flag=True, help="Run without asking for confirmation."),
+        click.option("-d", "--dry-run", is_flag=True, help="List and plan, but write, delete and read no file content."),
+        click.option("-f", "--force", is_flag=True, help="Copy every source file and delete every extra destination file, without comparing."),
+        click.option("--src-options", multiple=True, metavar="KEY=VALUE...", help="Options for the source backend."),
+        click.option("--dst-options", multiple=True, metavar="KEY=VALUE...", help="Options for the destination backend."),
+        click.option("--global-options", multiple=True, metavar="KEY=VALUE...", help="Options for both backends (and dry-run, log-file, log-level, max-delete); backend lists and URL query parameters win."),
+        click.option("--log-file", type=str, default=None, help="Append log lines to this file."),
+        click.option("--log-level", type=str, default="Information", show_default=True, help="ExplicitOnly, Profiling, Verbose, Retry, Information, DryRun, Warning, Error (or Debug, Info)."),
+        click.option("--parse-arguments-only", is_flag=True, help="Only parse the arguments, print the result and exit."),
+        click.option("--progress", is_flag=True, help="Show progress on stdout."),
+        click.option("--retention", is_flag=True, help="Rename instead of delete: keep old files as <UTC yyyyMMddHHmmss>.old.<name>."),
+        click.option("--retry", type=int, default=3, show_default=True, help="Times to retry a failed file."),
+        click.option("--verify-contents", is_flag=True, help="Hash both sides of seemingly equal files and copy those that differ."),
+        click.option("--verify-get-after-put", is_flag=True, help="Read every copied file back and compare its BLAKE3 hash."),
+        click.option("--workers", type=int, default=None, help=f"Worker processes [default: CPUs, at least 2; here {default_workers()}]."),
+        click.option("--max-delete", type=int, default=None, help="Delete or rename nothing when the plan would remove more than this many files."),
+        click.option("--report", "report_file", type=str, default=None, help="Write the run's figures as JSON to this file."),
+        click.option("--backend-retries", type=int, default=None, help="Duplicati name for --retry."),
+        click.option("--backend-retry-delay", type=str, default=None, help="Base delay between retries (10s, 500ms) [default: 1s]."),
+        click.option("--backend-retry-with-exponential-backoff", **_OPTIONAL_BOOL, help="Double the delay at each retry [default: true]."),
+        click.option("--auto-create-folders", **_OPTIONAL_BOOL, help="Create a missing destination folder or bucket [default: true]."),
+        click.version_option(__version__, "--version", prog_name="synctool", message="%(prog)s %(version)s"),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+class SyncCommand(click.Command):
+    """Expands the multi-token option lists before click parses the line."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            args = expand_option_lists(args)
+        except UsageError as exc:
+            raise click.UsageError(str(exc), ctx) from None
+        return super().parse_args(ctx, args)
+
+
+class ExitError(click.ClickException):
+    """A SyncError on its way out: click prints it and exits with its code."""
+
+    def __init__(self, exc: SyncError):
+        super().__init__(secrets.redact(exc))
+        self.exit_code = int(exc.exit_code)
+
+    def format_message(self) -> str:
+        return self.message
+
+
+@click.command(
+    cls=SyncCommand,
+    context_settings={"help_option_names": ["-h", "--help", "-?"], "max_content_width": 100},
+    epilog=EXIT_CODES_HELP,
+)
+@click.argument("source")
+@click.argument("destination")
+@_tool_options
+@click.pass_context
+def command(ctx: click.Context, source: str, destination: str, **kw: object) -> None:
+    """Make DESTINATION an exact mirror of SOURCE.
+
+    Files missing at the destination, of another size, or older there are
+    copied; files only at the destination are deleted (renamed with
+    --retention).
+    """
+    try:
+        opts = build_options(ctx, source, destination, kw)
+    except UsageError as exc:
+        raise click.UsageError(secrets.redact(exc), ctx) from None
+    env: Env = ctx.obj if isinstance(ctx.obj, Env) else Env.from_process()
+    if kw["parse_arguments_only"]:
+        click.echo(secrets.redact(describe(opts)), file=env.stdout)
+        ctx.exit(ExitCode.SUCCESS)
+    try:
+        handlers = logs.setup(opts.log_level, opts.log_file)
+    except OSError as exc:
+        raise ExitError(UsageError(f"cannot open the log file {opts.log_file}: {exc.strerror}")) from None
+    try:
+        report = run(opts, env)
+    except OSError as exc:  # the report file could not be written
+        raise ExitError(SyncError(str(exc))) from None
+    finally:
+        logs.teardown(handlers)
+    out = env.stdout or sys.stdout
+    for line in report.summary_lines():
+        out.write(line + "\n")
+    out.flush()
+    ctx.exit(int(report.exit_code))
+
+
+def build_options(ctx: click.Context, source: str, destination: str, kw: dict) -> SyncOptions:
+    """Turn parsed click values into SyncOptions, applying the precedence rules."""
+
+    def explicit(name: str) -> bool:
+        return ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+
+    for url in (source, destination):
+        try:
+            Location.parse(url)
+        except Exception as exc:
+            raise UsageError(f"cannot read the backend string: {exc}") from None
+    opts = SyncOptions(
+        source=source,
+        destination=destination,
+        src_options=parse_option_list(kw["src_options"], "--src-options"),
+        dst_options=parse_option_list(kw["dst_options"], "--dst-options"),
+        global_options=parse_option_list(kw["global_options"], "--global-options"),
+        confirm=bool(kw["confirm"]),
+        dry_run=bool(kw["dry_run"]),
+        force=bool(kw["force"]),
+        retention=bool(kw["retention"]),
+        retry=kw["retry"],
+        verify_contents=bool(kw["verify_contents"]),
+        verify_get_after_put=bool(kw["verify_get_after_put"]),
+        progress=bool(kw["progress"]),
+        log_file=kw["log_file"],
+        log_level=parse_log_level(kw["log_level"]),
+        max_delete=kw["max_delete"],
+        report_file=kw["report_file"],
+    )
+    if kw["workers"] is not None:
+        opts.workers = kw["workers"]
+    chosen = {name for name in ("dry_run", "log_file", "log_level", "max_delete", "retry") if explicit(name)}
+    if kw["backend_retries"] is not None:
+        opts.retry = kw["backend_retries"] if not explicit("retry") else opts.retry
+        chosen.add("retry")
+    if kw["backend_retry_delay"] is not None:
+        opts.retry_delay = parse_duration(kw["backend_retry_delay"], "--backend-retry-delay")
+        chosen.add("retry_delay")
+    if kw["backend_retry_with_exponential_backoff"] is not None:
+        opts.exponential_backoff = parse_flag(kw["backend_retry_with_exponential_backoff"], "--backend-retry-with-exponential-backoff")
+        chosen.add("exponential_backoff")
+    if kw["auto_create_folders"] is not None:
+        opts.auto_create_folders = parse_flag(kw["auto_create_folders"], "--auto-create-folders")
+        chosen.add("auto_create_folders")
+    opts.apply_global_keys(explicit=chosen)
+    if opts.retry < 0:
+        raise UsageError("--retry must be 0 or more")
+    # Secrets must be known before anything can print them.
+    for url in (source, destination):
+        secrets.register(Location.parse(url).password)
+    for layer in (opts.src_options, opts.dst_options, opts.global_options):
+        secrets.register_options(layer)
+    return opts
+
+
+def describe(opts: SyncOptions) -> str:
+    lines = [f"source: {opts.source}", f"destination: {opts.destination}"]
+    for side in ("source", "destination"):
+        spec = opts.spec(side)
+        for key, value in sorted(spec.options.items()):
+            shown = secrets.MASK if key in secrets.SECRET_KEYS else value
+            lines.append(f"{side} option: {key}={shown}")
+    for field in ("dry_run", "force", "retention", "retry", "retry_delay", "verify_contents",
+                  "verify_get_after_put", "workers", "max_delete", "log_file", "report_file"):
+        lines.append(f"{field.replace('_', '-')}: {getattr(opts, field)}")
+    lines.append(f"log-level: {logging.getLevelName(opts.log_level)}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None, env: Env | None = None) -> int:
+    """Run the command line; returns the exit code (never raises, never exits)."""
+    env = env or Env.from_process()
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        # Without standalone mode, click returns the code given to ctx.exit().
+        return int(command.main(args, prog_name="synctool", standalone_mode=False, obj=env) or 0)
+    except click.exceptions.Exit as exc:  # --help, --version, and every finished run
+        return int(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show(file=sys.stderr)
+        return ExitCode.USAGE if isinstance(exc, click.UsageError) else exc.exit_code
+    except (click.Abort, KeyboardInterrupt):
+        sys.stderr.write("interrupted\n")
+        return ExitCode.INTERRUPTED
+
+
+def _sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def entry() -> None:
+    """Console script: SIGTERM behaves like Ctrl-C, so workers are stopped and cleaned up."""
+    signal.signal(signal.SIGTERM, _sigterm)
+    sys.exit(main())
