@@ -1,0 +1,95 @@
+"""The plan: a merge of two sorted listings into copies, compares, renames and deletes."""
+
+import pytest
+
+from synctool.backends.base import Entry
+from synctool.plan import is_retention_name, make_plan, retention_name
+
+STAMP = "20261128043100"
+
+
+def E(name, size=10, mtime=1000.0):
+    return Entry(name, size, mtime)
+
+
+def plan(src, dst, **kw):
+    return make_plan(src, dst, stamp=STAMP, **kw)
+
+
+def copied(p):
+    return {c.entry.name: c.reason for c in p.copies}
+
+
+def test_missing_size_newer_and_unchanged():
+    p = plan(
+        [E("new"), E("size", 11), E("newer", mtime=2000), E("same"), E("older", mtime=500)],
+        [E("size", 10), E("newer", mtime=1000), E("same"), E("older", mtime=1000), E("extra")],
+    )
+    assert copied(p) == {"new": "missing", "size": "size", "newer": "newer"}
+    assert p.deletes == ["extra"]
+    assert p.unchanged == 2  # "same", and "older" (destination newer: not copied)
+    assert p.renames == []
+
+
+def test_mtime_window_absorbs_coarse_timestamps():
+    p = plan([E("f", mtime=1000.9)], [E("f", mtime=1000.0)], mtime_window=1.0)
+    assert p.copies == [] and p.unchanged == 1
+    p = plan([E("f", mtime=1001.5)], [E("f", mtime=1000.0)], mtime_window=1.0)
+    assert copied(p) == {"f": "newer"}
+
+
+def test_input_order_does_not_matter():
+    src = [E("b"), E("a/x"), E("a")]
+    dst = [E("c"), E("a/x")]
+    p = plan(src, dst)
+    assert sorted(copied(p)) == ["a", "b"]
+    assert p.deletes == ["c"]
+
+
+def test_retention_renames_instead_of_deleting_and_keeps_overwritten():
+    p = plan([E("d/f", 11)], [E("d/f", 10), E("d/gone"), E("top")], retention=True)
+    assert p.renames == [("d/gone", f"d/{STAMP}.old.gone"), ("top", f"{STAMP}.old.top")]
+    assert p.deletes == []
+    assert p.copies[0].keep_old_as == f"d/{STAMP}.old.f"
+
+
+def test_retention_names_at_destination_are_kept():
+    kept = f"d/{STAMP}.old.f"
+    for retention in (True, False):
+        p = plan([], [E(kept), E("20200101000000.old.x")], retention=retention)
+        assert p.deletes == [] and p.renames == [] and p.kept == 2
+
+
+def test_temporary_debris_is_deleted_even_with_retention():
+    p = plan([], [E("d/.synctool-0a1b2c.tmp")], retention=True)
+    assert p.deletes == ["d/.synctool-0a1b2c.tmp"] and p.renames == []
+
+
+def test_force_copies_everything_and_skips_comparison():
+    p = plan([E("a"), E("b")], [E("a"), E("x")], force=True, verify_contents=False)
+    assert copied(p) == {"a": "force", "b": "missing"}
+    assert p.deletes == ["x"] and p.compares == []
+
+
+def test_verify_contents_compares_seemingly_equal_pairs():
+    p = plan([E("a"), E("b", 5)], [E("a"), E("b", 6)], verify_contents=True)
+    assert [c.source.name for c in p.compares] == ["a"]
+    assert copied(p) == {"b": "size"}
+
+
+@pytest.mark.parametrize("bad", ["../up", "/abs", "a//b", "a/../b", "x\x00y", "./a"])
+def test_unsafe_source_names_are_refused(bad):
+    p = plan([E(bad), E("ok")], [])
+    assert [n for n, _ in p.refused] == [bad]
+    assert copied(p) == {"ok": "missing"}
+
+
+def test_unsafe_destination_names_are_left_alone():
+    p = plan([], [E("../outside"), E("fine")])
+    assert p.ignored == ["../outside"] and p.deletes == ["fine"]
+
+
+def test_retention_name_helpers():
+    assert retention_name("a/b/c.txt", STAMP) == f"a/b/{STAMP}.old.c.txt"
+    assert retention_name("c", STAMP) == f"{STAMP}.old.c"
+    assert is_retention_name(f"x/{STAMP}.old.y") and not is_retention_name("x/2026.old.y")
