@@ -102,19 +102,21 @@ class WorkerPool:
         deadline = time.monotonic() + (TERMINATE_GRACE_SECONDS if cancel else 60)
         # Keep reading the result queue while waiting: a child blocked on a
         # full pipe never exits (the classic multiprocessing join deadlock).
-        while any(w.process.is_alive() for w in self.workers.values()) and time.monotonic() < deadline:
-            self._drain(0.05)
-        for w in self.workers.values():
-            if w.process.is_alive():
-                w.process.kill()
+        alive = list(self.workers.values())
+        while alive and time.monotonic() < deadline:
+            self._drain()
+            alive[0].process.join(0.005)
+            alive = [w for w in alive if w.process.is_alive()]
+        for w in alive:
+            w.process.kill()
             w.process.join(1)
-        self._drain(0.05)
+        self._drain()
         self.workers.clear()
 
-    def _drain(self, timeout: float) -> None:
+    def _drain(self) -> None:
         try:
             while True:
-                self._note(*self.results.get(timeout=timeout))
+                self._note(*self.results.get_nowait())
         except (queue.Empty, OSError, EOFError, ValueError):
             return
 
