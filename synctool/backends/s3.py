@@ -351,13 +351,12 @@ class S3Backend(Backend):
 
     def _put_multipart(self, key, first, blocks, hasher, old_key, name) -> None:
         try:
-            upload_id = self._client.create_multipart_upload(Bucket=self.bucket, Key=key, **self._object_args())[
-                "UploadId"
-            ]
+            created = self._client.create_multipart_upload(Bucket=self.bucket, Key=key, **self._object_args())
         except Exception as exc:
             raise self._error(exc, name) from exc
+        upload_id = created["UploadId"]
         try:
-            parts = self._upload_parts(key, upload_id, first, blocks)
+            parts, size = self._upload_parts(key, upload_id, first, blocks)
             if old_key is not None:
                 self._copy(key, old_key)
             self._client.complete_multipart_upload(
@@ -366,26 +365,31 @@ class S3Backend(Backend):
         except BaseException as exc:
             # Interrupted, the source failed, or a part failed: leave no parts behind.
             self._abort(key, upload_id)
-            if isinstance(exc, Exception) and not isinstance(exc, BackendError) and _is_s3_error(exc):
+            if isinstance(exc, Exception) and _is_s3_error(exc):
                 raise self._error(exc, name) from exc
-            raise
-        self._add_blake3(key, hasher.hexdigest(), parts)
+            raise  # the caller's own exception (it aborted us): hand it back unchanged
+        self._add_blake3(key, hasher.hexdigest(), size)
 
-    def _upload_parts(self, key: str, upload_id: str, first: bytes, blocks: Iterator[bytes]) -> list[dict]:
-        """Upload blocks as they arrive, several at once, at most parts-in-flight parked."""
+    def _upload_parts(self, key, upload_id, first: bytes, blocks: Iterator[bytes]) -> tuple[list[dict], int]:
+        """Upload blocks as they arrive, several at once, at most parts-in-flight parked.
+
+        Returns the part list for CompleteMultipartUpload and the object's size.
+        """
         futures: list[Future] = []
+        failed: list[BaseException] = []
+        size = 0
         try:
-            number = 1
             block: bytes | None = first
             while block is not None:
-                if number > MAX_PARTS:
+                if len(futures) == MAX_PARTS:
                     raise BackendError(f"more than {MAX_PARTS} parts: the file grew while being copied")
-                futures.append(self._submit_part(key, upload_id, number, block))
+                size += len(block)
+                futures.append(self._submit_part(key, upload_id, len(futures) + 1, block, failed))
                 del block  # the pool holds it now; let it go once uploaded
-                _raise_first_failure(futures)
+                if failed:
+                    raise failed[0]
                 block = next(blocks, None)
-                number += 1
-            return [f.result() for f in futures]
+            return [f.result() for f in futures], size
         except BaseException:
             # Parts still running must finish before the abort, or they outlive it.
             for f in futures:
@@ -395,14 +399,20 @@ class S3Backend(Backend):
                     f.exception()
             raise
 
-    def _submit_part(self, key: str, upload_id: str, number: int, block: bytes) -> Future:
+    def _submit_part(self, key, upload_id, number: int, block: bytes, failed: list) -> Future:
         self._slots.acquire()  # backpressure: wait here while the pipe is full
         try:
             future = self._pool.submit(self._upload_part, key, upload_id, number, block)
         except BaseException:
             self._slots.release()
             raise
-        future.add_done_callback(lambda _: self._slots.release())
+
+        def done(f: Future) -> None:
+            self._slots.release()
+            if not f.cancelled() and f.exception() is not None:
+                failed.append(f.exception())  # seen by the feeding loop: stop early
+
+        future.add_done_callback(done)
         return future
 
     def _upload_part(self, key: str, upload_id: str, number: int, block: bytes) -> dict:
@@ -417,12 +427,11 @@ class S3Backend(Backend):
         except Exception as exc:  # the original error matters more
             log.warning("could not abort the multipart upload of %s: %s", key, _describe(exc))
 
-    def _add_blake3(self, key: str, digest: str, parts: list[dict]) -> None:
+    def _add_blake3(self, key: str, digest: str, size: int) -> None:
         """Rewrite a multipart object's metadata in place; see the module notes."""
-        if not self.multipart_blake3 or (self.storage_class or "").upper() in ARCHIVE_CLASSES:
+        if not self.multipart_blake3 or size > self.copy_limit:
             return
-        size_bound = len(parts) * self._part_size_ceiling(parts)
-        if size_bound > self.copy_limit and self._size(key) > self.copy_limit:
+        if (self.storage_class or "").upper() in ARCHIVE_CLASSES:
             return
         try:
             self._client.copy_object(
@@ -435,13 +444,6 @@ class S3Backend(Backend):
             )
         except Exception as exc:  # the content is complete and correct without it
             log.warning("could not add the blake3 metadata to %s: %s", key, _describe(exc))
-
-    def _part_size_ceiling(self, parts: list[dict]) -> int:
-        # Parts overshoot the part size by less than one chunk; 2x is a safe bound.
-        return 2 * self.part_size
-
-    def _size(self, key: str) -> int:
-        return self._client.head_object(Bucket=self.bucket, Key=key)["ContentLength"]
 
     # -- server-side copy and delete ---------------------------------------
     def _copy(self, src: str, dst: str) -> bool:
@@ -501,13 +503,7 @@ class S3Backend(Backend):
         except Exception as exc:
             reason = str(self._error(exc, "delete"))
             return {names[k]: reason for k in keys}
-        failures = {}
-        for err in answer.get("Errors", ()):
-            if err.get("Code") == "NoSuchKey":
-                continue  # already gone: what we wanted
-            key = err.get("Key", "")
-            failures[names.get(key, key)] = f"{err.get('Code')}: {err.get('Message', '')}".strip()
-        return failures
+        return _delete_failures(answer, names)
 
     # -- errors ------------------------------------------------------------
     def _error(self, exc: BaseException, what: str, first_contact: bool = False) -> BackendError:
@@ -552,21 +548,27 @@ def _blocks(chunks: Iterable[bytes], part_size: int, hasher) -> Iterator[bytes]:
     """
     pending: list[bytes] = []
     filled = 0
+    yielded = False
     for chunk in chunks:
         hasher.update(chunk)
         pending.append(chunk)
         filled += len(chunk)
         if filled >= part_size:
             yield b"".join(pending)
-            pending, filled = [], 0
-    if pending or filled == 0:
-        yield b"".join(pending)
+            pending, filled, yielded = [], 0, True
+    if filled or not yielded:
+        yield b"".join(pending)  # the tail, or the one empty block of an empty file
 
 
-def _raise_first_failure(futures: list[Future]) -> None:
-    for f in futures:
-        if f.done() and f.exception() is not None:
-            raise f.exception()  # type: ignore[misc]
+def _delete_failures(answer: dict, names: dict[str, str]) -> dict[str, str]:
+    """name -> reason for each key a DeleteObjects answer reports as not deleted."""
+    failures = {}
+    for err in answer.get("Errors", ()):
+        if err.get("Code") == "NoSuchKey":
+            continue  # already gone: what we wanted
+        key = err.get("Key", "")
+        failures[names.get(key, key)] = f"{err.get('Code')}: {err.get('Message', '')}".strip()
+    return failures
 
 
 def _is_s3_error(exc: BaseException) -> bool:
@@ -623,7 +625,7 @@ def _endpoint(opts: dict[str, str], tls_default: bool) -> tuple[str | None, bool
 
 
 def _is_aws_host(host: str) -> bool:
-    name = host.rsplit(":", 1)[0].lower() if not host.startswith("[") else host
+    name = re.sub(r":\d*$", "", host).lower()
     return name == "amazonaws.com" or name.endswith(".amazonaws.com")
 
 
