@@ -33,7 +33,7 @@ from synctool.backends import (
 from synctool.errors import Declined, ExitCode, Interrupted, SyncError, UsageError
 from synctool.logs import DRYRUN, RETRY
 from synctool.options import SyncOptions
-from synctool.plan import Copy, Plan, make_plan
+from synctool.plan import Copy, Plan, blocked_copies, make_plan
 from synctool.pool import WorkerPool
 from synctool.progress import Progress
 from synctool.report import Report, human_bytes
@@ -277,12 +277,22 @@ class Coordinator:
             self.report.planned_renames = len(plan.renames) + sum(1 for c in plan.copies if c.keep_old_as)
         if plan.copies or plan.removals:
             self._confirm(self._plan_question(plan))
-        jobs = [Job(next(self.ids), COPY, c.entry.name, c.entry.size, c.entry.mtime, c.keep_old_as) for c in plan.copies]
-        self.progress.start("copying", len(jobs), plan.copy_bytes)
+        blocked = blocked_copies(plan)
+        self._copy([c for c in plan.copies if c.entry.name not in blocked])
+        self._apply_removals(plan)
+        if blocked and self.copy_failures:
+            for name in sorted(blocked):
+                self._failed(name, f"{name}: a destination-only file or folder is in its way, and was not removed")
+        elif blocked:
+            # The removals just made room for these.
+            self._copy([c for c in plan.copies if c.entry.name in blocked])
+        self._stop_pool()
+
+    def _copy(self, copies: list[Copy]) -> None:
+        jobs = [Job(next(self.ids), COPY, c.entry.name, c.entry.size, c.entry.mtime, c.keep_old_as) for c in copies]
+        self.progress.start("copying", len(jobs), sum(c.entry.size for c in copies))
         self._run_jobs(jobs, self._on_copied)
         self.progress.finish()
-        self._stop_pool()
-        self._apply_removals(plan)
 
     def _verify(self, plan: Plan) -> list[Copy]:
         """Hash both sides of every seemingly equal pair; return copies for those that differ."""

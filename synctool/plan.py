@@ -74,6 +74,28 @@ class Plan:
         return len(self.renames) + len(self.deletes)
 
 
+def blocked_copies(plan: Plan) -> set[str]:
+    """Names of copies that a destination-only file or folder stands in the way of.
+
+    A destination file ``a`` leaves no room for the source's ``a/b``, and a
+    destination folder ``a/`` none for the source's file ``a``. Such a copy can
+    only be written after the removals, which come after every other copy.
+    """
+    removed = set(plan.deletes) | {old for old, _ in plan.renames}
+    if not removed:
+        return set()
+
+    def folders(name: str) -> list[str]:
+        return [name[:i] for i, ch in enumerate(name) if ch == "/"]
+
+    removed_folders = {f for name in removed for f in folders(name)}
+    return {
+        c.entry.name
+        for c in plan.copies
+        if c.entry.name in removed_folders or any(f in removed for f in folders(c.entry.name))
+    }
+
+
 def _sorted(entries: Iterable[Entry]) -> list[Entry]:
     return sorted(entries, key=lambda e: e.name)
 
