@@ -332,6 +332,7 @@ class Coordinator:
         assert pool is not None
         waiting = {j.id: j for j in jobs}
         retry_at: list[tuple[float, int, Job]] = []
+        streamed: dict[int, int] = {}  # job id -> bytes reported while in flight
         for shard in make_shards(jobs, pool.size):
             pool.submit(shard)
         while waiting:
@@ -345,22 +346,40 @@ class Coordinator:
             timeout = min(0.2, max(0.0, retry_at[0][0] - now)) if retry_at else 0.2
             for kind, _wid, payload in pool.poll(timeout):
                 if kind == MSG_BYTES:
-                    self.progress.add(nbytes=payload)
-                elif kind == MSG_RESULT and payload.job_id in waiting:
-                    job = waiting[payload.job_id]
-                    if payload.ok:
-                        del waiting[job.id]
-                        on_success(job, payload)
-                    elif payload.retryable and job.attempt < self.opts.retry:
-                        job.attempt += 1
-                        self.report.retries += 1
-                        delay = self._backoff(job.attempt - 1)
-                        log.log(RETRY, "%s; retry %d of %d in %.1f s", payload.error, job.attempt, self.opts.retry, delay)
-                        heapq.heappush(retry_at, (now + delay, job.id, job))
-                    else:
-                        del waiting[job.id]
-                        self._failed(job.name, payload.error or "failed")
+                    job_id, n = payload
+                    streamed[job_id] = streamed.get(job_id, 0) + n
+                    self.progress.add(nbytes=n)
+                elif kind == MSG_RESULT:
+                    for result in payload:
+                        job = waiting.get(result.job_id)
+                        if job is not None:
+                            # The result's own count replaces what was streamed.
+                            self.progress.add(nbytes=result.bytes - streamed.pop(job.id, 0))
+                            self._settle(job, result, waiting, retry_at, now, on_success)
             self.progress.draw()
+
+    def _settle(
+        self,
+        job: Job,
+        result: Result,
+        waiting: dict[int, Job],
+        retry_at: list[tuple[float, int, Job]],
+        now: float,
+        on_success: Callable[[Job, Result], None],
+    ) -> None:
+        """Book a job's result: done, to retry after a backoff, or failed for good."""
+        if result.ok:
+            del waiting[job.id]
+            on_success(job, result)
+        elif result.retryable and job.attempt < self.opts.retry:
+            job.attempt += 1
+            self.report.retries += 1
+            delay = self._backoff(job.attempt - 1)
+            log.log(RETRY, "%s; retry %d of %d in %.1f s", result.error, job.attempt, self.opts.retry, delay)
+            heapq.heappush(retry_at, (now + delay, job.id, job))
+        else:
+            del waiting[job.id]
+            self._failed(job.name, result.error or "failed")
 
     def _failed(self, name: str, error: str) -> None:
         log.error("%s", error)

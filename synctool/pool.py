@@ -124,7 +124,8 @@ class WorkerPool:
         """Book-keeping for every message; the coordinator sees results and bytes."""
         worker = self.workers.get(wid)
         if kind == MSG_RESULT and worker is not None:
-            worker.outstanding.pop(payload.job_id, None)
+            for result in payload:
+                worker.outstanding.pop(result.job_id, None)
         elif kind == MSG_PEAK:
             self.peaks[wid] = payload
         elif kind == MSG_FATAL:
@@ -188,8 +189,13 @@ class WorkerPool:
                 how,
                 len(worker.outstanding),
             )
-            for job in worker.outstanding.values():
-                lost.append((MSG_RESULT, wid, Result(job.id, False, error=f"{job.name}: worker process died ({how})")))
+            lost.append(
+                (
+                    MSG_RESULT,
+                    wid,
+                    [Result(j.id, False, error=f"{j.name}: worker process died ({how})") for j in worker.outstanding.values()],
+                )
+            )
             self.replaced += 1
             self._spawn()
         return lost

@@ -41,8 +41,8 @@ class WorkerSettings:
 
 # Messages on the result queue: (kind, worker_id, payload)
 MSG_READY = "ready"  # payload: pid
-MSG_RESULT = "result"  # payload: Result
-MSG_BYTES = "bytes"  # payload: bytes streamed since the last report
+MSG_RESULT = "result"  # payload: list[Result]
+MSG_BYTES = "bytes"  # payload: (job id, bytes streamed since its last report)
 MSG_LOG = "log"  # payload: (levelno, message)
 MSG_PEAK = "peak"  # payload: peak resident memory of the worker, bytes
 MSG_FATAL = "fatal"  # payload: message; the worker could not start

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -66,33 +67,54 @@ def peak_rss() -> int:
 
 
 class _ByteMeter:
-    """Batch progress reports so a 1 MiB chunk is not one queue message."""
+    """Progress of one job's stream, reported every ``step`` bytes.
 
-    def __init__(self, queue: Any, worker_id: int, step: int):
-        self.queue, self.worker_id, self.step = queue, worker_id, step
+    The job's result carries its total; these messages only keep a large
+    transfer's progress moving, so a small file sends none.
+    """
+
+    def __init__(self, queue: Any, worker_id: int, job_id: int, step: int):
+        self.queue, self.worker_id, self.job_id, self.step = queue, worker_id, job_id, step
         self.pending = 0
-        self.lock = threading.Lock()
 
     def __call__(self, n: int) -> None:
+        self.pending += n
+        if self.pending >= self.step:
+            self.queue.put((MSG_BYTES, self.worker_id, (self.job_id, self.pending)))
+            self.pending = 0
+
+
+class _ResultBatch:
+    """Results go back a batch at a time: one queue message per result costs
+    more (pickling, a pipe write, a thread hand-off) than copying a small file."""
+
+    MAX_RESULTS = 64
+    MAX_DELAY = 0.1  # seconds a finished result may wait for company
+
+    def __init__(self, queue: Any, worker_id: int):
+        self.queue, self.worker_id = queue, worker_id
+        self.items: list[Result] = []
+        self.oldest = 0.0
+        self.lock = threading.Lock()
+
+    def add(self, result: Result, shard_done: bool) -> None:
         with self.lock:
-            self.pending += n
-            if self.pending < self.step:
+            if not self.items:
+                self.oldest = time.monotonic()
+            self.items.append(result)
+            due = shard_done or len(self.items) >= self.MAX_RESULTS or time.monotonic() - self.oldest > self.MAX_DELAY
+            if not due:
                 return
-            n, self.pending = self.pending, 0
-        self.queue.put((MSG_BYTES, self.worker_id, n))
-
-    def flush(self) -> None:
-        with self.lock:
-            n, self.pending = self.pending, 0
-        if n:
-            self.queue.put((MSG_BYTES, self.worker_id, n))
+            items, self.items = self.items, []
+        self.queue.put((MSG_RESULT, self.worker_id, items))
 
 
-def run_job(job: Job, src, dst, settings: WorkerSettings, cancel: threading.Event, meter: _ByteMeter) -> Result:
+def run_job(job: Job, src, dst, settings: WorkerSettings, cancel: threading.Event, results: Any, worker_id: int) -> Result:
+    meter = _ByteMeter(results, worker_id, job.id, settings.progress_step)
     try:
         if job.kind == COMPARE:
             digest, same = compare_file(job, src, dst, cancel=cancel)
-            return Result(job.id, True, digest=digest, same=same)
+            return Result(job.id, True, bytes=job.size + job.dst_size, digest=digest, same=same)
         digest, count, verified = copy_file(
             job, src, dst, verify=settings.verify_get_after_put, cancel=cancel, on_bytes=meter
         )
@@ -102,6 +124,18 @@ def run_job(job: Job, src, dst, settings: WorkerSettings, cancel: threading.Even
         if not message.startswith(job.name):
             message = f"{job.name}: {message}"
         return Result(job.id, False, error=redact(message), retryable=getattr(exc, "retryable", True))
+
+
+class _Countdown:
+    def __init__(self, n: int):
+        self.n = n
+        self.lock = threading.Lock()
+
+    def tick(self) -> bool:
+        """Count one down; True for the last."""
+        with self.lock:
+            self.n -= 1
+            return self.n == 0
 
 
 def worker_main(
@@ -136,33 +170,38 @@ def worker_main(
         results.put((MSG_FATAL, worker_id, redact(str(exc))))
         return
     threads = settings.threads or max(src.concurrency, dst.concurrency)
-    meter = _ByteMeter(results, worker_id, settings.progress_step)
+    batch = _ResultBatch(results, worker_id)
     results.put((MSG_READY, worker_id, os.getpid()))
 
-    def report(job: Job):
-        def done(future) -> None:
-            result = future.result()
-            if not result.ok or job.kind != COMPARE:
-                meter.flush()
-            results.put((MSG_RESULT, worker_id, result))
+    def run(job: Job) -> Result:
+        return run_job(job, src, dst, settings, cancel, results, worker_id)
 
-        return done
-
-    pool = ThreadPoolExecutor(threads, thread_name_prefix=f"w{worker_id}")
+    # Backends that gain nothing from threads (local disks) run jobs inline:
+    # handing each small file to a thread costs more than copying it.
+    pool = ThreadPoolExecutor(threads, thread_name_prefix=f"w{worker_id}") if threads > 1 else None
     try:
         while True:
             shard = jobs.get()
             if shard is None:
                 break
+            if pool is None:
+                for i, job in enumerate(shard):
+                    batch.add(run(job), shard_done=i == len(shard) - 1)
+                continue
+            left = _Countdown(len(shard))
             for job in shard:
-                pool.submit(run_job, job, src, dst, settings, cancel, meter).add_done_callback(report(job))
-        pool.shutdown(wait=True)
+                pool.submit(run, job).add_done_callback(
+                    lambda future, left=left: batch.add(future.result(), shard_done=left.tick())
+                )
+        if pool is not None:
+            pool.shutdown(wait=True)
     except SystemExit:
         # Stopping: running jobs see `cancel` at their next chunk and abort
         # their writes; queued ones are dropped. A job stuck in a network
         # call gets a few seconds, then the process goes regardless.
         threading.Timer(STOP_GRACE_SECONDS, os._exit, (130,)).start()
-        pool.shutdown(wait=True, cancel_futures=True)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         os._exit(130)
     finally:
         results.put((MSG_PEAK, worker_id, peak_rss()))

@@ -36,7 +36,7 @@ def _umask() -> int:
 class LocalBackend(Backend):
     schemes = ("file",)
     options: dict[str, str] = {}
-    concurrency = 4
+    concurrency = 1
     mtime_precision = 1e-6
 
     def __init__(self, spec: BackendSpec):
