@@ -100,7 +100,7 @@ class Report:
                 f"unchanged {self.unchanged}, failed {len(self.failed)}"
             )
         for name, error in self.failed[:20]:
-            lines.append(f"  failed: {name}: {error}")
+            lines.append(f"  failed: {error}" if error.startswith(name) else f"  failed: {name}: {error}")
         if len(self.failed) > 20:
             lines.append(f"  ... and {len(self.failed) - 20} more (see --report)")
         for error in self.errors:

@@ -1,0 +1,65 @@
+"""Faults on local folders: a full destination, an unreadable source file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+import synctool
+from synctool.errors import ExitCode
+from tests.helpers import make_tree, read_tree
+
+FAST = {"retry_delay": 0.01, "workers": 2}
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 2 MiB tmpfs: a destination that runs out of space (mounting needs root, as in CI)."""
+    if os.geteuid() != 0:
+        pytest.fail("this test mounts a tmpfs and needs root (CI runs as root)")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0755", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_destination_out_of_space(tmp_path, small_fs):
+    src = tmp_path / "src"
+    make_tree(src, {"big": os.urandom(3 << 20), "small": b"s" * 100})
+    make_tree(small_fs, {"existing": b"keep me", "extra": b"would be deleted"})
+    report = synctool.sync(str(src), str(small_fs), **FAST)
+    assert report.exit_code == ExitCode.PARTIAL
+    assert [n for n, _ in report.failed] == ["big"]
+    assert "No space left on device" in report.failed[0][1] and "destination is full" in report.failed[0][1]
+    assert report.retries == 0  # a full disk is not retried
+    # what was there is intact, the temporary file is gone, deletes were skipped
+    assert read_tree(small_fs) == {"existing": b"keep me", "extra": b"would be deleted", "small": b"s" * 100}
+    assert not list(small_fs.glob(".synctool-*"))
+
+
+def test_unreadable_source_file_fails_alone(tmp_path):
+    """Permission denied on one file: that file fails, the rest are copied."""
+    import json
+    import sys
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_tree(src, {"ok/a": b"a", "ok/b": b"b", "secret": b"s"})
+    os.chmod(src / "secret", 0)
+    report_file = tmp_path / "report.json"
+    command = [sys.executable, "-m", "synctool", str(src), str(dst), "-y", "--workers", "2",
+               "--backend-retry-delay", "10ms", "--report", str(report_file)]
+    if os.geteuid() == 0:
+        # root reads through file modes; without these two capabilities it cannot
+        command = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *command]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == ExitCode.PARTIAL, done.stderr
+    report = json.loads(report_file.read_text())
+    assert [f["name"] for f in report["failed"]] == ["secret"]
+    assert "Permission denied" in report["failed"][0]["error"]
+    assert "secret: Permission denied" in done.stdout
+    assert read_tree(dst) == {"ok/a": b"a", "ok/b": b"b"}
