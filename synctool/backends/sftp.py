@@ -54,8 +54,10 @@ CHUNK = 1 << 20  # read() yields about this much at a time; write() buffers this
 # SFTP requests carry at most 32 KiB each: every server accepts that much.
 # Throughput comes from keeping many in flight (pipelined writes, prefetched
 # reads) over a wide SSH window, not from bigger requests.
-READ_AHEAD = 128  # prefetched read requests in flight per file (4 MiB)
-WINDOW = 16 << 20  # SSH channel window: room for the requests in flight
+# Prefetched read requests in flight per file (8 MiB): paramiko's prefetch
+# thread tops the queue up only every 10 ms, so fewer starve the reader.
+READ_AHEAD = 256
+WINDOW = 8 << 20  # SSH channel window: room for the read requests in flight
 MAX_CHANNELS = 8  # OpenSSH allows 10 sessions per connection by default
 LIST_THREADS = 4  # folders listed at once
 CONNECT_TIMEOUT = 30.0
@@ -436,9 +438,11 @@ def _channel_survives(sftp: paramiko.SFTPClient, exc: Exception) -> bool:
     """After an error, may the channel be used again?
 
     A status the server sent (no such file, permission denied) leaves it
-    fine; a timeout, a closed channel or a dead transport does not.
+    fine; a timeout, a closed channel or a dead transport does not. An
+    EOFError that reaches us is paramiko's "the channel accepts no more"
+    (the status EOF at the end of a file or folder is handled inside it).
     """
-    if isinstance(exc, (TimeoutError, paramiko.SSHException)):
+    if isinstance(exc, (TimeoutError, EOFError, paramiko.SSHException)):
         return False
     channel = sftp.get_channel()
     return channel is not None and not channel.closed and channel.get_transport().is_active()
@@ -546,21 +550,19 @@ class SFTPBackend(Backend):
     def _sftp(self, what: str) -> Iterator[_Lease]:
         """Lease a channel; turn SFTP and network errors into BackendErrors about ``what``."""
         conn = self._connection()
+        lease = None
         try:
             with conn.lease() as lease:
                 yield lease
         except (OSError, EOFError, paramiko.SSHException) as exc:
-            raise self._translate(exc, what, conn) from exc
-
-    def _translate(self, exc: BaseException, what: str, conn: Connection) -> BackendError:
-        code = getattr(exc, "errno", None)
-        if not conn.alive() or isinstance(exc, (EOFError, paramiko.SSHException, TimeoutError)):
-            return BackendError(f"{what}: connection to {self.settings.address} lost ({exc})")
-        if code == errno.ENOENT:
-            return NotFound(f"{what}: no such file or folder")
-        if code == errno.EACCES:
-            return FatalBackendError(f"{what}: permission denied")
-        return BackendError(f"{what}: {exc}")
+            if lease is None or not lease.usable or not conn.alive():
+                # The channel died, so the connection is suspect: drop it
+                # now, so the next call (the retry) opens a fresh one rather
+                # than racing paramiko's own discovery of the loss.
+                conn.close()
+                reason = str(exc) or type(exc).__name__
+                raise BackendError(f"{what}: connection to {self.settings.address} lost ({reason})") from exc
+            raise _status_error(exc, what) from exc
 
     def _path(self, name: str) -> str:
         assert self._root is not None, "connect first"
@@ -674,7 +676,7 @@ class SFTPBackend(Backend):
                 for chunk in _pull(chunks):
                     f.write(chunk)
             finally:
-                f.close()  # waits for every pipelined write: a failed one raises here
+                _close_file(f)
             if mtime is not None:
                 # Rounded up: SFTP keeps whole seconds, and a copy must never
                 # look older than its source.
@@ -771,6 +773,28 @@ class SFTPBackend(Backend):
             conn, self._conn = self._conn, None
         if conn is not None and conn.pid == os.getpid():
             conn.close()
+
+
+def _status_error(exc: OSError | EOFError | paramiko.SSHException, what: str) -> BackendError:
+    """A BackendError for an error status the server sent."""
+    code = getattr(exc, "errno", None)
+    if code == errno.ENOENT:
+        return NotFound(f"{what}: no such file or folder")
+    if code == errno.EACCES:
+        return FatalBackendError(f"{what}: permission denied")
+    return BackendError(f"{what}: {exc}")
+
+
+def _close_file(f: paramiko.SFTPFile) -> None:
+    """Close a file written with pipelining: this waits for every write's
+    reply, so a write the server refused raises here."""
+    try:
+        f.close()
+    except BaseException:
+        # The channel died under it. Mark it closed all the same, or its
+        # finaliser tries to flush into the dead channel and complains.
+        f._closed = True
+        raise
 
 
 def _makedirs(sftp: paramiko.SFTPClient, folder: str) -> None:
