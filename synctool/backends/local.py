@@ -121,12 +121,14 @@ class LocalBackend(Backend):
         folder = os.path.dirname(final)
         temp = os.path.join(folder, f"{TEMP_PREFIX}{secrets.token_hex(6)}{TEMP_SUFFIX}")
         try:
-            os.makedirs(folder, exist_ok=True)
-            # 0600 until complete: a half-written file is nobody else's business.
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except OSError as exc:
-            raise _os_error(name, exc) from exc
-        try:
+            # Inside the cleanup's reach: a stop signal (SystemExit) can land
+            # right after os.open has created the file, before `fd` is set.
+            try:
+                os.makedirs(folder, exist_ok=True)
+                # 0600 until complete: a half-written file is nobody else's business.
+                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except OSError as exc:
+                raise _os_error(name, exc) from exc
             try:
                 for chunk in chunks:
                     view = memoryview(chunk)
