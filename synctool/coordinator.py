@@ -31,6 +31,7 @@ from synctool.backends import (
     open_backend,
 )
 from synctool.errors import Declined, ExitCode, Interrupted, SyncError, UsageError
+from synctool.interrupts import deferred_interrupts
 from synctool.logs import DRYRUN, RETRY
 from synctool.options import SyncOptions
 from synctool.plan import Copy, Plan, blocked_copies, make_plan
@@ -117,7 +118,8 @@ class Coordinator:
             # Workers start now so their start-up and logins overlap the listing.
             settings = WorkerSettings(verify_get_after_put=opts.verify_get_after_put)
             self.pool = WorkerPool(opts.workers, src_spec, dst_spec, settings, logging.getLogger("synctool").level)
-            self.pool.start()
+            with deferred_interrupts():
+                self.pool.start()
         src_entries, dst_entries = self._list_both()
         window = max(self.src.mtime_precision, self.dst.mtime_precision)
         plan = make_plan(
@@ -328,6 +330,13 @@ class Coordinator:
 
     def _run_jobs(self, jobs: list[Job], on_success: Callable[[Job, Result], None]) -> None:
         """Run ``jobs`` on the pool; retry failures with backoff; record what never worked."""
+        # Ctrl-C lands between two polls (0.2 s at most), never inside a queue.
+        with deferred_interrupts() as check:
+            self._run_jobs_deferred(jobs, on_success, check)
+
+    def _run_jobs_deferred(
+        self, jobs: list[Job], on_success: Callable[[Job, Result], None], check: Callable[[], None]
+    ) -> None:
         pool = self.pool
         assert pool is not None
         waiting = {j.id: j for j in jobs}
@@ -336,6 +345,7 @@ class Coordinator:
         for shard in make_shards(jobs, pool.size):
             pool.submit(shard)
         while waiting:
+            check()
             now = time.monotonic()
             due = []
             while retry_at and retry_at[0][0] <= now:
@@ -394,7 +404,8 @@ class Coordinator:
 
     def _stop_pool(self, cancel: bool = False) -> None:
         if self.pool is not None:
-            self.pool.stop(cancel=cancel)
+            with deferred_interrupts(reraise=False):  # a second Ctrl-C must not cut the clean-up short
+                self.pool.stop(cancel=cancel)
             self.report.worker_peak_rss = max(self.pool.peaks.values(), default=0)
             self.pool = None
 

@@ -1,0 +1,45 @@
+"""Hold Ctrl-C and SIGTERM back while the coordinator is inside multiprocess internals.
+
+A KeyboardInterrupt raised at an arbitrary bytecode inside a queue's
+``get``/``put`` leaves a lock held or a message half read; stopping the pool
+afterwards then blocks forever on that lock or on a read for bytes that never
+come. Inside :func:`deferred_interrupts` the signal is only noted, and raised
+as KeyboardInterrupt at the next ``check()`` or when the block ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterator
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def deferred_interrupts(reraise: bool = True) -> Iterator[Callable[[], None]]:
+    """Defer SIGINT/SIGTERM Python handlers; ``reraise=False`` drops them (a stop in progress)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+    pending: list[int] = []
+
+    def note(signum: int, frame: object) -> None:
+        pending.append(signum)
+
+    def check() -> None:
+        if pending and reraise:
+            pending.clear()
+            raise KeyboardInterrupt
+
+    saved = {}
+    for sig in SIGNALS:
+        if callable(signal.getsignal(sig)):  # only Python handlers raise mid-bytecode
+            saved[sig] = signal.signal(sig, note)
+    try:
+        yield check
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    check()
