@@ -34,7 +34,7 @@ from synctool.errors import Declined, ExitCode, Interrupted, SyncError, UsageErr
 from synctool.interrupts import deferred_interrupts
 from synctool.logs import DRYRUN, RETRY
 from synctool.options import SyncOptions
-from synctool.plan import Copy, Plan, blocked_copies, make_plan
+from synctool.plan import TEMP_RE, Copy, Plan, basename, blocked_copies, make_plan
 from synctool.pool import WorkerPool
 from synctool.progress import Progress
 from synctool.report import Report, human_bytes
@@ -288,7 +288,22 @@ class Coordinator:
         elif blocked:
             # The removals just made room for these.
             self._copy([c for c in plan.copies if c.entry.name in blocked])
+        if self.pool is not None and self.pool.replaced:
+            self._sweep_debris()
         self._stop_pool()
+
+    def _sweep_debris(self) -> None:
+        """Remove the temporary files of workers that died mid-write (SIGKILL, out of memory).
+
+        The plan's listing predates them, and no job of this run is in flight
+        now, so every temporary file at the destination is debris.
+        """
+        try:
+            debris = [e.name for e in self.dst.list() if TEMP_RE.match(basename(e.name))]
+            if debris:
+                self.dst.delete(debris)
+        except BackendError as exc:
+            log.warning("could not remove the temporary files of a dead worker: %s", exc)
 
     def _copy(self, copies: list[Copy]) -> None:
         jobs = [Job(next(self.ids), COPY, c.entry.name, c.entry.size, c.entry.mtime, c.keep_old_as) for c in copies]
