@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pathlib
 
@@ -22,4 +23,35 @@ def read_tree(root: pathlib.Path) -> dict[str, bytes]:
     for path in root.rglob("*"):
         if path.is_file() and not path.is_symlink():
             out[path.relative_to(root).as_posix()] = path.read_bytes()
+    return out
+
+
+def temp_debris(root: pathlib.Path) -> list[pathlib.Path]:
+    """Temporary files of unfinished writes (``.synctool-*.tmp``) anywhere below ``root``."""
+    return sorted(root.rglob(".synctool-*.tmp"))
+
+
+def write_big_file(path: pathlib.Path, size: int, seed: int = 0, block: int = 1 << 20) -> None:
+    """Write ``size`` bytes fast: one random block, each copy stamped with its index and ``seed``.
+
+    No two blocks are equal (so a misplaced chunk changes the hash), and it
+    costs one urandom call instead of ``size`` bytes of randomness.
+    """
+    pattern = bytearray(os.urandom(block))
+    with open(path, "wb") as f:
+        for index, offset in enumerate(range(0, size, block)):
+            pattern[:16] = index.to_bytes(8, "little") + seed.to_bytes(8, "little")
+            f.write(memoryview(pattern)[: size - offset])
+
+
+def tree_digests(root: pathlib.Path) -> dict[str, str]:
+    """Every regular file below ``root`` as relative name -> SHA-256, read in chunks (for big trees)."""
+    out = {}
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+            out[path.relative_to(root).as_posix()] = digest.hexdigest()
     return out

@@ -1,0 +1,220 @@
+"""The real ``synctool`` console script and ``python -m synctool``, run as subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+
+import synctool
+from tests.helpers import make_tree, read_tree, temp_debris, tree_digests, write_big_file
+
+SYNCTOOL = shutil.which("synctool") or pytest.fail("the synctool console script is not installed")
+FAST = ["--workers", "2", "--backend-retry-delay", "10ms"]
+FILES = {"a.txt": b"alpha", "empty": b"", "dir with spaces/ünïcödé.bin": os.urandom(5000), "d/e/f/g": b"deep"}
+
+
+def run(*args, stdin=subprocess.DEVNULL, timeout=60, module=False):
+    cmd = [sys.executable, "-m", "synctool"] if module else [SYNCTOOL]
+    return subprocess.run(
+        [*cmd, *map(str, args)], stdin=stdin, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture
+def src(tmp_path):
+    root = tmp_path / "src"
+    make_tree(root, FILES)
+    return root
+
+
+@pytest.mark.parametrize("module", [False, True], ids=["script", "module"])
+def test_version(module):
+    p = run("--version", module=module)
+    assert p.returncode == 0
+    assert p.stdout.strip() == f"synctool {synctool.__version__}"
+
+
+@pytest.mark.parametrize("flag", ["-h", "-?", "--help"])
+def test_help_lists_options_and_exit_codes(flag):
+    p = run(flag)
+    assert p.returncode == 0, p.stderr
+    for text in ("SOURCE", "DESTINATION", "--retention", "--verify-get-after-put", "Exit codes", "130"):
+        assert text in p.stdout
+
+
+def test_help_through_python_m():
+    p = run("--help", module=True)
+    assert p.returncode == 0 and "Exit codes" in p.stdout
+
+
+def test_sync_writes_report_and_appends_to_a_private_log_file(tmp_path, src):
+    dst, report, log = tmp_path / "dst", tmp_path / "out" / "report.json", tmp_path / "logs" / "sub" / "run.log"
+    p = run(src, dst, "-y", "--report", report, "--log-file", log, *FAST)
+    assert p.returncode == 0, p.stderr
+    assert read_tree(dst) == FILES
+    assert "Copied 4 file(s)" in p.stdout
+    figures = json.loads(report.read_text())
+    assert figures["copied"] == 4 and figures["copied_bytes"] == sum(map(len, FILES.values()))
+    assert figures["exit_code"] == 0 and figures["failed"] == [] and figures["worker_peak_rss"] > 0
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    first = log.read_text()
+    assert "listed 4 file(s)" in first
+
+    p = run(src, dst, "-y", "--report", report, "--log-file", log, *FAST)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(report.read_text())["copied"] == 0  # mtimes kept: nothing to do
+    second = log.read_text()
+    assert second.startswith(first) and second.count("listed 4 file(s)") == 2  # appended
+
+
+def test_python_m_synctool_syncs(tmp_path, src):
+    p = run(src, tmp_path / "dst", "--yes", *FAST, module=True)
+    assert p.returncode == 0, p.stderr
+    assert read_tree(tmp_path / "dst") == FILES
+
+
+def test_without_yes_and_no_terminal_nothing_is_written(tmp_path, src):
+    dst = tmp_path / "dst"
+    make_tree(dst, {"extra": b"stays", "a.txt": b"other"})
+    before = read_tree(dst)
+    p = run(src, dst, *FAST)
+    assert p.returncode == 4, p.stderr
+    assert "-y" in p.stdout + p.stderr
+    assert read_tree(dst) == before and not temp_debris(dst)
+    assert read_tree(src) == FILES
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--dst-options", "a=1", "novalue"], "--dst-options"),
+        (["--global-options", "k=1", "k=2"], "--global-options"),
+        (["--log-level", "Loud"], "log level"),
+        (["--bogus"], "--bogus"),
+    ],
+    ids=["token-without-equals", "key-twice", "log-level", "unknown-option"],
+)
+def test_usage_errors_exit_2(tmp_path, src, args, says):
+    p = run(src, tmp_path / "dst", "-y", *args)
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    assert says in p.stderr
+    assert not (tmp_path / "dst").exists()
+
+
+def test_unknown_scheme_is_a_usage_error_naming_the_supported_ones(tmp_path, src):
+    p = run(src, "nosuch://host/path", "-y")
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    assert "nosuch" in p.stderr and "file" in p.stderr
+
+
+def test_missing_source_is_fatal_and_not_created(tmp_path):
+    missing, dst = tmp_path / "missing", tmp_path / "dst"
+    p = run(missing, dst, "-y", *FAST)
+    assert p.returncode == 1, (p.stdout, p.stderr)
+    assert str(missing) in p.stdout + p.stderr
+    assert not missing.exists()
+
+
+def test_a_source_file_that_keeps_growing_fails_with_exit_3(tmp_path, src):
+    growing = src / "growing.log"
+    growing.write_bytes(b"x" * 100_000)
+    stop = threading.Event()
+
+    def append() -> None:
+        with open(growing, "ab") as f:
+            while not stop.is_set():
+                f.write(b"more\n")
+                f.flush()
+                time.sleep(0.001)
+
+    writer = threading.Thread(target=append, daemon=True)
+    writer.start()
+    try:
+        p = run(src, tmp_path / "dst", "-y", "--report", tmp_path / "r.json", *FAST)
+    finally:
+        stop.set()
+        writer.join()
+    assert p.returncode == 3, (p.stdout, p.stderr)
+    assert "failed: growing.log" in p.stdout and "source changed" in p.stdout
+    figures = json.loads((tmp_path / "r.json").read_text())
+    assert [f["name"] for f in figures["failed"]] == ["growing.log"]
+    assert figures["retries"] == 3  # the default --retry
+    assert read_tree(tmp_path / "dst") == FILES  # the others made it; no half file
+    assert not temp_debris(tmp_path / "dst")
+
+
+def test_dry_run_from_global_options_and_explicit_flags_win(tmp_path, src):
+    dst, glog, own = tmp_path / "dst", tmp_path / "global.log", tmp_path / "own.log"
+    p = run(src, dst, "-y", "--global-options", "dry-run=true", f"log-file={glog}", *FAST)
+    assert p.returncode == 0, p.stderr
+    assert "Would copy 4 file(s)" in p.stdout
+    assert not dst.exists() and "would copy" in glog.read_text()
+
+    # An explicit --log-file wins over the global key; -d wins over dry-run=false.
+    p = run(src, dst, "-y", "-d", "--global-options", "dry-run=false", f"log-file={glog}", "--log-file", own, *FAST)
+    assert p.returncode == 0, p.stderr
+    assert not dst.exists()
+    assert "would copy" in own.read_text() and glog.read_text().count("listed 4 file(s)") == 1
+
+    p = run(src, dst, "-y", "--global-options", "dry-run=false", *FAST)
+    assert p.returncode == 0 and read_tree(dst) == FILES
+
+
+def _wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, "synctool ended before it could be interrupted"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_sigint_and_sigterm_stop_workers_and_remove_temporary_files(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    write_big_file(src / "big0", 256 << 20)
+    for i in (1, 2):  # same bytes, three files: the copy is long, the set-up short
+        os.link(src / "big0", src / f"big{i}")
+    expected = tree_digests(src)
+    try:
+        # Ctrl-C reaches the whole process group; `kill` only the coordinator.
+        for sig, to_group in ((signal.SIGINT, True), (signal.SIGTERM, False)):
+            dst = tmp_path / f"dst-{sig.name}"
+            proc = subprocess.Popen(
+                [SYNCTOOL, src, dst, "-y", *FAST],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True, start_new_session=True,
+            )
+            try:
+                _wait_for(lambda: dst.is_dir() and temp_debris(dst), 20, proc)
+                workers = psutil.Process(proc.pid).children(recursive=True)
+                assert workers
+                (os.killpg if to_group else os.kill)(proc.pid, sig)
+                out, err = proc.communicate(timeout=10)
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+            assert proc.returncode == 130, (sig, out, err)
+            gone, alive = psutil.wait_procs(workers, timeout=5)
+            assert not alive, f"{sig.name}: worker processes left running: {alive}"
+            assert not temp_debris(dst), (sig.name, out, err)
+            assert "Traceback" not in err, err
+
+            p = run(src, dst, "-y", *FAST)
+            assert p.returncode == 0, p.stderr
+            assert tree_digests(dst) == expected
+            shutil.rmtree(dst)
+    finally:
+        shutil.rmtree(src)
