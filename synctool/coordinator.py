@@ -86,6 +86,7 @@ class Coordinator:
         self.dst: Backend | None = None
         self.ids = itertools.count(1)
         self.copy_failures = 0
+        self.create_destination = False  # the destination root is missing: create it before copying
 
     # -- the run -------------------------------------------------------------
     def run(self) -> Report:
@@ -152,14 +153,13 @@ class Coordinator:
                 self.report.warnings.append(msg)
         try:
             backend = open_backend(spec)
-            if side == "source":
-                backend.prepare(create=False)
-            elif not self.opts.dry_run:
-                backend.prepare(create=self.opts.auto_create_folders)
+            backend.prepare(create=False)
         except NotFound as exc:
-            if side == "destination" and self.opts.dry_run:
-                return backend  # a dry run creates nothing: the listing is simply empty
-            raise SyncError(f"{side}: {exc}") from None
+            if side == "source" or not self.opts.auto_create_folders:
+                raise SyncError(f"{side}: {exc}") from None
+            # Created only once the plan is confirmed (never in a dry run or
+            # when declined); until then its listing is simply empty.
+            self.create_destination = True
         except BackendError as exc:
             raise SyncError(f"{side}: {exc}") from None
         return backend
@@ -191,12 +191,12 @@ class Coordinator:
     def _list(self, backend: Backend, into: list[Entry], side: str) -> None:
         for attempt in itertools.count():
             into.clear()
+            if side == "destination" and self.create_destination:
+                return
             try:
                 into.extend(backend.list())
                 return
             except NotFound:
-                if side == "destination" and self.opts.dry_run:
-                    return
                 raise SyncError(f"listing the {side} failed: {backend.display_url()} does not exist") from None
             except BackendError as exc:
                 if not exc.retryable or attempt >= self.opts.retry:
@@ -279,6 +279,11 @@ class Coordinator:
             self.report.planned_renames = len(plan.renames) + sum(1 for c in plan.copies if c.keep_old_as)
         if plan.copies or plan.removals:
             self._confirm(self._plan_question(plan))
+        if self.create_destination:
+            try:
+                self.dst.prepare(create=True)
+            except BackendError as exc:
+                raise SyncError(f"destination: {exc}") from None
         blocked = blocked_copies(plan)
         self._copy([c for c in plan.copies if c.entry.name not in blocked])
         self._apply_removals(plan)

@@ -336,3 +336,11 @@ def test_progress_prints_phases_and_a_closing_summary(dirs):
     text = out.getvalue()
     assert "listing:" in text and "copying: 10/10 files" in text and "renaming: 1/1 files" in text
     assert "elapsed" in text and "/s" in text
+
+
+def test_declined_run_creates_no_destination_folder(dirs):
+    src, dst = dirs
+    make_tree(src, {"a": b"a"})
+    env, _ = confirm_env("n\n")
+    report = Coordinator(SyncOptions(str(src), str(dst), confirm=False, **FAST), env).run()
+    assert report.exit_code == ExitCode.DECLINED and not dst.exists()
