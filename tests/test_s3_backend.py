@@ -218,7 +218,7 @@ def test_missing_bucket_is_one_clear_error(s3_server):
     spec = BackendSpec("s3://t-does-not-exist/p", s3_server.options(**{"auto-create-folders": "false"}))
     with pytest.raises(FatalBackendError, match="does not exist.*auto-create-folders"):
         open_backend(spec).prepare(create=True)
-    with pytest.raises(FatalBackendError, match="does not exist"):
+    with pytest.raises(NotFound, match="does not exist"):
         list(open_backend(spec).list())
     assert "t-does-not-exist" not in {b["Name"] for b in s3_server.client().list_buckets()["Buckets"]}
 

@@ -163,7 +163,7 @@ class S3Backend(Backend):
 
     def _new_client(self, config: Config):
         session = boto3.session.Session(**self._credentials)
-        return session.client("s3", endpoint_url=self.endpoint, config=config)
+        return without_expect_continue(session.client("s3", endpoint_url=self.endpoint, config=config))
 
     def _ensure_open(self) -> None:
         """Open the client and part pool once per process; a forked child opens its own."""
@@ -220,9 +220,10 @@ class S3Backend(Backend):
         finally:
             probe.close()
         if not create and self.prefix and not self._prefix_has_objects():
-            # A source prefix that holds nothing is almost always a typo, and
-            # mirroring it would empty the destination: treat it as missing.
-            raise NotFound(f"nothing under s3://{self.bucket}/{self.prefix} at {self._where()}")
+            # Prefixes do not exist on S3 apart from their objects. A source
+            # prefix that holds nothing is almost always a typo, and mirroring
+            # it would empty the destination: treat it as a missing folder.
+            raise NotFound(f"nothing under s3://{self.bucket}/{self.prefix} at {self._where()} (empty or mistyped prefix?)")
 
     def _missing_bucket(self, client, create: bool) -> None:
         missing = f"bucket {self.bucket} does not exist at {self._where()}"
@@ -526,7 +527,9 @@ class S3Backend(Backend):
     def _client_error(self, exc: botocore.exceptions.ClientError, what: str) -> BackendError:
         code, status = _code(exc), _status(exc)
         if code == "NoSuchBucket":
-            return FatalBackendError(f"bucket {self.bucket} does not exist at {self._where()}")
+            # NotFound is the contract's word for a missing root: a dry run reads
+            # it as an empty destination, a source as a fatal error.
+            return NotFound(f"bucket {self.bucket} does not exist at {self._where()}")
         if code in AUTH_CODES or status == 403:
             return FatalBackendError(
                 f"access to bucket {self.bucket} at {self._where()} was refused ({code}): "
@@ -540,6 +543,24 @@ class S3Backend(Backend):
 
 
 # -- helpers -----------------------------------------------------------------
+def without_expect_continue(client):
+    """Send PutObject without ``Expect: 100-continue``; returns ``client``.
+
+    Our single PUTs are small and already in memory, so waiting for the
+    server's go-ahead only costs a round trip. Worse, after an empty PUT
+    with that header, rclone serve s3 leaves a stray response on the
+    connection and the next request hangs until the read timeout.
+    Parts (UploadPart) keep the header.
+    """
+
+    def drop(request, **_):
+        if "Expect" in request.headers:
+            del request.headers["Expect"]
+
+    client.meta.events.register("before-send.s3.PutObject", drop)
+    return client
+
+
 def _blocks(chunks: Iterable[bytes], part_size: int, hasher) -> Iterator[bytes]:
     """Regroup chunks into blocks of at least ``part_size`` (only the last is shorter).
 

@@ -1,0 +1,202 @@
+"""End to end with S3 on either side, through ``synctool.sync`` and the command line."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+import synctool
+from synctool.errors import ExitCode
+from tests.backend_contract import _content
+from tests.helpers import make_tree, read_tree
+
+FAST = {"retry_delay": 0.01, "workers": 2}
+OLD = 1_500_000_000.0  # a source mtime well in the past
+RETAINED = re.compile(r"(^|/)\d{14}\.old\.")
+FILES = {
+    "a.txt": b"alpha",
+    "empty": b"",
+    "dir with spaces/ünïcödé ファイル.bin": b"u" * 3000,
+    "deep/er/and/deeper/leaf": b"leaf",
+}
+
+
+def s3_tree(s3_server, bucket: str, prefix: str) -> dict[str, bytes]:
+    """Every object under ``prefix/`` as relative name -> content."""
+    client = s3_server.client()
+    return {
+        key[len(prefix) + 1 :]: client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        for key in s3_server.keys_under(bucket, prefix + "/")
+    }
+
+
+def put_tree(s3_server, bucket: str, prefix: str, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        s3_server.client().put_object(Bucket=bucket, Key=f"{prefix}/{name}", Body=data)
+
+
+def ok(report) -> None:
+    assert report.exit_code == ExitCode.SUCCESS, report.to_dict()
+
+
+@pytest.fixture
+def src(tmp_path):
+    make_tree(tmp_path / "src", FILES, mtime=OLD)
+    return tmp_path / "src"
+
+
+def test_local_to_s3_then_nothing_to_do(s3_server, s3_bucket, src):
+    url, opts = f"s3://{s3_bucket}/backup", s3_server.options()
+    report = synctool.sync(str(src), url, dst_options=opts, **FAST)
+    ok(report)
+    assert report.copied == len(FILES)
+    assert s3_tree(s3_server, s3_bucket, "backup") == FILES
+    # Uploads are newer than the source, so the next run finds nothing to copy.
+    again = synctool.sync(str(src), url, dst_options=opts, **FAST)
+    ok(again)
+    assert again.copied == 0 and again.unchanged == len(FILES)
+
+
+def test_s3_to_local(s3_server, s3_bucket, tmp_path):
+    put_tree(s3_server, s3_bucket, "backup", FILES)
+    dst = tmp_path / "dst"
+    ok(synctool.sync(f"s3://{s3_bucket}/backup", str(dst), src_options=s3_server.options(), **FAST))
+    assert read_tree(dst) == FILES
+
+
+def test_s3_to_s3_between_buckets_with_multipart(s3_server, s3_bucket):
+    files = {**FILES, "big.bin": _content(5, 11 * 1024 * 1024 + 7)}
+    put_tree(s3_server, s3_bucket, "src", files)
+    other = s3_server.new_bucket()
+    try:
+        report = synctool.sync(
+            f"s3://{s3_bucket}/src",
+            f"s3://{other}/mirror",
+            global_options=s3_server.options(),
+            dst_options={"s3-part-size": "5MiB"},
+            verify_get_after_put=True,
+            **FAST,
+        )
+        ok(report)
+        assert report.verified_after_put == len(files)
+        assert s3_tree(s3_server, other, "mirror") == files
+        assert s3_server.client().list_multipart_uploads(Bucket=other).get("Uploads", []) == []
+    finally:
+        if s3_server.kind == "external":
+            s3_server.empty_bucket(other)
+
+
+def test_multipart_from_local_with_get_after_put(s3_server, s3_bucket, tmp_path):
+    data = _content(6, 12 * 1024 * 1024 + 1)
+    make_tree(tmp_path / "src", {"large/file.bin": data})
+    report = synctool.sync(
+        str(tmp_path / "src"),
+        f"s3://{s3_bucket}/p",
+        dst_options=s3_server.options(**{"s3-part-size": "5MiB"}),
+        verify_get_after_put=True,
+        **FAST,
+    )
+    ok(report)
+    assert report.verified_after_put == 1
+    assert s3_tree(s3_server, s3_bucket, "p") == {"large/file.bin": data}
+
+
+def test_retention_renames_on_the_server(s3_server, s3_bucket, src):
+    put_tree(s3_server, s3_bucket, "backup", {"gone.txt": b"only here", "a.txt": b"an older alpha"})
+    report = synctool.sync(
+        str(src), f"s3://{s3_bucket}/backup", dst_options=s3_server.options(), retention=True, force=True, **FAST
+    )
+    ok(report)
+    after = s3_tree(s3_server, s3_bucket, "backup")
+    assert {k: v for k, v in after.items() if not RETAINED.search(k)} == FILES
+    kept = sorted(v for k, v in after.items() if RETAINED.search(k))
+    assert kept == [b"an older alpha", b"only here"]
+
+
+def test_verify_contents_finds_a_changed_object_of_the_same_size(s3_server, s3_bucket, src):
+    url, opts = f"s3://{s3_bucket}/backup", s3_server.options()
+    ok(synctool.sync(str(src), url, dst_options=opts, **FAST))
+    # Same size, newer at the destination: only a content check can tell.
+    s3_server.client().put_object(Bucket=s3_bucket, Key="backup/a.txt", Body=b"ALPHA")
+    report = synctool.sync(str(src), url, dst_options=opts, verify_contents=True, **FAST)
+    ok(report)
+    assert report.verified == len(FILES) and report.verify_mismatches == 1
+    assert s3_tree(s3_server, s3_bucket, "backup") == FILES
+
+
+def test_dry_run_writes_nothing(s3_server, s3_bucket, src):
+    put_tree(s3_server, s3_bucket, "backup", {"extra": b"x"})
+    report = synctool.sync(str(src), f"s3://{s3_bucket}/backup", dst_options=s3_server.options(), dry_run=True, **FAST)
+    ok(report)
+    assert report.planned_copies == len(FILES) and report.planned_deletes == 1 and report.copied == 0
+    assert s3_server.keys_under(s3_bucket) == ["backup/extra"]
+    # a missing destination bucket is not created by a dry run either
+    ok(synctool.sync(str(src), "s3://t-dry-run-only/x", dst_options=s3_server.options(), dry_run=True, **FAST))
+    assert "t-dry-run-only" not in {b["Name"] for b in s3_server.client().list_buckets()["Buckets"]}
+
+
+def test_prefix_sharing_its_start_with_another(s3_server, s3_bucket, src):
+    put_tree(s3_server, s3_bucket, "backup2", {"untouched": b"2"})
+    put_tree(s3_server, s3_bucket, "backup", {"stale": b"s"})
+    ok(synctool.sync(str(src), f"s3://{s3_bucket}/backup", dst_options=s3_server.options(), **FAST))
+    assert s3_tree(s3_server, s3_bucket, "backup") == FILES
+    assert s3_tree(s3_server, s3_bucket, "backup2") == {"untouched": b"2"}
+
+
+def test_missing_destination_bucket_is_created(s3_server, src):
+    bucket = f"t-created-{os.getpid()}-{os.urandom(3).hex()}"
+    ok(synctool.sync(str(src), f"s3://{bucket}/p", dst_options=s3_server.options(), **FAST))
+    assert s3_tree(s3_server, bucket, "p") == FILES
+    if s3_server.kind == "external":
+        s3_server.empty_bucket(bucket)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "synctool", *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def _cli_options(s3_server, **extra) -> list[str]:
+    """key=value tokens for the command line; the endpoint as host:port (plain HTTP)."""
+    opts = s3_server.options(**{"s3-server-name": s3_server.endpoint.split("://", 1)[1], **extra})
+    return [f"{k}={v}" for k, v in opts.items()]
+
+
+def test_cli_copies_and_keeps_the_secret_out(s3_server, s3_bucket, src):
+    run = _cli(str(src), f"s3://{s3_bucket}/cli", "-y", "--workers", "2", "--dst-options", *_cli_options(s3_server))
+    assert run.returncode == 0, run.stderr
+    assert s3_tree(s3_server, s3_bucket, "cli") == FILES
+    assert s3_server.secret not in run.stdout + run.stderr
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing bucket", r"bucket t-no-such-bucket does not exist"),
+        ("wrong keys", r"refused"),
+        ("unreachable", r"cannot reach the S3 endpoint http://127\.0\.0\.1:\d+"),
+    ],
+)
+def test_cli_errors_are_one_clear_line_with_exit_code_1(s3_server, s3_bucket, tmp_path, case, message):
+    from tests.fixtures.s3 import _free_port
+
+    secret = "NotTheRightSecret" + os.urandom(8).hex()
+    source, extra = f"s3://{s3_bucket}/src", {}
+    if case == "missing bucket":
+        source = "s3://t-no-such-bucket/src"
+    elif case == "wrong keys":
+        extra = {"aws-secret-access-key": secret}
+    else:
+        extra = {"s3-server-name": f"127.0.0.1:{_free_port()}", "aws-secret-access-key": secret}
+    put_tree(s3_server, s3_bucket, "src", {"f": b"1"})
+    dst = tmp_path / "dst"
+    run = _cli(source, str(dst), "-y", "--workers", "2", "--src-options", *_cli_options(s3_server, **extra))
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert re.search(message, run.stdout + run.stderr), run.stdout + run.stderr
+    assert secret not in run.stdout + run.stderr and s3_server.secret not in run.stdout + run.stderr
+    assert not dst.exists() or read_tree(dst) == {}
