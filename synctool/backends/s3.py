@@ -9,6 +9,14 @@ plus one part being filled per file it is writing, so its peak is about
 ``(s3-parts-in-flight + files written at once) x s3-part-size``; with the
 defaults (4 parts of 8 MiB) one large file costs about 40 MiB.
 
+Buckets and prefixes: a missing bucket is created for the destination
+(``prepare(create=True)``, Duplicati's auto-create-folders, on by default)
+and is an error for the source, or with ``auto-create-folders=false``.
+Prefixes exist only through their objects, so a source prefix with no object
+under it counts as missing too: a mistyped prefix would otherwise mirror as
+"delete everything". A missing bucket, refused keys or an unreachable
+endpoint each give one error that names the bucket or endpoint (never a key).
+
 Not atomic on S3, and what we do about it:
 
 * ``keep_old_as`` copies the old object to its retention name before the new
@@ -90,6 +98,18 @@ CONNECTION_ERRORS = (
     TimeoutError,
 )
 
+# Guards opening a backend's client; a child process gets a fresh one, since a
+# fork may copy it locked by a thread that does not exist in the child.
+_open_lock = threading.Lock()
+
+
+def _new_open_lock() -> None:
+    global _open_lock
+    _open_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_open_lock)
+
 
 class S3Backend(Backend):
     schemes = ("s3", "s3s")
@@ -133,12 +153,10 @@ class S3Backend(Backend):
         self._credentials = _credentials(opts, self.location)
         path_style = _bool(opts, "s3-ext-forcepathstyle", not self.is_aws)
         self._config = self._client_config(path_style)
-        # Each parked part holds a slot until uploaded: the memory bound above.
-        self._slots = threading.BoundedSemaphore(self.parts_in_flight)
-        self._lock = threading.Lock()
-        self._pid = -1
+        self._pid = -1  # the process that opened the client, pool and slots below
         self._client_obj = None
         self._pool_obj: ThreadPoolExecutor | None = None
+        self._slots_obj: threading.BoundedSemaphore | None = None
 
     # -- connection ------------------------------------------------------
     def _client_config(self, path_style: bool) -> Config:
@@ -166,13 +184,20 @@ class S3Backend(Backend):
         return without_expect_continue(session.client("s3", endpoint_url=self.endpoint, config=config))
 
     def _ensure_open(self) -> None:
-        """Open the client and part pool once per process; a forked child opens its own."""
+        """Open the client, part pool and slots once per process.
+
+        A forked child opens its own: the parent's connections, threads and
+        slot counts (taken by parts that only upload in the parent) mean
+        nothing there.
+        """
         if self._pid == os.getpid():
             return
-        with self._lock:
+        with _open_lock:
             if self._pid != os.getpid():
                 self._client_obj = self._new_client(self._config)
                 self._pool_obj = ThreadPoolExecutor(self.parts_in_flight, thread_name_prefix="s3-part")
+                # Each parked part holds a slot until uploaded: the memory bound above.
+                self._slots_obj = threading.BoundedSemaphore(self.parts_in_flight)
                 self._pid = os.getpid()
 
     @property
@@ -186,6 +211,12 @@ class S3Backend(Backend):
         assert self._pool_obj is not None
         return self._pool_obj
 
+    @property
+    def _slots(self) -> threading.BoundedSemaphore:
+        self._ensure_open()
+        assert self._slots_obj is not None
+        return self._slots_obj
+
     def close(self) -> None:
         if self._pid != os.getpid():
             return  # never touch a parent's connections from a forked child
@@ -193,7 +224,7 @@ class S3Backend(Backend):
             self._pool_obj.shutdown(wait=True)
         if self._client_obj is not None and hasattr(self._client_obj, "close"):
             self._client_obj.close()
-        self._client_obj = self._pool_obj = None
+        self._client_obj = self._pool_obj = self._slots_obj = None
         self._pid = -1
 
     def display_url(self) -> str:
