@@ -30,6 +30,9 @@ def test_option_lists_take_several_tokens_and_may_repeat():
         "s", "d", "--dst-options", "a=1", "--dst-options", "b=x=y", "--retry", "5", "--dst-options", "c=3",
     ]
     assert expand_option_lists(["--src-options=k=v", "s3://b/x?q=1", "d"]) == ["--src-options", "k=v", "s3://b/x?q=1", "d"]
+    assert expand_option_lists(["s", "d", "--dst-options", "s3-server-name=https://h:9000", "x=y"]) == [
+        "s", "d", "--dst-options", "s3-server-name=https://h:9000", "--dst-options", "x=y",
+    ]
     with pytest.raises(UsageError, match="--global-options"):
         expand_option_lists(["--global-options", "--retry", "1"])
 

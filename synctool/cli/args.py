@@ -3,7 +3,8 @@
 ``--dst-options a=1 b=2 --retry 5`` becomes ``--dst-options a=1 --dst-options b=2
 --retry 5`` before click sees it (click gives an option a fixed number of
 values). A list runs until the next token that starts with '-' or looks like a
-URL, so ``--dst-options a=1 s3://bucket/x?k=v`` still sees the URL as an argument.
+URL (a '://' before any '='), so ``--dst-options a=1 s3://bucket/x?k=v`` still sees
+the URL as an argument while ``s3-server-name=https://host`` stays a value.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ LIST_OPTIONS = ("--src-options", "--dst-options", "--global-options")
 
 
 def _ends_list(token: str) -> bool:
-    return token.startswith("-") or "://" in token
+    # "s3-server-name=https://host" is a value; "s3://bucket/x?k=v" is a URL.
+    return token.startswith("-") or "://" in token.partition("=")[0]
 
 
 def expand_option_lists(args: list[str]) -> list[str]:
