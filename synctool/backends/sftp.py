@@ -339,11 +339,7 @@ class Connection:
                 return self._idle.pop()
             self._open_channels += 1
         try:
-            sftp = paramiko.SFTPClient.from_transport(self.transport, window_size=WINDOW)
-            if sftp is None:
-                raise paramiko.SSHException("the server refused an SFTP channel")
-            sftp.get_channel().settimeout(IO_TIMEOUT)
-            return sftp
+            return _open_sftp_channel(self.transport)
         except BaseException:
             with self._cond:
                 self._open_channels -= 1
@@ -367,6 +363,26 @@ class Connection:
         for sftp in idle:
             _quietly(sftp.close)
         _quietly(self.transport.close)
+
+
+def _open_sftp_channel(transport: paramiko.Transport) -> paramiko.SFTPClient:
+    """A new SFTP session on ``transport``; a server that does not answer in
+    IO_TIMEOUT fails it rather than hanging the caller."""
+    channel = transport.open_session(window_size=WINDOW, timeout=IO_TIMEOUT)
+    channel.settimeout(IO_TIMEOUT)
+    # paramiko waits for the subsystem's answer without a time limit:
+    # closing the channel is what ends that wait.
+    watchdog = threading.Timer(IO_TIMEOUT, channel.close)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        channel.invoke_subsystem("sftp")
+        return paramiko.SFTPClient(channel)
+    except BaseException:
+        channel.close()
+        raise
+    finally:
+        watchdog.cancel()
 
 
 def _dial(s: Settings) -> socket.socket:
