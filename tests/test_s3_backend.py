@@ -520,3 +520,21 @@ def test_fork_after_closing_a_native_client(s3_server, s3_bucket):
     proc.start()
     proc.join(30)
     assert proc.exitcode == 0
+
+
+def test_multipart_returns_every_slot(open_s3):
+    # Parts take their slot before they are filled; a slot left taken after a
+    # write (finished or failed) would stall the next large file for good.
+    backend = open_s3(**SMALL_PART, **{"s3-parts-in-flight": "2"})
+    data = _content(5, 11 * MiB)
+    backend.write("ok", _chunks(data, MiB), len(data))
+
+    def broken():
+        yield from _chunks(data[: 7 * MiB], MiB)
+        raise RuntimeError("source went away")
+
+    with pytest.raises(RuntimeError):
+        backend.write("bad", broken(), len(data))
+    assert backend._slots._value == 2
+    backend.write("again", _chunks(data, MiB), len(data))
+    assert b"".join(backend.read("again")) == data
