@@ -26,7 +26,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -82,6 +82,38 @@ def stop_tree(proc: subprocess.Popen, timeout: float = 10) -> None:
 
 def _log_tail(log: Path) -> str:
     return log.read_text(errors="replace")[-2000:] if log.exists() else ""
+
+
+def start_on_free_port(
+    command: Callable[[int], list[str]],
+    ready: Callable[[int], bool],
+    log: Path,
+    what: str,
+    env: dict[str, str] | None = None,
+) -> tuple[subprocess.Popen, int]:
+    """Start ``command(port)`` on a free loopback port and wait until ``ready(port)``.
+
+    Between choosing a free port and the server binding it another process
+    may take it; then the server exits and we try again with another port.
+    """
+    for _attempt in range(3):
+        port = free_port()
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(command(port), stdout=out, stderr=subprocess.STDOUT, env=env)
+        if wait_until_ready(proc, port, ready):
+            return proc, port
+        stop_tree(proc)
+    raise RuntimeError(f"{what} did not start:\n{_log_tail(log)}")
+
+
+def wait_until_ready(proc: subprocess.Popen, port: int, ready: Callable[[int], bool]) -> bool:
+    """True once ``ready(port)``; False if the process exits or time runs out."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ready(port):
+            return True
+        time.sleep(0.05)
+    return False
 
 
 # -- S3: rclone serve s3 ---------------------------------------------------------
@@ -286,7 +318,8 @@ def host_fingerprints(host_key: Path) -> tuple[str, str]:
     return fingerprints(paramiko.Ed25519Key.from_private_key_file(str(host_key)))
 
 
-def _ssh_banner(port: int) -> bool:
+def ssh_banner(port: int) -> bool:
+    """True when an SSH server answers on ``port``."""
     with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), timeout=1) as s:
         return s.recv(4) == b"SSH-"
     return False
@@ -323,8 +356,8 @@ def openssh_sftp(
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
     log = workdir / "sshd.log"
     config = workdir / "sshd_config"
-    for attempt in range(3):
-        port = free_port()
+
+    def command(port: int) -> list[str]:
         config.write_text(
             SSHD_CONFIG.format(
                 port=port,
@@ -336,16 +369,9 @@ def openssh_sftp(
                 log_level=log_level,
             )
         )
-        with open(log, "ab") as out:
-            proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while time.monotonic() < deadline and proc.poll() is None and not _ssh_banner(port):
-            time.sleep(0.05)
-        if proc.poll() is None and _ssh_banner(port):
-            break
-        stop_tree(proc)  # the port was taken meanwhile, or the config failed: try again
-        if attempt == 2:
-            raise RuntimeError(f"sshd did not start:\n{_log_tail(log)}")
+        return [SSHD, "-D", "-e", "-f", str(config)]
+
+    proc, port = start_on_free_port(command, ssh_banner, log, "sshd")
     public_host_key = Path(f"{host_key}.pub").read_text().split()
     known_hosts = workdir / "known_hosts"
     known_hosts.write_text(f"[{LOOPBACK}]:{port} {public_host_key[0]} {public_host_key[1]}\n")
@@ -366,3 +392,63 @@ def openssh_sftp(
         yield server
     finally:
         stop_tree(proc)
+
+
+# -- SFTP: rclone serve sftp -------------------------------------------------------
+@dataclasses.dataclass
+class RcloneSFTPServer:
+    """A running ``rclone serve sftp``: a second SFTP implementation to test against.
+
+    It logs in ``user`` by password or by any key in its authorized_keys file,
+    and shows ``root`` as the server's "/".
+    """
+
+    host: str
+    port: int
+    user: str
+    password: str
+    root: Path
+    log: Path
+    proc: subprocess.Popen
+    command: list[str]
+    env: dict[str, str]
+
+    def restart(self) -> None:
+        """Stop and start again on the same port: rclone serves every connection
+        from one process, so this is how its connections are dropped."""
+        stop_tree(self.proc)
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT, env=self.env)
+        if not wait_until_ready(self.proc, self.port, ssh_banner):
+            raise RuntimeError(f"rclone serve sftp did not restart:\n{_log_tail(self.log)}")
+
+
+@contextlib.contextmanager
+def rclone_sftp(
+    workdir: Path, *, host_key: Path, authorized_keys: Path, rclone: str | None = None
+) -> Iterator[RcloneSFTPServer]:
+    """Serve ``workdir``/files over SFTP with ``rclone serve sftp`` on a free loopback port."""
+    workdir = Path(workdir)
+    root = workdir / "files"
+    root.mkdir(parents=True, exist_ok=True)
+    rclone = rclone or real_executable("rclone")
+    user, password = "synctool", secrets.token_urlsafe(18)
+    # Its own config and cache, so nothing of the user's rclone set-up leaks in.
+    env = {**os.environ, "RCLONE_CONFIG": str(workdir / "rclone.conf"), "RCLONE_CACHE_DIR": str(workdir / "cache")}
+    log = workdir / "rclone-sftp.log"
+
+    def command(port: int) -> list[str]:
+        return [
+            rclone, "serve", "sftp", str(root),
+            "--addr", f"{LOOPBACK}:{port}",
+            "--user", user, "--pass", password,
+            "--authorized-keys", str(authorized_keys),
+            "--key", str(host_key),
+        ]  # fmt: skip
+
+    proc, port = start_on_free_port(command, ssh_banner, log, "rclone serve sftp", env)
+    server = RcloneSFTPServer(LOOPBACK, port, user, password, root, log, proc, command(port), env)
+    try:
+        yield server
+    finally:
+        stop_tree(server.proc)
