@@ -117,6 +117,32 @@ def wait_until_ready(proc: subprocess.Popen, port: int, ready: Callable[[int], b
 
 
 # -- S3: rclone serve s3 ---------------------------------------------------------
+def s3_client(endpoint: str, key: str, secret: str):
+    """A plain boto3 client (path style, no Expect: 100-continue), for looking
+    at a server behind synctool's back."""
+    import boto3
+    from botocore.config import Config
+
+    from synctool.backends.s3 import without_expect_continue
+
+    config = Config(
+        s3={"addressing_style": "path"},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        max_pool_connections=16,
+    )
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
+        region_name="us-east-1",
+        config=config,
+    )
+    # Empty PUTs with Expect: 100-continue stall rclone's next answer.
+    return without_expect_continue(client)
+
+
 @dataclasses.dataclass
 class S3Server:
     """A running ``rclone serve s3``; each top-level folder of ``root`` is a bucket."""
@@ -127,6 +153,8 @@ class S3Server:
     secret: str
     root: Path  # the served folder: bucket B's object K is the file root/B/K
     proc: subprocess.Popen
+    command: list[str]  # how it was started, to start it again on the same port
+    log: Path
     _client: object = None
 
     def synctool_options(self) -> dict[str, str]:
@@ -154,33 +182,33 @@ class S3Server:
         }
 
     def client(self):
-        """A plain boto3 client (path style, no Expect: 100-continue), made once."""
+        """A plain boto3 client for this server, made once."""
         if self._client is None:
-            import boto3
-            from botocore.config import Config
-
-            from synctool.backends.s3 import without_expect_continue
-
-            config = Config(
-                s3={"addressing_style": "path"},
-                request_checksum_calculation="when_required",
-                response_checksum_validation="when_required",
-                max_pool_connections=16,
-            )
-            client = boto3.client(
-                "s3",
-                endpoint_url=self.endpoint,
-                aws_access_key_id=self.key,
-                aws_secret_access_key=self.secret,
-                region_name="us-east-1",
-                config=config,
-            )
-            # Empty PUTs with Expect: 100-continue stall rclone's next answer.
-            self._client = without_expect_continue(client)
+            self._client = s3_client(self.endpoint, self.key, self.secret)
         return self._client
 
     def create_bucket(self, name: str) -> None:
         self.client().create_bucket(Bucket=name)
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would: requests in flight break
+        mid-way, and multipart uploads (rclone keeps them in memory) are lost."""
+        self.proc.kill()
+        self.proc.wait()
+
+    def start(self) -> None:
+        """Start the server again after :meth:`kill`: same port, keys and folder."""
+        if self.proc.poll() is None:
+            raise RuntimeError("rclone serve s3 is still running")
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT)
+        if not wait_until_ready(self.proc, self.port, _http_answers):
+            stop_tree(self.proc)
+            raise RuntimeError(f"rclone serve s3 did not start again on port {self.port}:\n{_log_tail(self.log)}")
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
 
 
 def _http_answers(port: int) -> bool:
@@ -205,27 +233,17 @@ def rclone_s3(root_dir: Path, rclone: str | None = None, log: Path | None = None
     log = log or root_dir.parent / f"{root_dir.name}.rclone-s3.log"
     # rclone refuses very short keys; these are throw-away values for one run.
     key, secret = "benchKEY" + secrets.token_hex(6), "benchSECRET" + secrets.token_hex(12)
-    for attempt in range(3):
-        port = free_port()
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(
-                [rclone, "serve", "s3", str(root_dir), "--addr", f"{LOOPBACK}:{port}",
-                 "--auth-key", f"{key},{secret}", "--config", "/dev/null"],
-                stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while time.monotonic() < deadline and proc.poll() is None and not _http_answers(port):
-            time.sleep(0.05)
-        if proc.poll() is None and _http_answers(port):
-            break
-        stop_tree(proc)  # the port was taken meanwhile, or it failed: try again
-        if attempt == 2:
-            raise RuntimeError(f"rclone serve s3 did not start:\n{_log_tail(log)}")
-    server = S3Server(f"http://{LOOPBACK}:{port}", port, key, secret, root_dir, proc)
+
+    def command(port: int) -> list[str]:
+        return [rclone, "serve", "s3", str(root_dir), "--addr", f"{LOOPBACK}:{port}",
+                "--auth-key", f"{key},{secret}", "--config", "/dev/null"]  # fmt: skip
+
+    proc, port = start_on_free_port(command, _http_answers, log, "rclone serve s3")
+    server = S3Server(f"http://{LOOPBACK}:{port}", port, key, secret, root_dir, proc, command(port), log)
     try:
         yield server
     finally:
-        stop_tree(proc)
+        stop_tree(server.proc)  # a restart replaced the first process
 
 
 # -- SFTP: OpenSSH's sshd ----------------------------------------------------------

@@ -5,6 +5,26 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
+import re
+
+from synctool.errors import ExitCode
+
+# Library options for a quick run: retries do not wait, two workers even on one CPU.
+FAST = {"retry_delay": 0.01, "workers": 2}
+OLD = 1_500_000_000.0  # a source mtime well in the past
+RETAINED = re.compile(r"(^|/)\d{14}\.old\.")  # a retention name: <yyyyMMddHHmmss>.old.<name>
+# A small tree with the names that trip backends up: empty, spaces, unicode, deep.
+SAMPLE_FILES = {
+    "a.txt": b"alpha",
+    "empty": b"",
+    "dir with spaces/ünïcödé ファイル.bin": b"u" * 3000,
+    "deep/er/and/deeper/leaf": b"leaf",
+}
+
+
+def ok(report) -> None:
+    """The run succeeded; else show its whole report."""
+    assert report.exit_code == ExitCode.SUCCESS, report.to_dict()
 
 
 def make_tree(root: pathlib.Path, files: dict[str, bytes], mtime: float | None = None) -> None:

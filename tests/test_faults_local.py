@@ -9,9 +9,8 @@ import pytest
 
 import synctool
 from synctool.errors import ExitCode
-from tests.helpers import make_tree, read_tree
+from tests.helpers import FAST, make_tree, read_tree
 
-FAST = {"retry_delay": 0.01, "workers": 2}
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ would inherit and count).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess

@@ -11,7 +11,6 @@ real folders, runs ``synctool.sync`` with real worker processes, and checks:
 
 from __future__ import annotations
 
-import os
 import pathlib
 import random
 import re
@@ -24,9 +23,8 @@ from hypothesis import strategies as st
 import synctool
 from synctool.errors import ExitCode
 from synctool.plan import is_retention_name
-from tests.helpers import make_tree, read_tree
+from tests.helpers import FAST, make_tree, read_tree
 
-FAST = {"retry_delay": 0.01, "workers": 2}
 T0 = 1_600_000_000.0  # every source file's mtime
 OLDER, NEWER = T0 - 1000, T0 + 1000
 

@@ -10,19 +10,11 @@ import sys
 import pytest
 
 import synctool
-from synctool.errors import ExitCode
+from scripts.servers import free_port
 from tests.backend_contract import _content
-from tests.helpers import make_tree, read_tree
+from tests.helpers import FAST, OLD, RETAINED, SAMPLE_FILES, make_tree, ok, read_tree
 
-FAST = {"retry_delay": 0.01, "workers": 2}
-OLD = 1_500_000_000.0  # a source mtime well in the past
-RETAINED = re.compile(r"(^|/)\d{14}\.old\.")
-FILES = {
-    "a.txt": b"alpha",
-    "empty": b"",
-    "dir with spaces/ünïcödé ファイル.bin": b"u" * 3000,
-    "deep/er/and/deeper/leaf": b"leaf",
-}
+FILES = SAMPLE_FILES
 
 
 def s3_tree(s3_server, bucket: str, prefix: str) -> dict[str, bytes]:
@@ -37,10 +29,6 @@ def s3_tree(s3_server, bucket: str, prefix: str) -> dict[str, bytes]:
 def put_tree(s3_server, bucket: str, prefix: str, files: dict[str, bytes]) -> None:
     for name, data in files.items():
         s3_server.client().put_object(Bucket=bucket, Key=f"{prefix}/{name}", Body=data)
-
-
-def ok(report) -> None:
-    assert report.exit_code == ExitCode.SUCCESS, report.to_dict()
 
 
 @pytest.fixture
@@ -183,7 +171,6 @@ def test_cli_copies_and_keeps_the_secret_out(s3_server, s3_bucket, src):
     ],
 )
 def test_cli_errors_are_one_clear_line_with_exit_code_1(s3_server, s3_bucket, tmp_path, case, message):
-    from tests.fixtures.s3 import _free_port
 
     secret = "NotTheRightSecret" + os.urandom(8).hex()
     source, extra = f"s3://{s3_bucket}/src", {}
@@ -192,7 +179,7 @@ def test_cli_errors_are_one_clear_line_with_exit_code_1(s3_server, s3_bucket, tm
     elif case == "wrong keys":
         extra = {"aws-secret-access-key": secret}
     else:
-        extra = {"s3-server-name": f"127.0.0.1:{_free_port()}", "aws-secret-access-key": secret}
+        extra = {"s3-server-name": f"127.0.0.1:{free_port()}", "aws-secret-access-key": secret}
     put_tree(s3_server, s3_bucket, "src", {"f": b"1"})
     dst = tmp_path / "dst"
     run = _cli(source, str(dst), "-y", "--workers", "2", "--src-options", *_cli_options(s3_server, **extra))

@@ -5,7 +5,6 @@ Each test runs against OpenSSH's sshd and rclone's SFTP server.
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 import threading
@@ -16,18 +15,18 @@ import pytest
 import synctool
 from synctool.errors import ExitCode
 from tests.backend_contract import _content
-from tests.helpers import make_tree, read_tree, temp_debris
+from tests.helpers import (
+    FAST,
+    OLD,
+    RETAINED,
+    SAMPLE_FILES,
+    make_tree,
+    ok,
+    read_tree,
+    temp_debris,
+)
 
-FAST = {"retry_delay": 0.01, "workers": 2}
-OLD = 1_500_000_000.0  # a source mtime well in the past
-RETAINED = re.compile(r"(^|/)\d{14}\.old\.")
-FILES = {
-    "a.txt": b"alpha",
-    "empty": b"",
-    "dir with spaces/ünïcödé ファイル.bin": b"u" * 3000,
-    "deep/er/and/deeper/leaf": b"leaf",
-    "big.bin": _content(3, 3 * 1024 * 1024 + 5),
-}
+FILES = {**SAMPLE_FILES, "big.bin": _content(3, 3 * 1024 * 1024 + 5)}
 
 
 @pytest.fixture(autouse=True)
@@ -39,10 +38,6 @@ def _clean_ssh_environment(no_ssh_environment):
 def src(tmp_path):
     make_tree(tmp_path / "src", FILES, mtime=OLD)
     return tmp_path / "src"
-
-
-def ok(report) -> None:
-    assert report.exit_code == ExitCode.SUCCESS, report.to_dict()
 
 
 def test_local_to_sftp_then_nothing_to_do(sftp_server, sftp_folder, src):

@@ -15,10 +15,8 @@ from synctool.backends.local import LocalBackend
 from synctool.coordinator import Coordinator, Env
 from synctool.errors import ExitCode, UsageError
 from synctool.options import SyncOptions
-from tests.helpers import make_tree, read_tree
+from tests.helpers import FAST, OLD, make_tree, read_tree
 
-FAST = {"retry_delay": 0.01, "workers": 2}
-OLD = 1_500_000_000.0  # a source mtime well in the past
 
 
 @pytest.fixture
