@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from synctool import secrets
 from synctool.backends import (
@@ -35,11 +35,13 @@ from synctool.interrupts import deferred_interrupts
 from synctool.logs import DRYRUN, RETRY
 from synctool.options import SyncOptions
 from synctool.plan import TEMP_RE, Copy, Plan, basename, blocked_copies, make_plan
-from synctool.pool import WorkerPool
 from synctool.progress import Progress
 from synctool.report import Report, human_bytes
 from synctool.shards import make_shards
 from workers.jobs import COMPARE, COPY, MSG_BYTES, MSG_RESULT, Job, Result, WorkerSettings
+
+if TYPE_CHECKING:
+    from synctool.pool import WorkerPool
 
 log = logging.getLogger("synctool")
 
@@ -115,12 +117,11 @@ class Coordinator:
         src_spec, dst_spec = opts.spec("source"), opts.spec("destination")
         self.src, self.dst = self._open(src_spec, "source"), self._open(dst_spec, "destination")
         self.report.source, self.report.destination = self.src.display_url(), self.dst.display_url()
-        if not opts.dry_run:
-            # Workers start now so their start-up and logins overlap the listing.
-            settings = WorkerSettings(verify_get_after_put=opts.verify_get_after_put)
-            self.pool = WorkerPool(opts.workers, src_spec, dst_spec, settings, logging.getLogger("synctool").level)
-            with deferred_interrupts():
-                self.pool.start()
+        if not opts.dry_run and self.create_destination:
+            # Everything will be copied: let the workers' start-up and logins
+            # overlap the listing. Otherwise they start only once the plan
+            # shows work, so a sync with nothing to do starts none.
+            self._start_pool(opts.workers)
         src_entries, dst_entries = self._list_both()
         window = max(self.src.mtime_precision, self.dst.mtime_precision)
         plan = make_plan(
@@ -268,7 +269,6 @@ class Coordinator:
 
     # -- executing ---------------------------------------------------------------
     def _execute(self, plan: Plan) -> None:
-        assert self.pool is not None
         if plan.compares:
             self._confirm(
                 f"Verify {len(plan.compares)} file(s) that seem equal by reading both sides "
@@ -357,12 +357,15 @@ class Coordinator:
     def _run_jobs_deferred(
         self, jobs: list[Job], on_success: Callable[[Job, Result], None], check: Callable[[], None]
     ) -> None:
-        pool = self.pool
-        assert pool is not None
+        if not jobs:
+            return
+        shards = make_shards(jobs, self.opts.workers)
+        # A worker without a shard would only cost its start and logins.
+        pool = self._start_pool(len(shards))
         waiting = {j.id: j for j in jobs}
         retry_at: list[tuple[float, int, Job]] = []
         streamed: dict[int, int] = {}  # job id -> bytes reported while in flight
-        for shard in make_shards(jobs, pool.size):
+        for shard in shards:
             pool.submit(shard)
         while waiting:
             check()
@@ -421,6 +424,25 @@ class Coordinator:
         """Exponential backoff with full jitter around the base delay."""
         base = self.opts.retry_delay * (2**attempt if self.opts.exponential_backoff else 1)
         return min(MAX_BACKOFF_SECONDS, base * random.uniform(0.5, 1.5))
+
+    def _start_pool(self, wanted: int) -> "WorkerPool":
+        """The worker pool, started on first need, with up to ``wanted`` workers running."""
+        if self.pool is None:
+            # Imported here: multiprocess and the worker code cost a start
+            # that a run with nothing to copy never needs.
+            from synctool.pool import WorkerPool
+
+            settings = WorkerSettings(verify_get_after_put=self.opts.verify_get_after_put)
+            self.pool = WorkerPool(
+                self.opts.workers,
+                self.opts.spec("source"),
+                self.opts.spec("destination"),
+                settings,
+                logging.getLogger("synctool").level,
+            )
+        with deferred_interrupts():
+            self.pool.start(wanted)
+        return self.pool
 
     def _stop_pool(self, cancel: bool = False) -> None:
         if self.pool is not None:

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
 from collections.abc import Iterable, Mapping
-
-import psutil
 
 from synctool.backends.base import BackendSpec, Location, parse_bool
 from synctool.errors import UsageError
@@ -49,7 +48,9 @@ TOOL_KEYS = frozenset(
 
 
 def default_workers() -> int:
-    return max(2, psutil.cpu_count() or 2)
+    # os rather than psutil: the same logical count, without psutil's import
+    # on every start.
+    return max(2, os.cpu_count() or 2)
 
 
 def parse_log_level(text: str) -> int:

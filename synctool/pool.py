@@ -73,8 +73,10 @@ class WorkerPool:
         self.replaced = 0
 
     # -- life cycle --------------------------------------------------------
-    def start(self) -> None:
-        for _ in range(self.size):
+    def start(self, wanted: int | None = None) -> None:
+        """Have ``wanted`` workers running (at most ``size``; all of them by default)."""
+        wanted = self.size if wanted is None else min(wanted, self.size)
+        while len(self.workers) < wanted:
             self._spawn()
 
     def _spawn(self) -> _Worker:

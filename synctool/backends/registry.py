@@ -10,7 +10,6 @@ subclass.
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import entry_points
 
 from synctool.backends.base import Backend, BackendError, BackendSpec
 
@@ -35,6 +34,11 @@ class UnknownScheme(BackendError):
 
 
 def _plugins() -> dict[str, str]:
+    # Scanning the installed packages' entry points costs tens of
+    # milliseconds, so it happens only for a scheme that is not built in
+    # (built-in schemes win anyway).
+    from importlib.metadata import entry_points
+
     return {ep.name: ep.value for ep in entry_points(group="synctool.backends")}
 
 
@@ -44,7 +48,7 @@ def schemes() -> list[str]:
 
 
 def backend_class(scheme: str) -> type[Backend]:
-    target = {**_plugins(), **BUILTIN}.get(scheme.lower())
+    target = BUILTIN.get(scheme.lower()) or _plugins().get(scheme.lower())
     if target is None:
         raise UnknownScheme(
             f"unknown backend scheme {scheme!r}; supported: "
