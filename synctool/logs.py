@@ -17,8 +17,33 @@ RETRY = 15
 
 
 class RedactingFormatter(logging.Formatter):
+    """Masks the whole line, a traceback included."""
+
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))
+
+
+def _redacting_record_factory(base):
+    """Records of the ``synctool`` loggers carry their message already masked.
+
+    A program that calls :func:`synctool.sync` sees them through handlers of
+    its own, which know nothing of our secrets; masking when the record is
+    made covers every handler. Only records of enabled levels are made, so
+    quiet levels cost nothing.
+    """
+
+    def factory(*args, **kwargs) -> logging.LogRecord:
+        record = base(*args, **kwargs)
+        if record.name == "synctool" or record.name.startswith("synctool."):
+            record.msg, record.args = redact(record.getMessage()), None
+        return record
+
+    factory.synctool_redacts = True
+    return factory
+
+
+if not getattr(logging.getLogRecordFactory(), "synctool_redacts", False):
+    logging.setLogRecordFactory(_redacting_record_factory(logging.getLogRecordFactory()))
 
 
 def _private_file_handler(path: str) -> logging.Handler:

@@ -2,16 +2,17 @@
 
 Every secret value (a password in a URL, a secret key, an inline private key)
 is registered here as soon as the options are parsed; :func:`redact` then
-replaces it with ``***`` in any text. The log formatter, the progress display,
-error messages and the report all pass through it, so a secret that slips
-into an exception message from a library is still masked.
+replaces it with ``***`` in any text. Every record of the ``synctool``
+loggers (whichever handler takes it: ours, or a library caller's), the
+progress display, error messages and the report all pass through it, so a
+secret that slips into an exception message from a library is still masked.
 """
 
 from __future__ import annotations
 
 import re
 import threading
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
 MASK = "***"
 
@@ -43,7 +44,7 @@ def register(value: str | None) -> None:
         # such a secret is no secret anyway.
         return
     with _lock:
-        for form in {value, quote(value, safe=""), quote(value)}:
+        for form in {value, quote(value, safe=""), quote(value), quote_plus(value)}:
             _secrets.add(form)
             # Inline keys span lines; mask each long line of them too.
             for line in form.splitlines():

@@ -192,11 +192,12 @@ def build_options(ctx: click.Context, source: str, destination: str, kw: dict) -
     opts.apply_global_keys(explicit=chosen)
     if opts.retry < 0:
         raise UsageError("--retry must be 0 or more")
-    # Secrets must be known before anything can print them.
-    for url in (source, destination):
-        secrets.register(Location.parse(url).password)
-    for layer in (opts.src_options, opts.dst_options, opts.global_options):
-        secrets.register_options(layer)
+    # Secrets must be known before anything can print them: the merged
+    # options include the URL's query (s3://b/p?aws-secret-access-key=...).
+    for side in ("source", "destination"):
+        spec = opts.spec(side)
+        secrets.register(spec.location.password)
+        secrets.register_options(spec.options)
     return opts
 
 
