@@ -12,6 +12,7 @@ import logging
 import os
 import pathlib
 import shutil
+import stat
 import subprocess
 import sys
 from secrets import token_hex, token_urlsafe
@@ -21,6 +22,8 @@ import pytest
 
 import synctool
 from scripts.servers import free_port
+from synctool.backends import BackendSpec, open_backend
+from synctool.backends.local import default_file_mode
 from synctool.errors import ExitCode
 from tests.helpers import make_tree, read_tree, temp_debris
 
@@ -47,6 +50,52 @@ pytestmark = pytest.mark.usefixtures("no_ssh_environment")
 def src(tmp_path):
     make_tree(tmp_path / "src", FILES, mtime=OLD)
     return tmp_path / "src"
+
+
+
+# -- item 10: files synctool creates are private ---------------------------------------
+def _destination(kind: str, request, tmp_path) -> tuple[object, pathlib.Path]:
+    """(backend, its folder on this machine) for a local folder or the OpenSSH server."""
+    if kind == "local":
+        return open_backend(BackendSpec(str(tmp_path / "dst"))), tmp_path / "dst"
+    server, folder = request.getfixturevalue("sshd_server"), request.getfixturevalue("sftp_folder")
+    return open_backend(server.spec(folder)), server.local(folder)
+
+
+@pytest.mark.parametrize("kind", ["local", "openssh"])
+def test_a_temporary_file_is_private_while_it_is_written(kind, request, tmp_path):
+    """The source streams in steps; between them the half-written file is looked at on disk."""
+    backend, folder = _destination(kind, request, tmp_path)
+    backend.prepare(create=True)
+    seen = []
+
+    def slow_source():
+        for part in (b"x" * 100_000, b"y" * 100_000):
+            seen.extend(stat.S_IMODE(p.stat().st_mode) for p in temp_debris(folder))
+            yield part
+
+    try:
+        backend.write("new folder/f.bin", slow_source(), 200_000, mtime=OLD)
+    finally:
+        backend.close()
+    assert seen == [0o600, 0o600]
+    final = folder / "new folder" / "f.bin"
+    # Once complete it gets the mode of any new file here (umask), and the source's mtime.
+    assert stat.S_IMODE(final.stat().st_mode) == default_file_mode()
+    assert final.stat().st_mtime == OLD and final.stat().st_size == 200_000
+    assert temp_debris(folder) == []
+
+
+def test_log_file_and_report_are_private(tmp_path, src):
+    log, report = tmp_path / "logs" / "run.log", tmp_path / "reports" / "run.json"
+    p = subprocess.run(
+        [sys.executable, "-m", "synctool", str(src), str(tmp_path / "dst"), *FAST,
+         "--log-file", str(log), "--report", str(report)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600 and log.read_text()
+    assert stat.S_IMODE(report.stat().st_mode) == 0o600 and json.loads(report.read_text())["copied"] == len(FILES)
 
 
 # -- item 9: secrets ----------------------------------------------------------------

@@ -27,10 +27,11 @@ TEMP_PREFIX = ".synctool-"
 TEMP_SUFFIX = ".tmp"
 
 
-def _umask() -> int:
+def default_file_mode() -> int:
+    """The mode a new file gets from this process's umask: what a finished copy gets."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 class LocalBackend(Backend):
@@ -47,7 +48,7 @@ class LocalBackend(Backend):
         if not path:
             raise FatalBackendError("a local backend needs a folder path")
         self.root = os.path.abspath(os.path.expanduser(path))
-        self._file_mode = 0o666 & ~_umask()
+        self._file_mode = default_file_mode()
 
     def display_url(self) -> str:
         return self.root

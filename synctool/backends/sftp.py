@@ -33,6 +33,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from urllib.parse import unquote
 
 import paramiko
+from paramiko.sftp import CMD_HANDLE, CMD_OPEN, CMD_SETSTAT, SFTP_FLAG_CREATE, SFTP_FLAG_TRUNC, SFTP_FLAG_WRITE
 
 from synctool import secrets as secret_store
 from synctool.backends.base import (
@@ -46,7 +47,7 @@ from synctool.backends.base import (
     check_name,
     parse_bool,
 )
-from synctool.backends.local import TEMP_PREFIX, TEMP_SUFFIX
+from synctool.backends.local import TEMP_PREFIX, TEMP_SUFFIX, default_file_mode
 
 log = logging.getLogger("synctool.backends.sftp")
 
@@ -508,6 +509,7 @@ class SFTPBackend(Backend):
     def __init__(self, spec: BackendSpec):
         super().__init__(spec)
         self.settings = parse_settings(spec)
+        self.file_mode = default_file_mode()  # of a finished copy; 0600 until then
         self._lock = threading.Lock()
         self._conn: Connection | None = None
         self._root: str | None = None
@@ -693,10 +695,7 @@ class SFTPBackend(Backend):
                     f.write(chunk)
             finally:
                 _close_file(f)
-            if mtime is not None:
-                # Rounded up: SFTP keeps whole seconds, and a copy must never
-                # look older than its source.
-                sftp.utime(temp, (math.ceil(mtime), math.ceil(mtime)))
+            _set_final_attributes(sftp, temp, self.file_mode, mtime)
             if old is not None:
                 with contextlib.suppress(FileNotFoundError):
                     self._move(sftp, final, old)
@@ -708,10 +707,10 @@ class SFTPBackend(Backend):
     def _create_temp(self, sftp: paramiko.SFTPClient, folder: str) -> tuple[str, paramiko.SFTPFile]:
         temp = f"{folder}/{TEMP_PREFIX}{secrets.token_hex(6)}{TEMP_SUFFIX}"
         try:
-            return temp, sftp.open(temp, "wb", bufsize=CHUNK)
+            return temp, _open_private(sftp, temp)
         except FileNotFoundError:
             _makedirs(sftp, folder)  # first file in a new folder
-            return temp, sftp.open(temp, "wb", bufsize=CHUNK)
+            return temp, _open_private(sftp, temp)
 
     def _remove_temp(self, sftp: paramiko.SFTPClient, temp: str) -> None:
         try:
@@ -799,6 +798,34 @@ def _status_error(exc: OSError | EOFError | paramiko.SSHException, what: str) ->
     if code == errno.EACCES:
         return FatalBackendError(f"{what}: permission denied")
     return BackendError(f"{what}: {exc}")
+
+
+def _open_private(sftp: paramiko.SFTPClient, path: str) -> paramiko.SFTPFile:
+    """Create (or truncate) ``path`` for writing with mode 0600, as ``open(path, "wb")``.
+
+    paramiko's ``open`` sends no attributes, so the server would create the
+    file with its default mode (0644 on OpenSSH) and a half-written file could
+    be read by others until the copy ends. The mode goes in the open request
+    itself: no extra round trip, and no moment where the file is readable.
+    Servers that keep their own modes (rclone serve sftp) ignore it.
+    """
+    attributes = paramiko.SFTPAttributes()
+    attributes.st_mode = 0o600
+    kind, msg = sftp._request(CMD_OPEN, path, SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_TRUNC, attributes)
+    if kind != CMD_HANDLE:
+        raise paramiko.SFTPError("Expected handle")
+    return paramiko.SFTPFile(sftp, msg.get_binary(), "wb", CHUNK)
+
+
+def _set_final_attributes(sftp: paramiko.SFTPClient, path: str, mode: int, mtime: float | None) -> None:
+    """Give a complete file its lasting mode and the source's mtime, in one request."""
+    attributes = paramiko.SFTPAttributes()
+    attributes.st_mode = mode
+    if mtime is not None:
+        # Rounded up: SFTP keeps whole seconds, and a copy must never look
+        # older than its source.
+        attributes.st_atime = attributes.st_mtime = math.ceil(mtime)
+    sftp._request(CMD_SETSTAT, path, attributes)
 
 
 def _close_file(f: paramiko.SFTPFile) -> None:
