@@ -23,8 +23,20 @@ class RedactingFormatter(logging.Formatter):
         return redact(super().format(record))
 
 
+def printable(text: str) -> str:
+    """``text`` as one line without control characters, each shown as its escape.
+
+    File names come from listings: one with a NUL, a line break or a terminal
+    escape sequence must neither forge a log line nor garble the terminal.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _redacting_record_factory(base):
-    """Records of the ``synctool`` loggers carry their message already masked.
+    """Records of the ``synctool`` loggers carry their message already masked
+    (and on one printable line).
 
     A program that calls :func:`synctool.sync` sees them through handlers of
     its own, which know nothing of our secrets; masking when the record is
@@ -35,7 +47,7 @@ def _redacting_record_factory(base):
     def factory(*args, **kwargs) -> logging.LogRecord:
         record = base(*args, **kwargs)
         if record.name == "synctool" or record.name.startswith("synctool."):
-            record.msg, record.args = redact(record.getMessage()), None
+            record.msg, record.args = printable(redact(record.getMessage())), None
         return record
 
     factory.synctool_redacts = True

@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from synctool.errors import ExitCode
+from synctool.logs import printable
 from synctool.secrets import redact
 
 
@@ -83,7 +84,7 @@ class Report:
     def summary_lines(self) -> list[str]:
         nothing_done = not (self.copied or self.renamed or self.deleted or self.verified)
         if self.exit_code in (ExitCode.DECLINED, ExitCode.USAGE, ExitCode.FATAL) and nothing_done and not self.dry_run:
-            return [redact(f"Error: {e}") for e in self.errors]
+            return [printable(redact(f"Error: {e}")) for e in self.errors]
         verb = "Would copy" if self.dry_run else "Copied"
         lines = [
             f"{verb} {self.copied if not self.dry_run else self.planned_copies} file(s), "
@@ -105,7 +106,7 @@ class Report:
             lines.append(f"  ... and {len(self.failed) - 20} more (see --report)")
         for error in self.errors:
             lines.append(f"Error: {error}")
-        return [redact(line) for line in lines]
+        return [printable(redact(line)) for line in lines]
 
 
 class SyncFailed(Exception):

@@ -77,16 +77,31 @@ def test_verify_contents_compares_seemingly_equal_pairs():
     assert copied(p) == {"b": "size"}
 
 
-@pytest.mark.parametrize("bad", ["../up", "/abs", "a//b", "a/../b", "x\x00y", "./a"])
-def test_unsafe_source_names_are_refused(bad):
+# Names a listing may hold (S3 keys, a hostile SFTP server) that could land
+# outside the destination; rclone serve s3 refuses to store most, so they are
+# covered here rather than end to end (tests/test_security.py has the NUL).
+UNSAFE = ["../up", "..", ".", "a/..", "/abs", "a//b", "a/", "//", "", "a/../b", "x\x00y", "./a"]
+
+
+@pytest.mark.parametrize("bad", UNSAFE)
+def test_unsafe_source_names_are_refused_by_name(bad):
     p = plan([E(bad), E("ok")], [])
     assert [n for n, _ in p.refused] == [bad]
+    assert repr(bad) in p.refused[0][1] or not bad  # named, escaped
     assert copied(p) == {"ok": "missing"}
 
 
-def test_unsafe_destination_names_are_left_alone():
-    p = plan([], [E("../outside"), E("fine")])
-    assert p.ignored == ["../outside"] and p.deletes == ["fine"]
+@pytest.mark.parametrize("bad", UNSAFE)
+def test_unsafe_names_on_both_sides_are_neither_copied_nor_removed(bad):
+    p = plan([E(bad, 1), E("ok")], [E(bad, 2)], retention=True)
+    assert [n for n, _ in p.refused] == [bad] and copied(p) == {"ok": "missing"}
+    assert p.removals == 0
+
+
+@pytest.mark.parametrize("bad", UNSAFE)
+def test_unsafe_destination_names_are_left_alone(bad):
+    p = plan([], [E(bad), E("fine")])
+    assert p.ignored == [bad] and p.deletes == ["fine"]
 
 
 def test_retention_name_helpers():

@@ -53,6 +53,55 @@ def src(tmp_path):
 
 
 
+
+# -- item 8: hostile names ----------------------------------------------------------------
+# rclone serve s3 refuses keys with "..", "." or empty segments and a leading "/"
+# (InvalidArgument), so those are covered at plan level (tests/test_plan.py). A NUL
+# byte it takes, and lists back: that one is tested here against the real server.
+HOSTILE = ["x\x00y", "sub/\x00", "\x00lead/f"]
+# Odd but harmless on every destination here: copied like any other name.
+ODD = {"new\nline": b"n", "back\\slash": b"b", "tab\tand\x1b[31mescape": b"e"}
+
+
+def _outside(root: pathlib.Path) -> set[str]:
+    """Every path below ``root``'s parent, but not below ``root``: what a sync must never touch."""
+    return {str(p) for p in root.parent.rglob("*") if root not in p.parents and p != root}
+
+
+@pytest.mark.parametrize("to", ["local", "sftp"])
+def test_hostile_s3_keys_are_refused_by_name_and_the_rest_is_copied(s3_server, s3_bucket, tmp_path, request, to):
+    put(s3_server, s3_bucket, {f"p/{k}": v for k, v in {**FILES, **ODD}.items()} | {f"p/{k}": b"bad" for k in HOSTILE})
+    if to == "local":
+        dst, url, options = tmp_path / "jail" / "dst", str(tmp_path / "jail" / "dst"), []
+        (tmp_path / "jail").mkdir()
+    else:
+        server, folder = request.getfixturevalue("sshd_server"), request.getfixturevalue("sftp_folder")
+        dst, url = server.local(folder), server.url(folder)
+        options = ["--dst-options", *[f"{k}={v}" for k, v in server.key_options().items()]]
+    outside = _outside(dst)
+    run = run_cli(tmp_path, f"s3://{s3_bucket}/p", url, "--src-options", *s3_tokens(s3_server), *options, level="Debug")
+    assert run.code == ExitCode.PARTIAL, run.texts
+    assert read_tree(dst) == {**FILES, **ODD}
+    assert _outside(dst) == outside and temp_debris(dst) == []
+    failed = json.loads(run.texts["report"])["failed"]
+    assert sorted(f["name"] for f in failed) == sorted(HOSTILE)
+    for name in HOSTILE:
+        escaped = repr(name)[1:-1]
+        assert escaped in run.texts["stdout"] and escaped in run.texts["stderr"]
+    # Names are printed escaped: no NUL, escape or stray line break reaches the terminal.
+    for where in ("stdout", "stderr"):
+        assert "\x00" not in run.texts[where] and "\x1b" not in run.texts[where], where
+    assert "new\\nline" in run.texts["stderr"]
+
+
+def test_a_hostile_name_at_the_destination_is_left_alone(s3_server, s3_bucket, tmp_path, src):
+    put(s3_server, s3_bucket, {"p/stale": b"s", "p/keep\x00me": b"k"})
+    run = run_cli(tmp_path, str(src), f"s3://{s3_bucket}/p", "--dst-options", *s3_tokens(s3_server), level="Debug")
+    assert run.code == ExitCode.SUCCESS, run.texts
+    assert sorted(s3_server.keys_under(s3_bucket)) == sorted([f"p/{k}" for k in FILES] + ["p/keep\x00me"])
+    assert "keep\\x00me" in run.texts["stderr"]  # named, escaped, in the warning
+
+
 # -- item 10: files synctool creates are private ---------------------------------------
 def _destination(kind: str, request, tmp_path) -> tuple[object, pathlib.Path]:
     """(backend, its folder on this machine) for a local folder or the OpenSSH server."""
