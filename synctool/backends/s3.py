@@ -196,9 +196,12 @@ class S3Backend(Backend):
                 # the content end to end.
                 "payload_signing_enabled": self.sign_payload,
             },
-            # standard mode backs off on 503 SlowDown, 5xx and connection resets;
-            # the job-level --retry of the coordinator sits above it.
-            retries={"mode": "standard", "max_attempts": 5},
+            # standard mode backs off on 503 SlowDown, 5xx and connection resets.
+            # Two retries (under 3 s) bridge a blip such as a dropped keep-alive
+            # connection; a longer outage is for the coordinator's --retry and
+            # its delay. botocore's default (5 retries, backing off up to 16 s)
+            # made each request to a dead server take ~20 s, even with --retry 0.
+            retries={"mode": "standard", "total_max_attempts": 3},
             max_pool_connections=self.concurrency + self.parts_in_flight + 2,
             connect_timeout=10,
             read_timeout=60,
@@ -691,6 +694,10 @@ class S3Backend(Backend):
                 f"access to bucket {self.bucket} at {self._where()} was refused ({code}): "
                 "check aws-access-key-id, aws-secret-access-key and the bucket's permissions"
             )
+        if code == "NoSuchUpload":
+            # The server forgot the upload (it restarted, or expired it): the
+            # object itself is fine to write again from its first part.
+            return BackendError(f"{what}: the server lost the multipart upload ({described}); it starts over")
         if code in ("NoSuchKey", "404") or status == 404:
             return NotFound(f"{what}: no such object")
         if code == "PreconditionFailed" or status == 412:
