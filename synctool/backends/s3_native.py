@@ -143,6 +143,9 @@ class NativeS3:
             part_size=8 << 20,
             max_active_connections_override=connections,
             connect_timeout_ms=10_000,
+            # Two retries, as the boto3 client has (see s3.py): a longer
+            # outage is the coordinator's to wait out with its --retry.
+            retry_config=s3.S3RetryConfig(max_retries=2) if hasattr(s3, "S3RetryConfig") else None,
         )
         _OPEN.add(self)
 
