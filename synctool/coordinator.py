@@ -154,6 +154,11 @@ class Coordinator:
                 self.report.warnings.append(msg)
         try:
             backend = open_backend(spec)
+        except BackendError as exc:
+            # A backend's constructor only reads the URL and the options (it
+            # connects in prepare): what it refuses is a bad argument.
+            raise UsageError(f"{side}: {exc}") from None
+        try:
             backend.prepare(create=False)
         except NotFound as exc:
             if side == "source" or not self.opts.auto_create_folders:

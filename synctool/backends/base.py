@@ -50,8 +50,13 @@ class Location:
         parts = urlsplit(url)
         try:
             port = parts.port
-        except ValueError as exc:
-            raise BackendError(f"invalid port in backend URL: {exc}") from None
+        except ValueError:
+            # Not echoed: with an unencoded '/' in a password, what urlsplit
+            # takes for the port is part of the password.
+            raise BackendError(
+                "the port in the backend URL is not a number from 0 to 65535 "
+                "(URL-encode any '/', '?', '#' or '@' in a user name or password)"
+            ) from None
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
         return cls(
             scheme=parts.scheme.lower(),
@@ -157,6 +162,11 @@ class Backend(abc.ABC):
     mtime_precision: ClassVar[float] = 1.0
 
     def __init__(self, spec: BackendSpec):
+        """Read the URL and the options; never connect (``prepare`` does).
+
+        A subclass raises :class:`BackendError` for a value it cannot use
+        (a missing bucket name, ``use-ssl=maybe``): a usage error, exit code 2.
+        """
         self.spec = spec
         self.location = spec.location
 

@@ -440,7 +440,10 @@ def _authenticate(transport: paramiko.Transport, s: Settings) -> None:
         finally:
             agent.close()
     what = ", ".join(tried) if tried else "no key, password or SSH agent was available"
-    raise FatalBackendError(f"authentication as {s.user} on {s.address} failed (tried: {what})")
+    raise FatalBackendError(
+        f"authentication as {s.user} on {s.address} failed (tried: {what}): check the user name, "
+        "and auth-password, ssh-keyfile or ssh-key"
+    )
 
 
 def _try_auth(attempt, transport: paramiko.Transport) -> bool:

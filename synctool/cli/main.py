@@ -46,6 +46,12 @@ ssh://user@host:port/path. Option lists take key=value tokens:
   --dst-options aws-access-key-id=KEY aws-secret-access-key=SECRET
 """
 
+class _Count(click.IntRange):
+    """An integer with a lower bound: click's IntRange, whose errors would call it an "integer range"."""
+
+    name = "integer"
+
+
 # Options whose value is "true"/"false" but which may also stand alone, as in
 # Duplicati: --auto-create-folders means --auto-create-folders=true.
 _OPTIONAL_BOOL = {"is_flag": False, "flag_value": "true", "default": None, "metavar": "[true|false]"}
@@ -64,13 +70,13 @@ def _tool_options(f):
         click.option("--parse-arguments-only", is_flag=True, help="Only parse the arguments, print the result and exit."),
         click.option("--progress", is_flag=True, help="Show progress on stdout."),
         click.option("--retention", is_flag=True, help="Rename instead of delete: keep old files as <UTC yyyyMMddHHmmss>.old.<name>."),
-        click.option("--retry", type=int, default=3, show_default=True, help="Times to retry a failed file."),
+        click.option("--retry", type=_Count(min=0), default=3, show_default=True, help="Times to retry a failed file."),
         click.option("--verify-contents", is_flag=True, help="Hash both sides of seemingly equal files and copy those that differ."),
         click.option("--verify-get-after-put", is_flag=True, help="Read every copied file back and compare its BLAKE3 hash."),
-        click.option("--workers", type=int, default=None, help=f"Worker processes [default: CPUs, at least 2; here {default_workers()}]."),
-        click.option("--max-delete", type=int, default=None, help="Delete or rename nothing when the plan would remove more than this many files."),
+        click.option("--workers", type=_Count(min=1), default=None, help=f"Worker processes [default: CPUs, at least 2; here {default_workers()}]."),
+        click.option("--max-delete", type=_Count(min=0), default=None, help="Delete or rename nothing when the plan would remove more than this many files."),
         click.option("--report", "report_file", type=str, default=None, help="Write the run's figures as JSON to this file."),
-        click.option("--backend-retries", type=int, default=None, help="Duplicati name for --retry."),
+        click.option("--backend-retries", type=_Count(min=0), default=None, help="Duplicati name for --retry."),
         click.option("--backend-retry-delay", type=str, default=None, help="Base delay between retries (10s, 500ms) [default: 1s]."),
         click.option("--backend-retry-with-exponential-backoff", **_OPTIONAL_BOOL, help="Double the delay at each retry [default: true]."),
         click.option("--auto-create-folders", **_OPTIONAL_BOOL, help="Create a missing destination folder or bucket [default: true]."),
@@ -190,8 +196,6 @@ def build_options(ctx: click.Context, source: str, destination: str, kw: dict) -
         opts.auto_create_folders = parse_flag(kw["auto_create_folders"], "--auto-create-folders")
         chosen.add("auto_create_folders")
     opts.apply_global_keys(explicit=chosen)
-    if opts.retry < 0:
-        raise UsageError("--retry must be 0 or more")
     # Secrets must be known before anything can print them: the merged
     # options include the URL's query (s3://b/p?aws-secret-access-key=...).
     for side in ("source", "destination"):
@@ -224,9 +228,14 @@ def main(argv: Sequence[str] | None = None, env: Env | None = None) -> int:
         return int(command.main(args, prog_name="synctool", standalone_mode=False, obj=env) or 0)
     except click.exceptions.Exit as exc:  # --help, --version, and every finished run
         return int(exc.exit_code)
+    except click.UsageError as exc:
+        # One line that says what is wrong and where to look (click would
+        # print the usage synopsis around it).
+        sys.stderr.write(f"Error: {exc.format_message()} (synctool --help lists the options)\n")
+        return ExitCode.USAGE
     except click.ClickException as exc:
         exc.show(file=sys.stderr)
-        return ExitCode.USAGE if isinstance(exc, click.UsageError) else exc.exit_code
+        return exc.exit_code
     except (click.Abort, KeyboardInterrupt):
         sys.stderr.write("interrupted\n")
         return ExitCode.INTERRUPTED
