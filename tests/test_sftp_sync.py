@@ -1,6 +1,7 @@
 """End to end with SFTP on either side, through ``synctool.sync`` and the command line.
 
-Each test runs against OpenSSH's sshd and rclone's SFTP server.
+Each test runs against OpenSSH's sshd and rclone's SFTP server. An unknown host
+key, a missing user and other bad input are rows of tests/test_bad_input.py.
 """
 
 from __future__ import annotations
@@ -182,16 +183,3 @@ def test_cli_password_login_keeps_the_password_out(sftp_server, sftp_folder, src
     assert run.returncode == 0, run.stdout + run.stderr
     assert read_tree(sftp_server.password_dir / sftp_folder) == FILES
     assert sftp_server.password not in run.stdout + run.stderr
-
-
-def test_cli_unknown_host_key_is_one_clear_line(sshd_server, sftp_folder, src):
-    run = _cli(str(src), sshd_server.url(sftp_folder), "-y", "--dst-options", f"ssh-keyfile={sshd_server.keys.key}")
-    assert run.returncode == ExitCode.FATAL, run.stdout + run.stderr
-    assert sshd_server.fingerprint in run.stderr and sshd_server.fingerprint_md5 in run.stderr
-    assert not sshd_server.local(sftp_folder).exists()
-
-
-def test_cli_missing_user_is_a_usage_error(sshd_server, src):
-    run = _cli(str(src), f"ssh://{sshd_server.host}:{sshd_server.port}/x", "-y")
-    assert run.returncode in (ExitCode.USAGE, ExitCode.FATAL), run.stdout + run.stderr
-    assert "auth-username" in run.stderr
