@@ -430,7 +430,7 @@ class Coordinator:
         base = self.opts.retry_delay * (2**attempt if self.opts.exponential_backoff else 1)
         return min(MAX_BACKOFF_SECONDS, base * random.uniform(0.5, 1.5))
 
-    def _start_pool(self, wanted: int) -> "WorkerPool":
+    def _start_pool(self, wanted: int) -> WorkerPool:
         """The worker pool, started on first need, with up to ``wanted`` workers running."""
         if self.pool is None:
             # Imported here: multiprocess and the worker code cost a start

@@ -34,6 +34,8 @@ Not atomic on S3, and what we do about it:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
 import os
@@ -41,13 +43,10 @@ import re
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import blake3
-import boto3
-import botocore.exceptions
-import urllib3.exceptions
-from botocore.config import Config
 
 from synctool.backends import s3_native
 from synctool.backends.base import (
@@ -88,17 +87,31 @@ AUTH_CODES = frozenset(
 )
 # 4xx codes that are worth another try (everything 5xx is too).
 RETRY_CODES = frozenset({"SlowDown", "RequestTimeout", "RequestTimeTooSkewed", "OperationAborted", "Throttling"})
-# Errors below the HTTP layer: the connection failed, broke, or timed out.
-CONNECTION_ERRORS = (
-    botocore.exceptions.EndpointConnectionError,
-    botocore.exceptions.ConnectionError,
-    botocore.exceptions.HTTPClientError,
-    botocore.exceptions.ResponseStreamingError,
-    botocore.exceptions.IncompleteReadError,
-    urllib3.exceptions.HTTPError,
-    ConnectionError,
-    TimeoutError,
-)
+
+if TYPE_CHECKING:
+    from botocore.config import Config
+
+# boto3 is imported on first use, not with this module: with the native
+# client a sync that copies nothing never needs it (its import and first
+# client cost ~0.25 s).
+
+
+@functools.cache
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    """Errors below the HTTP layer: the connection failed, broke, or timed out."""
+    import botocore.exceptions
+    import urllib3.exceptions
+
+    return (
+        botocore.exceptions.EndpointConnectionError,
+        botocore.exceptions.ConnectionError,
+        botocore.exceptions.HTTPClientError,
+        botocore.exceptions.ResponseStreamingError,
+        botocore.exceptions.IncompleteReadError,
+        urllib3.exceptions.HTTPError,
+        ConnectionError,
+        TimeoutError,
+    )
 
 # Guards opening a backend's client; a child process gets a fresh one, since a
 # fork may copy it locked by a thread that does not exist in the child.
@@ -170,7 +183,7 @@ class S3Backend(Backend):
         # up to ~32 jobs in flight per process; botocore's CPU cost flattens
         # out at ~8 threads, and more only add contention for the GIL.
         self.concurrency = max(1, _int(opts, "s3-concurrency", 32 if self.native else 8))
-        self._config = self._client_config(self.path_style)
+        self._config_obj: Config | None = None
         self._pid = -1  # the process that opened the client, pool and slots below
         self._client_obj = None
         self._native_obj: s3_native.NativeS3 | None = None
@@ -179,7 +192,15 @@ class S3Backend(Backend):
         self._slots_obj: threading.BoundedSemaphore | None = None
 
     # -- connection ------------------------------------------------------
+    @property
+    def _config(self) -> Config:
+        if self._config_obj is None:
+            self._config_obj = self._client_config(self.path_style)
+        return self._config_obj
+
     def _client_config(self, path_style: bool) -> Config:
+        from botocore.config import Config
+
         extra = {}
         if not self.is_aws:
             # botocore >= 1.36 sends CRC checksums by default, which many
@@ -210,6 +231,8 @@ class S3Backend(Backend):
         )
 
     def _new_client(self, config: Config):
+        import boto3
+
         session = boto3.session.Session(**self._credentials)
         return without_expect_continue(session.client("s3", endpoint_url=self.endpoint, config=config))
 
@@ -237,24 +260,39 @@ class S3Backend(Backend):
 
     @property
     def _native(self) -> s3_native.NativeS3 | None:
-        """The native client of this process, made on first use; None when off.
+        """The native client of this process for reads and writes, made on first use; None when off.
 
-        Only reads and writes open it, so the coordinator (which lists and
-        deletes) never starts its event-loop threads.
+        The coordinator, which lists and may fork workers afterwards, uses
+        :meth:`_listing_client` instead and never keeps native threads running.
         """
         if not self.native:
             return None
         if self._native_pid != os.getpid():
-            self._ensure_open()  # the boto3 client tells the endpoint; it takes the lock too
+            args = self._native_args()  # may open the boto3 client, which takes the lock too
             with _open_lock:
                 if self._native_pid != os.getpid():
                     # A parent's client copied by fork stays referenced in
                     # s3_native (never freed here): this process makes its own.
-                    self._native_obj = self._new_native()
+                    self._native_obj = s3_native.NativeS3(**args) if args else None
                     self._native_pid = os.getpid()
         return self._native_obj
 
-    def _new_native(self) -> s3_native.NativeS3 | None:
+    @contextlib.contextmanager
+    def _listing_client(self) -> Iterator[s3_native.NativeS3 | None]:
+        """A native client for the coordinator's probe and listing, released at the end; None: use boto3."""
+        args = self._native_args() if self.native else None
+        if args is None:
+            yield None
+            return
+        with s3_native.transient(**args) as client:
+            yield client
+
+    def _native_args(self) -> dict | None:
+        """How the native client reaches the bucket; None when it cannot (boto3 then).
+
+        boto3 is asked only what we cannot know without it: credentials from
+        its chain when no keys are given, and AWS's endpoint for a region.
+        """
         if self._credentials:
             creds = (
                 self._credentials["aws_access_key_id"],
@@ -262,6 +300,8 @@ class S3Backend(Backend):
                 self._credentials.get("aws_session_token"),
             )
         else:
+            import boto3
+
             chain = boto3.session.Session().get_credentials()
             if chain is None:
                 self.native = False  # boto3 reports the missing credentials clearly
@@ -271,16 +311,18 @@ class S3Backend(Backend):
                 frozen = chain.get_frozen_credentials()
                 return frozen.access_key, frozen.secret_key, frozen.token
 
-        meta = self._client_obj.meta
-        path_style = self.path_style or not _dns_bucket(self.bucket)
-        return s3_native.NativeS3(
-            endpoint_url=self.endpoint or meta.endpoint_url,
-            region=self.region or meta.region_name or "us-east-1",
-            bucket=self.bucket,
-            path_style=path_style,
-            credentials=creds,
-            connections=self.concurrency,
-        )
+        endpoint, region = self.endpoint, self.region
+        if endpoint is None:
+            meta = self._client.meta
+            endpoint, region = meta.endpoint_url, region or meta.region_name
+        return {
+            "endpoint_url": endpoint,
+            "region": region or "us-east-1",
+            "bucket": self.bucket,
+            "path_style": self.path_style or not _dns_bucket(self.bucket),
+            "credentials": creds,
+            "connections": self.concurrency,
+        }
 
     @property
     def _pool(self) -> ThreadPoolExecutor:
@@ -320,6 +362,29 @@ class S3Backend(Backend):
 
     # -- Backend ---------------------------------------------------------
     def prepare(self, create: bool) -> None:
+        with self._listing_client() as native:
+            if native is None:
+                self._probe_bucket(create)
+            else:
+                try:
+                    native.head_bucket()
+                except s3_native.NativeError as exc:
+                    if exc.status != 404:
+                        raise self._error(exc, f"bucket {self.bucket}", first_contact=True) from exc
+                    self._missing_bucket(None, create)
+            if not create and self.prefix and not self._prefix_has_objects(native):
+                # Prefixes do not exist on S3 apart from their objects. A source
+                # prefix that holds nothing is almost always a typo, and mirroring
+                # it would empty the destination: treat it as a missing folder.
+                raise NotFound(
+                    f"nothing under s3://{self.bucket}/{self.prefix} at {self._where()} (empty or mistyped prefix?)"
+                )
+
+    def _probe_bucket(self, create: bool) -> None:
+        """HeadBucket through boto3; a missing bucket is created (``create``) or NotFound."""
+        import botocore.exceptions
+        from botocore.config import Config
+
         # Fail fast on a wrong endpoint: the standard retries would take ~15 s.
         probe = self._new_client(self._config.merge(Config(retries={"mode": "standard", "max_attempts": 2})))
         try:
@@ -332,13 +397,9 @@ class S3Backend(Backend):
             raise self._error(exc, f"bucket {self.bucket}", first_contact=True) from exc
         finally:
             probe.close()
-        if not create and self.prefix and not self._prefix_has_objects():
-            # Prefixes do not exist on S3 apart from their objects. A source
-            # prefix that holds nothing is almost always a typo, and mirroring
-            # it would empty the destination: treat it as a missing folder.
-            raise NotFound(f"nothing under s3://{self.bucket}/{self.prefix} at {self._where()} (empty or mistyped prefix?)")
 
     def _missing_bucket(self, client, create: bool) -> None:
+        """A missing bucket: NotFound, or created through ``client`` (None: this process's boto3 client)."""
         missing = f"bucket {self.bucket} does not exist at {self._where()}"
         if not create:
             raise NotFound(missing)
@@ -348,29 +409,43 @@ class S3Backend(Backend):
         if self.region and self.region != "us-east-1":
             args["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
         try:
-            client.create_bucket(**args)
+            (client or self._client).create_bucket(**args)
         except Exception as exc:
             raise self._error(exc, f"creating bucket {self.bucket}", first_contact=True) from exc
         log.info("created bucket %s at %s", self.bucket, self._where())
 
-    def _prefix_has_objects(self) -> bool:
+    def _prefix_has_objects(self, native: s3_native.NativeS3 | None) -> bool:
         try:
+            if native is not None:
+                return bool(native.list_page(self.prefix, max_keys=1)[0])
             page = self._client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
         except Exception as exc:
             raise self._error(exc, f"listing s3://{self.bucket}/{self.prefix}") from exc
         return bool(page.get("KeyCount") or page.get("Contents"))
 
     def list(self) -> Iterator[Entry]:
-        pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)
-        try:
-            # One page (up to 1,000 keys) at a time: the plan holds the rest.
-            for page in pages:
-                for obj in page.get("Contents", ()):
-                    entry = self._entry(obj)
-                    if entry is not None:
-                        yield entry
-        except Exception as exc:
-            raise self._error(exc, f"listing s3://{self.bucket}/{self.prefix}") from exc
+        with self._listing_client() as native:
+            try:
+                # One page (up to 1,000 keys) at a time: the plan holds the rest.
+                for objects in self._native_pages(native) if native else self._boto3_pages():
+                    for obj in objects:
+                        entry = self._entry(obj)
+                        if entry is not None:
+                            yield entry
+            except Exception as exc:
+                raise self._error(exc, f"listing s3://{self.bucket}/{self.prefix}") from exc
+
+    def _native_pages(self, native: s3_native.NativeS3) -> Iterator[list[dict]]:
+        token = None
+        while True:
+            objects, token = native.list_page(self.prefix, token)
+            yield objects
+            if token is None:
+                return
+
+    def _boto3_pages(self) -> Iterator[list[dict]]:
+        for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix):
+            yield page.get("Contents", [])
 
     def _entry(self, obj: dict) -> Entry | None:
         key, size = obj["Key"], obj["Size"]
@@ -605,6 +680,8 @@ class S3Backend(Backend):
     # -- server-side copy and delete ---------------------------------------
     def _copy(self, src: str, dst: str) -> bool:
         """Copy ``src`` to ``dst`` on the server; False when ``src`` does not exist."""
+        import botocore.exceptions
+
         try:
             head = self._client.head_object(Bucket=self.bucket, Key=src)
         except botocore.exceptions.ClientError as exc:
@@ -667,6 +744,14 @@ class S3Backend(Backend):
         """Turn a boto3 error into a BackendError that says what is wrong (never a secret)."""
         if isinstance(exc, BackendError):
             return exc
+        # At first contact a dead endpoint is a setting to fix; later, a blip to retry.
+        unreachable = FatalBackendError if first_contact else BackendError
+        if isinstance(exc, s3_native.NativeError):
+            if exc.status:
+                return self._client_error(exc.code, exc.status, str(exc), what)
+            return unreachable(f"cannot reach the S3 endpoint {self._where()}: {exc}")
+        import botocore.exceptions
+
         if isinstance(exc, botocore.exceptions.NoCredentialsError):
             return FatalBackendError(
                 "no S3 credentials: give aws-access-key-id and aws-secret-access-key, "
@@ -674,14 +759,8 @@ class S3Backend(Backend):
             )
         if isinstance(exc, botocore.exceptions.ClientError):
             return self._client_error(_code(exc), _status(exc), _describe(exc), what)
-        if isinstance(exc, s3_native.NativeError):
-            if exc.status:
-                return self._client_error(exc.code, exc.status, str(exc), what)
-            return BackendError(f"cannot reach the S3 endpoint {self._where()}: {exc}")
-        if isinstance(exc, CONNECTION_ERRORS):
-            # At first contact a dead endpoint is a setting to fix; later, a blip to retry.
-            cls = FatalBackendError if first_contact else BackendError
-            return cls(f"cannot reach the S3 endpoint {self._where()}: {_describe(exc)}")
+        if isinstance(exc, _connection_errors()):
+            return unreachable(f"cannot reach the S3 endpoint {self._where()}: {_describe(exc)}")
         return BackendError(f"{what}: {_describe(exc)}")
 
     def _client_error(self, code: str, status: int, described: str, what: str) -> BackendError:
@@ -761,18 +840,24 @@ def _delete_failures(answer: dict, names: dict[str, str]) -> dict[str, str]:
 
 
 def _is_s3_error(exc: BaseException) -> bool:
-    return isinstance(exc, (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, *CONNECTION_ERRORS))
+    import botocore.exceptions
+
+    return isinstance(exc, (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, *_connection_errors()))
 
 
-def _code(exc: botocore.exceptions.ClientError) -> str:
+def _code(exc) -> str:
+    """S3's error code of a botocore ClientError."""
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
-def _status(exc: botocore.exceptions.ClientError) -> int:
+def _status(exc) -> int:
+    """The HTTP status of a botocore ClientError."""
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
 
 
 def _describe(exc: BaseException) -> str:
+    import botocore.exceptions
+
     if isinstance(exc, botocore.exceptions.ClientError):
         err = exc.response.get("Error", {})
         return f"{err.get('Code', '?')}: {err.get('Message', '')}".strip()
