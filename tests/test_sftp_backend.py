@@ -294,3 +294,65 @@ def _cut_after_first_chunk(server):
     server.cut()
     for _ in range(64):
         yield b"d" * (1 << 20)
+
+
+class _CuttingRelay:
+    """A loopback TCP relay to the real server that drops both sides once the
+    server has sent ``limit`` bytes: a connection lost at an exact point of
+    the handshake, the login or the opening of the first SFTP channel."""
+
+    def __init__(self, port: int, limit: int):
+        self.target, self.limit = port, limit
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        with self.listener:
+            client, _ = self.listener.accept()
+        server = socket.create_connection(("127.0.0.1", self.target))
+        threading.Thread(target=self._pump, args=(client, server, None), daemon=True).start()
+        self._pump(server, client, self.limit)
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket, limit: int | None) -> None:
+        sent = 0
+        try:
+            while limit is None or sent < limit:
+                data = source.recv(65536)
+                if not data:
+                    break
+                if limit is not None:
+                    data = data[: limit - sent]
+                sink.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        for s in (source, sink):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def test_connection_lost_while_connecting_is_a_retryable_error(sftp_server, sftp_folder):
+    """Wherever the connection drops before the first channel is open, the
+    caller gets a retryable BackendError: paramiko's raw EOFError or
+    SSHException escaped the backend, and a run ended as if interrupted."""
+    with open_backend(sftp_server.spec(sftp_folder)) as b:
+        b.prepare(create=True)  # through the server: rclone's listing cache sees it
+    outcomes = []
+    for limit in range(0, 20_000, 61):
+        relay = _CuttingRelay(sftp_server.port, limit)
+        url = sftp_server.url(sftp_folder).replace(f":{sftp_server.port}/", f":{relay.port}/")
+        with open_backend(BackendSpec(url, sftp_server.key_options())) as b:
+            try:
+                assert list(b.list()) == []
+                outcomes.append("ok")
+                break
+            except BackendError as exc:
+                assert exc.retryable, exc
+                outcomes.append("lost")
+        relay.thread.join(10)
+    assert outcomes[-1] == "ok" and outcomes.count("lost") > 20, outcomes

@@ -306,9 +306,11 @@ class Connection:
             _authenticate(transport, s)
             if s.keepalive:
                 transport.set_keepalive(max(1, int(s.keepalive)))
-        except paramiko.SSHException as exc:
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            # A connection dropped mid-handshake surfaces as EOFError or a
+            # socket error; left raw, it would end the run as a crash.
             transport.close()
-            raise BackendError(f"SSH session with {s.address} failed: {exc}") from exc
+            raise BackendError(f"SSH session with {s.address} failed: {str(exc) or 'connection closed'}") from exc
         except BaseException:
             transport.close()
             raise
@@ -450,6 +452,12 @@ def _try_auth(attempt, transport: paramiko.Transport) -> bool:
     try:
         attempt()
     except paramiko.AuthenticationException:
+        if not transport.is_active():
+            # paramiko says "authentication failed" when the connection is
+            # gone: that is no verdict on the credentials, and worth a retry.
+            raise paramiko.SSHException(
+                "the connection closed during login (dropped, or the server's limit of failed attempts)"
+            ) from None
         return False
     return transport.is_authenticated()
 
@@ -546,8 +554,17 @@ class SFTPBackend(Backend):
             # A connection inherited through fork belongs to the parent: just forget it.
             self._conn = None
             conn = Connection.open(self.settings)
+            try:
+                self._after_connect(conn)
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                # Kept only once it works: a connection whose first channel
+                # failed has no root, and must not be handed out again.
+                alive = conn.alive()
+                conn.close()
+                if alive:
+                    raise _status_error(exc, f"opening {self.settings.path or 'the login folder'}") from exc
+                raise BackendError(f"connection to {self.settings.address} lost while opening it ({str(exc) or type(exc).__name__})") from exc
             self._conn = conn
-            self._after_connect(conn)
             return conn
 
     def _after_connect(self, conn: Connection) -> None:
