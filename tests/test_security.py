@@ -25,9 +25,8 @@ from scripts.servers import free_port
 from synctool.backends import BackendSpec, open_backend
 from synctool.backends.local import default_file_mode
 from synctool.errors import ExitCode
-from tests.helpers import make_tree, read_tree, temp_debris
+from tests.helpers import OLD, make_tree, read_tree, temp_debris
 
-OLD = 1_500_000_000.0  # source mtimes well in the past
 FILES = {"a.txt": b"alpha", "sub/b.bin": os.urandom(3000), "empty": b""}
 FAST = ["-y", "--workers", "2", "--backend-retry-delay", "10ms", "--retry", "1"]
 
