@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 
 from synctool.backends.base import BackendSpec, Location, parse_bool
 from synctool.errors import UsageError
+from synctool.secrets import SECRET_KEYS
 
 # Duplicati's log levels, mapped onto Python logging numbers.
 LOG_LEVELS: dict[str, int] = {
@@ -101,14 +102,23 @@ def parse_flag(text: str | bool, what: str) -> bool:
 def parse_option_list(tokens: Iterable[str], list_name: str) -> dict[str, str]:
     """``["a=1", "b=x=y"]`` -> ``{"a": "1", "b": "x=y"}``; bad tokens name the list."""
     out: dict[str, str] = {}
+    previous = ""
     for token in tokens:
         key, sep, value = token.partition("=")
         key = key.strip().lstrip("-")
         if not sep or not key:
+            if previous.lower() in SECRET_KEYS and not out[previous]:
+                # "aws-secret-access-key= SECRET": the token is most likely the
+                # secret itself, split off by a space. It is not echoed.
+                raise UsageError(
+                    f"{list_name}: {previous} is empty and a lone value follows it; "
+                    f"write {previous}=VALUE as one token"
+                )
             raise UsageError(f"{list_name}: {token!r} is not of the form key=value")
         if key in out:
             raise UsageError(f"{list_name}: the key {key!r} is given twice")
         out[key] = value
+        previous = key
     return out
 
 

@@ -156,6 +156,9 @@ ROWS: dict[str, Row] = {
                              r"unknown log level 'Loud'; use one of: ExplicitOnly"),
     "option-token-without-equals": Row(lambda w: [w.src, w.dst, "--dst-options", "a=1", "novalue"], USAGE,
                                        r"--dst-options: 'novalue' is not of the form key=value"),
+    # A secret split off by a space is most likely the secret: never echoed.
+    "secret-split-by-a-space": Row(lambda w: [w.src, w.dst, "--dst-options", "aws-secret-access-key=", "Zq9Sup3rS3cret"], USAGE,
+                                   r"^(?!.*Zq9).*aws-secret-access-key is empty .* write aws-secret-access-key=VALUE as one token"),
     "option-key-twice": Row(lambda w: [w.src, w.dst, "--global-options", "k=1", "k=2"], USAGE,
                             r"--global-options: the key 'k' is given twice"),
     "unknown-flag": Row(lambda w: [w.src, w.dst, "--bogus"], USAGE, r"No such option '--bogus'.*synctool --help"),
