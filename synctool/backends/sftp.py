@@ -571,10 +571,13 @@ class SFTPBackend(Backend):
         with conn.lease() as lease:
             if self._root is None:
                 self._root = self._resolve_root(lease.sftp)
-            for temp in list(self._orphans):
-                with contextlib.suppress(OSError):
-                    lease.sftp.remove(temp)
-                self._orphans.discard(temp)
+            self._remove_orphans(lease.sftp)
+
+    def _remove_orphans(self, sftp: paramiko.SFTPClient) -> None:
+        for temp in list(self._orphans):
+            with contextlib.suppress(OSError):
+                sftp.remove(temp)
+            self._orphans.discard(temp)
 
     def _resolve_root(self, sftp: paramiko.SFTPClient) -> str:
         """Absolute root folder. As in Duplicati, the path is absolute unless
@@ -804,6 +807,15 @@ class SFTPBackend(Backend):
                 folder = posixpath.dirname(folder)
 
     def close(self) -> None:
+        if self._orphans:
+            # Last chance for the temporary files of writes whose connection
+            # dropped: another thread may have reconnected before they were
+            # known, and no call may come after this one to reconnect again.
+            try:
+                with self._sftp("removing temporary files") as lease:
+                    self._remove_orphans(lease.sftp)
+            except Exception as exc:  # noqa: BLE001 - closing must not fail; the next run removes them
+                log.warning("could not remove %d temporary file(s) after a dropped connection: %s", len(self._orphans), exc)
         with self._lock:
             conn, self._conn = self._conn, None
         if conn is not None and conn.pid == os.getpid():
