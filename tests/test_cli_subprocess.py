@@ -1,4 +1,7 @@
-"""The real ``synctool`` console script and ``python -m synctool``, run as subprocesses."""
+"""The real ``synctool`` console script and ``python -m synctool``, run as subprocesses.
+
+Usage errors, unknown schemes and missing folders are rows of tests/test_bad_input.py.
+"""
 
 from __future__ import annotations
 
@@ -92,37 +95,6 @@ def test_without_yes_and_no_terminal_nothing_is_written(tmp_path, src):
     assert "-y" in p.stdout + p.stderr
     assert read_tree(dst) == before and not temp_debris(dst)
     assert read_tree(src) == FILES
-
-
-@pytest.mark.parametrize(
-    "args, says",
-    [
-        (["--dst-options", "a=1", "novalue"], "--dst-options"),
-        (["--global-options", "k=1", "k=2"], "--global-options"),
-        (["--log-level", "Loud"], "log level"),
-        (["--bogus"], "--bogus"),
-    ],
-    ids=["token-without-equals", "key-twice", "log-level", "unknown-option"],
-)
-def test_usage_errors_exit_2(tmp_path, src, args, says):
-    p = run(src, tmp_path / "dst", "-y", *args)
-    assert p.returncode == 2, (p.stdout, p.stderr)
-    assert says in p.stderr
-    assert not (tmp_path / "dst").exists()
-
-
-def test_unknown_scheme_is_a_usage_error_naming_the_supported_ones(tmp_path, src):
-    p = run(src, "nosuch://host/path", "-y")
-    assert p.returncode == 2, (p.stdout, p.stderr)
-    assert "nosuch" in p.stderr and "file" in p.stderr
-
-
-def test_missing_source_is_fatal_and_not_created(tmp_path):
-    missing, dst = tmp_path / "missing", tmp_path / "dst"
-    p = run(missing, dst, "-y", *FAST)
-    assert p.returncode == 1, (p.stdout, p.stderr)
-    assert str(missing) in p.stdout + p.stderr
-    assert not missing.exists()
 
 
 def test_a_source_file_that_keeps_growing_fails_with_exit_3(tmp_path, src):
