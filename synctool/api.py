@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from synctool import logs
 from synctool.coordinator import Coordinator, Env
 from synctool.errors import UsageError
 from synctool.options import SyncOptions, parse_log_level
@@ -28,8 +30,10 @@ def sync(
     Keyword options are the command line's, in Python spelling: ``dry_run``,
     ``force``, ``retention``, ``retry``, ``verify_contents``,
     ``verify_get_after_put``, ``workers``, ``max_delete``, ``retry_delay``
-    (seconds), ``log_level`` ("Information", "Verbose", ...), ``progress``,
-    ``report_file``. Nothing is asked: a library call is its own confirmation.
+    (seconds), ``log_level`` ("Information", "Verbose", ...), ``log_file``,
+    ``progress``, ``report_file``. Log records go to the ``synctool`` logger
+    (and to ``log_file``), not to stderr: the caller's logging set-up decides
+    what is shown. Nothing is asked: a library call is its own confirmation.
     A failed run does not raise; look at ``report.exit_code`` or call
     ``report.raise_for_status()``. Bad arguments raise :class:`UsageError`.
     """
@@ -51,7 +55,13 @@ def sync(
         **{"confirm": True, **options},
     )
     opts.apply_global_keys(explicit=set(options))
-    return run(opts, Env())
+    level = opts.log_level if "log_level" in options or "log-level" in opts.global_options else None
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(logs.for_library_call(level, opts.log_file))
+        except OSError as exc:
+            raise UsageError(f"cannot open the log file {opts.log_file}: {exc.strerror}") from None
+        return run(opts, Env())
 
 
 def run(opts: SyncOptions, env: Env) -> Report:

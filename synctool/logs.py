@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from typing import TextIO
 
 from synctool.secrets import redact
@@ -58,13 +60,15 @@ if not getattr(logging.getLogRecordFactory(), "synctool_redacts", False):
     logging.setLogRecordFactory(_redacting_record_factory(logging.getLogRecordFactory()))
 
 
-def _private_file_handler(path: str) -> logging.Handler:
+def log_file_handler(path: str) -> logging.Handler:
     """Append to ``path``, creating it (and its folder) readable by its owner only."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.close(fd)
-    return logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler.setFormatter(RedactingFormatter("%(asctime)s [%(levelname)s] %(name)s: %(message)s"))
+    return handler
 
 
 def setup(level: int, log_file: str | None, stderr: TextIO | None = None) -> list[logging.Handler]:
@@ -77,13 +81,37 @@ def setup(level: int, log_file: str | None, stderr: TextIO | None = None) -> lis
     console.setFormatter(RedactingFormatter("%(levelname)s: %(message)s"))
     handlers.append(console)
     if log_file:
-        handler = _private_file_handler(log_file)
-        handler.setFormatter(RedactingFormatter("%(asctime)s [%(levelname)s] %(name)s: %(message)s"))
-        handlers.append(handler)
+        handlers.append(log_file_handler(log_file))
     for h in handlers:
         h.setLevel(level)
         logger.addHandler(h)
     return handlers
+
+
+@contextlib.contextmanager
+def for_library_call(level: int | None, log_file: str | None) -> Iterator[None]:
+    """Logging for one ``synctool.sync()`` call.
+
+    A library leaves the console to its caller: records still reach the
+    caller's own handlers, and nothing is printed to stderr. A ``log_level``
+    the caller passed sets the ``synctool`` logger's level for the call; a
+    ``log_file`` gets the same private file handler as on the command line
+    (OSError, before the call starts, if it cannot be opened).
+    """
+    logger = logging.getLogger("synctool")
+    before = logger.level
+    handler = log_file_handler(log_file) if log_file else None
+    if handler is not None:
+        logger.addHandler(handler)
+    if level is not None:
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+        if handler is not None:
+            logger.removeHandler(handler)
+            handler.close()
 
 
 def teardown(handlers: list[logging.Handler]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
 import time
@@ -15,8 +16,7 @@ from synctool.backends.local import LocalBackend
 from synctool.coordinator import Coordinator, Env
 from synctool.errors import ExitCode, UsageError
 from synctool.options import SyncOptions
-from tests.helpers import FAST, OLD, make_tree, read_tree
-
+from tests.helpers import FAST, OLD, RETAINED, make_tree, ok, read_tree
 
 
 @pytest.fixture
@@ -27,11 +27,11 @@ def dirs(tmp_path):
 
 
 def tree_without_retention(root):
-    return {k: v for k, v in read_tree(root).items() if not re.search(r"(^|/)\d{14}\.old\.", k)}
+    return {k: v for k, v in read_tree(root).items() if not RETAINED.search(k)}
 
 
 def retention_files(root):
-    return {k: v for k, v in read_tree(root).items() if re.search(r"(^|/)\d{14}\.old\.", k)}
+    return {k: v for k, v in read_tree(root).items() if RETAINED.search(k)}
 
 
 def test_first_sync_creates_destination_and_copies_everything(dirs):
@@ -277,6 +277,22 @@ def test_raise_for_status(dirs):
     report = synctool.sync(str(src / "missing"), str(dst), **FAST)
     with pytest.raises(synctool.SyncFailed, match="does not exist"):
         report.raise_for_status()
+
+
+def test_library_log_file_and_level_leave_the_console_to_the_caller(dirs, tmp_path, capfd):
+    src, dst = dirs
+    make_tree(src, {"a": b"abc"})
+    log_file = tmp_path / "logs" / "sync.log"
+    logger = logging.getLogger("synctool")
+    before = logger.level
+    ok(synctool.sync(str(src), str(dst), log_file=str(log_file), log_level="Verbose", **FAST))
+    text = log_file.read_text()
+    assert "listed 1 file(s) at the source" in text and "copied a (3 B)" in text, text  # Verbose: per file
+    assert oct(log_file.stat().st_mode & 0o777) == "0o600"
+    assert logger.level == before and not any(isinstance(h, logging.FileHandler) for h in logger.handlers)
+    assert capfd.readouterr().err == ""  # a library prints nothing of its own
+    with pytest.raises(UsageError, match="cannot open the log file"):
+        synctool.sync(str(src), str(dst), log_file=str(src / "a" / "x.log"), **FAST)
 
 
 def test_library_rejects_unknown_keywords(dirs):
