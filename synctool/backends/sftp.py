@@ -27,15 +27,36 @@ import re
 import secrets
 import socket
 import stat
+import sys
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from urllib.parse import unquote
 
-import paramiko
-from paramiko.sftp import CMD_HANDLE, CMD_OPEN, CMD_SETSTAT, SFTP_FLAG_CREATE, SFTP_FLAG_TRUNC, SFTP_FLAG_WRITE
+# paramiko imports invoke only to run the "Match exec" lines of ssh_config
+# files, which synctool never reads, and invoke loads yaml, asyncio and
+# unittest.mock on the way: a tenth of a second at every start of every
+# process. It is hidden while paramiko loads, and only then: whoever imports
+# invoke later gets it as usual.
+_HIDE_INVOKE = "invoke" not in sys.modules
+if _HIDE_INVOKE:
+    sys.modules["invoke"] = None  # type: ignore[assignment]
+try:
+    import paramiko
+finally:
+    if _HIDE_INVOKE:
+        del sys.modules["invoke"]
+from paramiko.sftp import (
+    CMD_EXTENDED,
+    CMD_SETSTAT,
+    SFTP_FLAG_CREATE,
+    SFTP_FLAG_READ,
+    SFTP_FLAG_TRUNC,
+    SFTP_FLAG_WRITE,
+)
 
 from synctool import secrets as secret_store
+from synctool.backends import sftp_pipe
 from synctool.backends.base import (
     Backend,
     BackendError,
@@ -51,14 +72,16 @@ from synctool.backends.local import TEMP_PREFIX, TEMP_SUFFIX, default_file_mode
 
 log = logging.getLogger("synctool.backends.sftp")
 
-CHUNK = 1 << 20  # read() yields about this much at a time; write() buffers this much
-# SFTP requests carry at most 32 KiB each: every server accepts that much.
-# Throughput comes from keeping many in flight (pipelined writes, prefetched
-# reads) over a wide SSH window, not from bigger requests.
-# Prefetched read requests in flight per file (8 MiB): paramiko's prefetch
-# thread tops the queue up only every 10 ms, so fewer starve the reader.
-READ_AHEAD = 256
+# File content moves in pipelined requests sized to the server (sftp_pipe.py).
 WINDOW = 8 << 20  # SSH channel window: room for the read requests in flight
+# Largest SSH packet the server may send us. Fewer, larger packets cost less
+# CPU: paramiko decrypts and dispatches each one in Python. (What we send is
+# bounded by the server's own choice, 32 KiB on OpenSSH.)
+MAX_PACKET = 256 << 10
+# Ciphers tried first. AES-GCM carries its own integrity check, so no HMAC
+# is computed per packet on either side: the fastest both paramiko and
+# OpenSSH offer. The rest of paramiko's list follows for other servers.
+FAST_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 MAX_CHANNELS = 8  # OpenSSH allows 10 sessions per connection by default
 LIST_THREADS = 4  # folders listed at once
 CONNECT_TIMEOUT = 30.0
@@ -272,9 +295,22 @@ def load_private_key(s: Settings) -> tuple[paramiko.PKey | None, bool]:
 class _Lease:
     """One SFTP channel, lent to one thread for one operation."""
 
-    def __init__(self, sftp: paramiko.SFTPClient):
+    def __init__(self, sftp: paramiko.SFTPClient, limits: sftp_pipe.Limits):
         self.sftp = sftp
+        self.limits = limits  # the server's, for requests sent through a Pipe
         self.usable = True  # set False when the channel's state is unknown
+
+
+@contextlib.contextmanager
+def _piped(lease: _Lease) -> Iterator[sftp_pipe.Pipe]:
+    """A request pipe on the leased channel. A pipe left with replies unread
+    (its channel failed) retires the channel."""
+    pipe = sftp_pipe.Pipe(lease.sftp)
+    try:
+        yield pipe
+    finally:
+        if not pipe.idle:
+            lease.usable = False
 
 
 class Connection:
@@ -285,6 +321,7 @@ class Connection:
         self.transport = transport
         self.pid = os.getpid()
         self.posix_rename: bool | None = None  # unknown until first tried
+        self.limits = sftp_pipe.Limits()  # what one request may carry; asked once connected
         self._idle: list[paramiko.SFTPClient] = []
         self._open_channels = 0
         self._cond = threading.Condition()
@@ -294,9 +331,10 @@ class Connection:
     def open(cls, s: Settings) -> "Connection":
         known = _known_hosts()
         sock = _dial(s)
-        transport = paramiko.Transport(sock, default_window_size=WINDOW)
+        transport = paramiko.Transport(sock, default_window_size=WINDOW, default_max_packet_size=MAX_PACKET)
         try:
             _prefer_key_types(transport, _expected_key_types(s, known))
+            _prefer_fast_ciphers(transport)
             transport.start_client(timeout=CONNECT_TIMEOUT)
             # Nothing but the key exchange has happened yet: check the key
             # before sending any credential.
@@ -321,7 +359,7 @@ class Connection:
 
     @contextlib.contextmanager
     def lease(self) -> Iterator[_Lease]:
-        lease = _Lease(self._take())
+        lease = _Lease(self._take(), self.limits)
         try:
             yield lease
         except Exception as exc:
@@ -371,7 +409,7 @@ class Connection:
 def _open_sftp_channel(transport: paramiko.Transport) -> paramiko.SFTPClient:
     """A new SFTP session on ``transport``; a server that does not answer in
     IO_TIMEOUT fails it rather than hanging the caller."""
-    channel = transport.open_session(window_size=WINDOW, timeout=IO_TIMEOUT)
+    channel = transport.open_session(window_size=WINDOW, max_packet_size=MAX_PACKET, timeout=IO_TIMEOUT)
     channel.settimeout(IO_TIMEOUT)
     # paramiko waits for the subsystem's answer without a time limit:
     # closing the channel is what ends that wait.
@@ -390,7 +428,7 @@ def _open_sftp_channel(transport: paramiko.Transport) -> paramiko.SFTPClient:
 
 def _dial(s: Settings) -> socket.socket:
     try:
-        return socket.create_connection((s.host, s.port), timeout=CONNECT_TIMEOUT)
+        sock = socket.create_connection((s.host, s.port), timeout=CONNECT_TIMEOUT)
     except socket.gaierror as exc:
         raise BackendError(f"cannot resolve host {s.host}: {exc.strerror}") from None
     except ConnectionRefusedError:
@@ -399,6 +437,11 @@ def _dial(s: Settings) -> socket.socket:
         raise BackendError(f"timed out connecting to {s.address}") from None
     except OSError as exc:
         raise BackendError(f"cannot connect to {s.address}: {exc.strerror or exc}") from None
+    # Requests are small and each waits for its answer: Nagle's algorithm
+    # would hold one back until the server acknowledged the last, which costs
+    # a delayed ACK (40 ms) per exchange while logging in.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
 def _expected_key_types(s: Settings, known: paramiko.HostKeys) -> set[str]:
@@ -417,6 +460,12 @@ def _prefer_key_types(transport: paramiko.Transport, wanted: set[str]) -> None:
     options = transport.get_security_options()
     first = [a for a in options.key_types if _algorithm_key_type(a) in wanted]
     options.key_types = first + [a for a in options.key_types if a not in first]
+
+
+def _prefer_fast_ciphers(transport: paramiko.Transport) -> None:
+    options = transport.get_security_options()
+    first = tuple(c for c in FAST_CIPHERS if c in options.ciphers)
+    options.ciphers = first + tuple(c for c in options.ciphers if c not in first)
 
 
 def _authenticate(transport: paramiko.Transport, s: Settings) -> None:
@@ -569,6 +618,8 @@ class SFTPBackend(Backend):
 
     def _after_connect(self, conn: Connection) -> None:
         with conn.lease() as lease:
+            with _piped(lease) as pipe:
+                conn.limits = sftp_pipe.server_limits(pipe)
             if self._root is None:
                 self._root = self._resolve_root(lease.sftp)
             self._remove_orphans(lease.sftp)
@@ -675,21 +726,9 @@ class SFTPBackend(Backend):
     def read(self, name: str) -> Iterator[bytes]:
         self._connection()
         path = self._path(name)
-        with self._sftp(f"reading {name}") as lease:
-            f = lease.sftp.open(path, "rb")
-            finished = False
-            try:
-                f.prefetch(max_concurrent_requests=READ_AHEAD)
-                while chunk := f.read(CHUNK):
-                    yield chunk
-                finished = True
-            finally:
-                if finished:
-                    f.close()
-                else:
-                    # Stopped early: requests of the prefetch are still in
-                    # flight. Closing the channel closes the file with it.
-                    lease.usable = False
+        with self._sftp(f"reading {name}") as lease, _piped(lease) as pipe:
+            handle = sftp_pipe.open_file(pipe, path, SFTP_FLAG_READ)
+            yield from sftp_pipe.read_file(pipe, handle, lease.limits)
 
     def write(
         self,
@@ -710,14 +749,22 @@ class SFTPBackend(Backend):
 
     def _write(self, lease: _Lease, final: str, chunks: Iterable[bytes], mtime: float | None, old: str | None):
         sftp = lease.sftp
-        temp, f = self._create_temp(sftp, posixpath.dirname(final))
-        try:
+        folder = posixpath.dirname(final)
+        temp = f"{folder}/{TEMP_PREFIX}{secrets.token_hex(6)}{TEMP_SUFFIX}"
+        with _piped(lease) as pipe:
             try:
-                f.set_pipelined(True)
-                for chunk in _pull(chunks):
-                    f.write(chunk)
-            finally:
-                _close_file(f)
+                handle = self._create_temp(pipe, temp)
+                sftp_pipe.write_file(pipe, handle, _pull(chunks), lease.limits)
+            except BaseException:
+                if pipe.idle:
+                    self._remove_temp(sftp, temp)
+                else:  # the channel is lost: remove it over the next connection
+                    self._orphans.add(temp)
+                raise
+        try:
+            if old is None and self._conn is not None and self._conn.posix_rename is not False:
+                self._finish_at_once(lease, temp, final, mtime)
+                return
             _set_final_attributes(sftp, temp, self.file_mode, mtime)
             if old is not None:
                 with contextlib.suppress(FileNotFoundError):
@@ -727,13 +774,31 @@ class SFTPBackend(Backend):
             self._remove_temp(sftp, temp)
             raise
 
-    def _create_temp(self, sftp: paramiko.SFTPClient, folder: str) -> tuple[str, paramiko.SFTPFile]:
-        temp = f"{folder}/{TEMP_PREFIX}{secrets.token_hex(6)}{TEMP_SUFFIX}"
+    def _finish_at_once(self, lease: _Lease, temp: str, final: str, mtime: float | None) -> None:
+        """Give the complete ``temp`` its attributes and move it to ``final`` in
+        one round trip: both requests go out together, and SFTP servers carry
+        out the requests about one file in the order they came."""
+        with _piped(lease) as pipe:
+            attributes = pipe.send(CMD_SETSTAT, temp, _final_attributes(self.file_mode, mtime))
+            move = pipe.send(CMD_EXTENDED, "posix-rename@openssh.com", temp, final)
+            refused_attributes, refused_move = pipe.settle([attributes]), pipe.settle([move])
+        if refused_move is not None:
+            if refused_attributes is None and _unsupported(refused_move):
+                self._move(lease.sftp, temp, final)  # learns that posix-rename is missing
+            else:
+                raise refused_move
+        elif self._conn is not None:
+            self._conn.posix_rename = True
+        if refused_attributes is not None:
+            raise refused_attributes
+
+    def _create_temp(self, pipe: sftp_pipe.Pipe, temp: str) -> bytes:
+        """Create the temporary file ``temp``; return its open handle."""
         try:
-            return temp, _open_private(sftp, temp)
+            return _open_private(pipe, temp)
         except FileNotFoundError:
-            _makedirs(sftp, folder)  # first file in a new folder
-            return temp, _open_private(sftp, temp)
+            _makedirs(pipe.sftp, posixpath.dirname(temp))  # first file in a new folder
+            return _open_private(pipe, temp)
 
     def _remove_temp(self, sftp: paramiko.SFTPClient, temp: str) -> None:
         try:
@@ -753,7 +818,7 @@ class SFTPBackend(Backend):
                     conn.posix_rename = True
                 return
             except OSError as exc:
-                if exc.errno is not None or conn is None or "unsupported" not in str(exc).lower():
+                if conn is None or not _unsupported(exc):
                     raise
                 conn.posix_rename = False
                 log.info("%s has no posix-rename: replacing files by remove and rename", self.settings.address)
@@ -832,8 +897,8 @@ def _status_error(exc: OSError | EOFError | paramiko.SSHException, what: str) ->
     return BackendError(f"{what}: {exc}")
 
 
-def _open_private(sftp: paramiko.SFTPClient, path: str) -> paramiko.SFTPFile:
-    """Create (or truncate) ``path`` for writing with mode 0600, as ``open(path, "wb")``.
+def _open_private(pipe: sftp_pipe.Pipe, path: str) -> bytes:
+    """Create (or truncate) ``path`` for writing with mode 0600; return its handle.
 
     paramiko's ``open`` sends no attributes, so the server would create the
     file with its default mode (0644 on OpenSSH) and a half-written file could
@@ -843,33 +908,27 @@ def _open_private(sftp: paramiko.SFTPClient, path: str) -> paramiko.SFTPFile:
     """
     attributes = paramiko.SFTPAttributes()
     attributes.st_mode = 0o600
-    kind, msg = sftp._request(CMD_OPEN, path, SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_TRUNC, attributes)
-    if kind != CMD_HANDLE:
-        raise paramiko.SFTPError("Expected handle")
-    return paramiko.SFTPFile(sftp, msg.get_binary(), "wb", CHUNK)
+    return sftp_pipe.open_file(pipe, path, SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_TRUNC, attributes)
 
 
 def _set_final_attributes(sftp: paramiko.SFTPClient, path: str, mode: int, mtime: float | None) -> None:
     """Give a complete file its lasting mode and the source's mtime, in one request."""
+    sftp._request(CMD_SETSTAT, path, _final_attributes(mode, mtime))
+
+
+def _final_attributes(mode: int, mtime: float | None) -> paramiko.SFTPAttributes:
     attributes = paramiko.SFTPAttributes()
     attributes.st_mode = mode
     if mtime is not None:
         # Rounded up: SFTP keeps whole seconds, and a copy must never look
         # older than its source.
         attributes.st_atime = attributes.st_mtime = math.ceil(mtime)
-    sftp._request(CMD_SETSTAT, path, attributes)
+    return attributes
 
 
-def _close_file(f: paramiko.SFTPFile) -> None:
-    """Close a file written with pipelining: this waits for every write's
-    reply, so a write the server refused raises here."""
-    try:
-        f.close()
-    except BaseException:
-        # The channel died under it. Mark it closed all the same, or its
-        # finaliser tries to flush into the dead channel and complains.
-        f._closed = True
-        raise
+def _unsupported(exc: OSError) -> bool:
+    """Is this the server's answer to an extension it does not have?"""
+    return exc.errno is None and "unsupported" in str(exc).lower()
 
 
 def _makedirs(sftp: paramiko.SFTPClient, folder: str) -> None:
