@@ -303,17 +303,20 @@ class Coordinator:
         self._stop_pool()
 
     def _sweep_debris(self) -> None:
-        """Remove the temporary files of workers that died mid-write (SIGKILL, out of memory).
+        """Remove what workers that died mid-write (SIGKILL, out of memory) left behind.
 
-        The plan's listing predates them, and no job of this run is in flight
-        now, so every temporary file at the destination is debris.
+        The plan's listing predates their temporary files, and no job of this
+        run is in flight now, so every temporary file at the destination is
+        debris; so are the unfinished uploads of the jobs they held.
         """
+        assert self.pool is not None
         try:
             debris = [e.name for e in self.dst.list() if TEMP_RE.match(basename(e.name))]
             if debris:
                 self.dst.delete(debris)
+            self.dst.abort_unfinished_writes(sorted(self.pool.lost))
         except BackendError as exc:
-            log.warning("could not remove the temporary files of a dead worker: %s", exc)
+            log.warning("could not remove what a dead worker left behind: %s", exc)
 
     def _copy(self, copies: list[Copy]) -> None:
         jobs = [Job(next(self.ids), COPY, c.entry.name, c.entry.size, c.entry.mtime, c.keep_old_as) for c in copies]

@@ -71,6 +71,7 @@ class WorkerPool:
         self.peaks: dict[int, int] = {}
         self.fatal: str | None = None
         self.replaced = 0
+        self.lost: set[str] = set()  # names of jobs held by workers that died: their writes may linger
 
     # -- life cycle --------------------------------------------------------
     def start(self, wanted: int | None = None) -> None:
@@ -198,6 +199,7 @@ class WorkerPool:
                     [Result(j.id, False, error=f"{j.name}: worker process died ({how})") for j in worker.outstanding.values()],
                 )
             )
+            self.lost.update(j.name for j in worker.outstanding.values())
             self.replaced += 1
             self._spawn()
         return lost

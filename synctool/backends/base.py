@@ -221,6 +221,15 @@ class Backend(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
+    def abort_unfinished_writes(self, names: Sequence[str]) -> None:  # noqa: B027 - optional hook
+        """Remove what writes of ``names`` left when their process died mid-way.
+
+        Called once no write of the run is in flight. Temporary files show in
+        listings and the coordinator removes them by name; a backend whose
+        unfinished writes do not show there (S3's multipart uploads) aborts
+        them here.
+        """
+
     # -- helpers --------------------------------------------------------
     def display_url(self) -> str:
         """The URL with its secrets masked, for messages."""

@@ -517,6 +517,23 @@ class S3Backend(Backend):
         else:
             self._put_multipart(key, first, blocks, hasher, old_key, name)
 
+    def abort_unfinished_writes(self, names: Sequence[str]) -> None:
+        """Abort the open multipart uploads of ``names``: a worker killed mid-upload
+        leaves its parts stored (and, on AWS, billed) until someone aborts them."""
+        keys = {self._key(name) for name in names}
+        if not keys:
+            return
+        try:
+            pages = self._client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=self.prefix)
+            uploads = [u for page in pages for u in page.get("Uploads", ()) if u["Key"] in keys]
+        except Exception as exc:
+            if getattr(exc, "response", None) and _code(exc) == "NoSuchUpload":
+                return  # rclone serve s3's answer when it holds no upload for the bucket
+            raise self._error(exc, "listing unfinished multipart uploads") from exc
+        for upload in uploads:
+            log.info("aborting the multipart upload of %s left by a dead worker", upload["Key"])
+            self._abort(upload["Key"], upload["UploadId"])
+
     def rename(self, old: str, new: str) -> None:
         old_key, new_key = self._key(old), self._key(new)
         try:
