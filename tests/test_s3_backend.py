@@ -6,6 +6,7 @@ import datetime
 import multiprocessing
 import os
 import time
+import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 
 import blake3
@@ -591,19 +592,40 @@ def test_fork_after_closing_a_native_client(s3_server, s3_bucket):
     assert proc.exitcode == 0
 
 
-def test_multipart_returns_every_slot(open_s3):
-    # Parts take their slot before they are filled; a slot left taken after a
-    # write (finished or failed) would stall the next large file for good.
+def test_writes_return_all_the_memory_budget(open_s3):
+    # Blocks take their share of the budget before they are filled; a share
+    # left taken after a write (finished or failed) would stall later files.
     backend = open_s3(**SMALL_PART, **{"s3-parts-in-flight": "2"})
     data = _content(5, 11 * MiB)
     backend.write("ok", _chunks(data, MiB), len(data))
+    backend.write("small", _chunks(data[:MiB], MiB), MiB)
 
-    def broken():
-        yield from _chunks(data[: 7 * MiB], MiB)
+    def broken(size: int):
+        yield from _chunks(data[:size], MiB)
         raise RuntimeError("source went away")
 
-    with pytest.raises(RuntimeError):
-        backend.write("bad", broken(), len(data))
-    assert backend._slots._value == 2
+    for size in (7 * MiB, MiB):  # a multipart upload and a single PUT, each cut short
+        with pytest.raises(RuntimeError):
+            backend.write("bad", broken(size), len(data))
+    assert backend._budget.free == backend._budget.capacity == 10 * MiB
     backend.write("again", _chunks(data, MiB), len(data))
     assert b"".join(backend.read("again")) == data
+
+
+def test_concurrent_writes_hold_no_more_than_the_budget(open_s3):
+    # 12 writers of 3 MiB objects at once would hold 36 MiB (twice that,
+    # joined from their chunks); the budget of 2 x 5 MiB holds them to it.
+    backend = open_s3(**SMALL_PART, **{"s3-parts-in-flight": "2"})
+    data = _content(6, 3 * MiB)
+    backend.write("warm-up", _chunks(data, MiB), len(data))  # clients and threads made before measuring
+    tracemalloc.start()
+    try:
+        with ThreadPoolExecutor(12) as pool:
+            list(pool.map(lambda i: backend.write(f"f{i}", _chunks(data, MiB), len(data)), range(12)))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Within the budget, but for the chunk in each writer's hand and a block
+    # briefly doubled while it grows; far below the 36 MiB of no budget.
+    assert peak < 20 * MiB, f"{peak / MiB:.1f} MiB held at the peak"
+    assert b"".join(backend.read("f11")) == data

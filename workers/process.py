@@ -30,8 +30,12 @@ from workers.jobs import (
     Result,
     WorkerSettings,
 )
+from workers.memory import limit_malloc_arenas, release_free_memory
 from workers.transfer import compare_file, copy_file
 
+# A job that moved this much leaves megabyte blocks freed in its thread's
+# arena; they go back to the system when it ends.
+TRIM_AFTER_BYTES = 1 << 20
 # Once told to stop, how long running jobs get to abandon their writes
 # (remove temporary files, abort multipart uploads) before the process exits.
 STOP_GRACE_SECONDS = 5.0
@@ -158,6 +162,7 @@ def worker_main(
         raise SystemExit(130)
 
     signal.signal(signal.SIGTERM, on_term)
+    limit_malloc_arenas()  # before any thread starts: see workers/memory.py
 
     root = logging.getLogger("synctool")
     root.handlers[:] = [_QueueLogHandler(results, worker_id)]
@@ -174,7 +179,10 @@ def worker_main(
     results.put((MSG_READY, worker_id, os.getpid()))
 
     def run(job: Job) -> Result:
-        return run_job(job, src, dst, settings, cancel, results, worker_id)
+        result = run_job(job, src, dst, settings, cancel, results, worker_id)
+        if job.size >= TRIM_AFTER_BYTES:
+            release_free_memory()  # the job's blocks are free now: see workers/memory.py
+        return result
 
     # Backends that gain nothing from threads (local disks) run jobs inline:
     # handing each small file to a thread costs more than copying it.

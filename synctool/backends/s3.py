@@ -4,11 +4,12 @@ Works with AWS S3 and the S3 dialects of MinIO, Wasabi, Backblaze B2, Ceph RGW
 and ``rclone serve s3``. Option names are Duplicati's, so its scripts keep
 working; a few ``s3-*`` options of our own tune the multipart upload.
 
-Memory: one process holds at most ``s3-parts-in-flight`` parts, being filled
-or uploaded, plus the first block of each file it is writing (which decides
-between one PUT and a multipart upload), so its peak is about
-``(s3-parts-in-flight + large files written at once) x s3-part-size``: with the
-defaults (4 parts of 5 MiB) and two large files, about 30 MiB.
+Memory: what one process's writes hold is bounded in bytes, not in parts:
+``s3-parts-in-flight x s3-part-size`` (20 MiB with the defaults). A small
+object's whole content, the first block of a larger one and each part take
+their size from that budget before a byte is read, and give it back once sent
+(see :mod:`synctool.backends.budget`); a block may pass its share by less than
+one source chunk. Reads hold at most ``s3_native.SMALL_GET`` per job.
 
 Buckets and prefixes: a missing bucket is created for the destination
 (``prepare(create=True)``, Duplicati's auto-create-folders, on by default)
@@ -60,6 +61,7 @@ from synctool.backends.base import (
     check_name,
     parse_bool,
 )
+from synctool.backends.budget import ByteBudget
 
 log = logging.getLogger("synctool.backends.s3")
 
@@ -189,7 +191,8 @@ class S3Backend(Backend):
         self._native_obj: s3_native.NativeS3 | None = None
         self._native_pid = -1
         self._pool_obj: ThreadPoolExecutor | None = None
-        self._slots_obj: threading.BoundedSemaphore | None = None
+        self._budget_obj: ByteBudget | None = None
+        self._budget_pid = -1
 
     # -- connection ------------------------------------------------------
     @property
@@ -237,11 +240,10 @@ class S3Backend(Backend):
         return without_expect_continue(session.client("s3", endpoint_url=self.endpoint, config=config))
 
     def _ensure_open(self) -> None:
-        """Open the client, part pool and slots once per process.
+        """Open the client and part pool once per process.
 
-        A forked child opens its own: the parent's connections, threads and
-        slot counts (taken by parts that only upload in the parent) mean
-        nothing there.
+        A forked child opens its own: the parent's connections and threads
+        mean nothing there.
         """
         if self._pid == os.getpid():
             return
@@ -249,8 +251,6 @@ class S3Backend(Backend):
             if self._pid != os.getpid():
                 self._client_obj = self._new_client(self._config)
                 self._pool_obj = ThreadPoolExecutor(self.parts_in_flight, thread_name_prefix="s3-part")
-                # Each parked part holds a slot until uploaded: the memory bound above.
-                self._slots_obj = threading.BoundedSemaphore(self.parts_in_flight)
                 self._pid = os.getpid()
 
     @property
@@ -331,10 +331,20 @@ class S3Backend(Backend):
         return self._pool_obj
 
     @property
-    def _slots(self) -> threading.BoundedSemaphore:
-        self._ensure_open()
-        assert self._slots_obj is not None
-        return self._slots_obj
+    def _budget(self) -> ByteBudget:
+        """This process's memory budget for writes (see the module notes).
+
+        Apart from the boto3 client: small objects written natively need no
+        client. A forked child starts with its own, the parent's takes being
+        by threads it does not have.
+        """
+        if self._budget_pid != os.getpid():
+            with _open_lock:
+                if self._budget_pid != os.getpid():
+                    self._budget_obj = ByteBudget(self.parts_in_flight * self.part_size)
+                    self._budget_pid = os.getpid()
+        assert self._budget_obj is not None
+        return self._budget_obj
 
     def close(self) -> None:
         if self._native_pid == os.getpid():
@@ -348,7 +358,7 @@ class S3Backend(Backend):
             self._pool_obj.shutdown(wait=True)
         if self._client_obj is not None and hasattr(self._client_obj, "close"):
             self._client_obj.close()
-        self._client_obj = self._pool_obj = self._slots_obj = None
+        self._client_obj = self._pool_obj = None
         self._pid = -1
 
     def display_url(self) -> str:
@@ -510,12 +520,23 @@ class S3Backend(Backend):
         part_size = self._part_size_for(size)
         hasher = blake3.blake3(max_threads=1)
         blocks = _blocks(chunks, part_size, hasher)
-        first = next(blocks, b"")
+        held = self._budget.take(min(size, part_size))  # before a byte is read: the memory bound
+        try:
+            first = next(blocks, b"")
+        except BaseException:
+            self._budget.give(held)
+            raise
         if len(first) < part_size:
             # A short first block is also the last: the whole content is here.
-            self._put_whole(key, first, hasher.hexdigest(), old_key, name)
+            try:
+                self._put_whole(key, first, hasher.hexdigest(), old_key, name)
+            finally:
+                self._budget.give(held)
         else:
-            self._put_multipart(key, first, blocks, hasher, old_key, name)
+            # Handed over in a list that the part upload empties: a local name
+            # here would keep the block alive until the whole file is sent.
+            handed, first = [first], None
+            self._put_multipart(key, (handed, held), blocks, hasher, old_key, name)
 
     def abort_unfinished_writes(self, names: Sequence[str]) -> None:
         """Abort the open multipart uploads of ``names``: a worker killed mid-upload
@@ -568,7 +589,7 @@ class S3Backend(Backend):
     def _object_args(self) -> dict:
         return {"StorageClass": self.storage_class} if self.storage_class else {}
 
-    def _put_whole(self, key: str, data: bytes, digest: str, old_key: str | None, name: str) -> None:
+    def _put_whole(self, key: str, data: bytearray, digest: str, old_key: str | None, name: str) -> None:
         try:
             if old_key is not None:
                 self._copy(key, old_key)
@@ -580,17 +601,23 @@ class S3Backend(Backend):
                 native.put(key, data, headers)
                 return
             self._client.put_object(
-                Bucket=self.bucket, Key=key, Body=data, Metadata={"blake3": digest}, **self._object_args()
+                Bucket=self.bucket,
+                Key=key,
+                Body=s3_native.BlockReader(data),
+                Metadata={"blake3": digest},
+                **self._object_args(),
             )
         except BackendError:
             raise
         except Exception as exc:
             raise self._error(exc, name) from exc
 
-    def _put_multipart(self, key, first, blocks, hasher, old_key, name) -> None:
+    def _put_multipart(self, key, first: tuple[list[bytes], int], blocks, hasher, old_key, name) -> None:
+        """``first``: the first block (in a list, see write) and the budget it holds, handed over to its part."""
         try:
             created = self._client.create_multipart_upload(Bucket=self.bucket, Key=key, **self._object_args())
         except Exception as exc:
+            self._budget.give(first[1])
             raise self._error(exc, name) from exc
         upload_id = created["UploadId"]
         try:
@@ -608,36 +635,40 @@ class S3Backend(Backend):
             raise  # the caller's own exception (it aborted us): hand it back unchanged
         self._add_blake3(key, hasher.hexdigest(), size)
 
-    def _upload_parts(self, key, upload_id, first: bytes, blocks: Iterator[bytes]) -> tuple[list[dict], int]:
-        """Upload blocks as they arrive, several at once, at most parts-in-flight parked.
+    def _upload_parts(
+        self, key, upload_id, first: tuple[list[bytes], int], blocks: Iterator[bytes]
+    ) -> tuple[list[dict], int]:
+        """Upload blocks as they arrive, several at once, within the process's memory budget.
 
-        Returns the part list for CompleteMultipartUpload and the object's size.
+        ``first`` is the first block, in a list this empties, and the budget
+        it holds. Returns the part list for CompleteMultipartUpload and the
+        object's size.
         """
         futures: list[Future] = []
         failed: list[BaseException] = []
         size = 0
+        block: bytes | None = first[0].pop()
+        held = first[1]
+        share = len(block)  # what each further block takes: the part size, or a chunk more
         try:
-            self._slots.acquire()  # backpressure: wait here while the pipe is full
-            block: bytes | None = first
             while block is not None:
                 if len(futures) == MAX_PARTS:
-                    self._slots.release()
+                    self._budget.give(held)
                     raise BackendError(f"more than {MAX_PARTS} parts: the file grew while being copied")
                 size += len(block)
-                futures.append(self._submit_part(key, upload_id, len(futures) + 1, block, failed))
+                futures.append(self._submit_part(key, upload_id, len(futures) + 1, block, held, failed))
                 del block  # the pool holds it now; let it go once uploaded
                 if failed:
                     raise failed[0]
-                # Take the next part's slot before filling it, not after: then
-                # parts being filled count against s3-parts-in-flight too, and
-                # a process never holds more than that many parts at once.
-                self._slots.acquire()
+                # Take the next part's share before filling it, not after:
+                # backpressure, and parts being filled count against the budget too.
+                held = self._budget.take(share)
                 try:
                     block = next(blocks, None)
                 except BaseException:
-                    self._slots.release()
+                    self._budget.give(held)
                     raise
-            self._slots.release()  # the slot taken for a part that never came
+            self._budget.give(held)  # the share taken for a part that never came
             return [f.result() for f in futures], size
         except BaseException:
             # Parts still running must finish before the abort, or they outlive it.
@@ -648,25 +679,25 @@ class S3Backend(Backend):
                     f.exception()
             raise
 
-    def _submit_part(self, key, upload_id, number: int, block: bytes, failed: list) -> Future:
-        """Upload one part in the pool; the caller holds a slot, released when it is done."""
+    def _submit_part(self, key, upload_id, number: int, block: bytes, held: int, failed: list) -> Future:
+        """Upload one part in the pool; the ``held`` budget goes back when it is done."""
         try:
             future = self._pool.submit(self._upload_part, key, upload_id, number, block)
         except BaseException:
-            self._slots.release()
+            self._budget.give(held)
             raise
 
         def done(f: Future) -> None:
-            self._slots.release()
+            self._budget.give(held)
             if not f.cancelled() and f.exception() is not None:
                 failed.append(f.exception())  # seen by the feeding loop: stop early
 
         future.add_done_callback(done)
         return future
 
-    def _upload_part(self, key: str, upload_id: str, number: int, block: bytes) -> dict:
+    def _upload_part(self, key: str, upload_id: str, number: int, block: bytearray) -> dict:
         answer = self._client.upload_part(
-            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=block
+            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=s3_native.BlockReader(block)
         )
         return {"PartNumber": number, "ETag": answer["ETag"]}
 
@@ -825,24 +856,34 @@ def without_expect_continue(client):
     return client
 
 
-def _blocks(chunks: Iterable[bytes], part_size: int, hasher) -> Iterator[bytes]:
+def _blocks(chunks: Iterable[bytes], part_size: int, hasher) -> Iterator[bytearray]:
     """Regroup chunks into blocks of at least ``part_size`` (only the last is shorter).
 
     Chunks are never split: S3 parts need not be equal, only 5 MiB or more.
-    The iterator is drained to its end before the last block is yielded.
+    Each chunk is copied into its block as it comes and let go, so a block
+    never exists twice (as its chunks and joined). The iterator is drained
+    to its end before the last block is yielded.
     """
-    pending: list[bytes] = []
-    filled = 0
+    box = [bytearray()]
     yielded = False
     for chunk in chunks:
         hasher.update(chunk)
-        pending.append(chunk)
-        filled += len(chunk)
-        if filled >= part_size:
-            yield b"".join(pending)
-            pending, filled, yielded = [], 0, True
-    if filled or not yielded:
-        yield b"".join(pending)  # the tail, or the one empty block of an empty file
+        box[0] += chunk
+        if len(box[0]) >= part_size:
+            yielded = True
+            yield _take(box)
+    if box[0] or not yielded:
+        yield _take(box)  # the tail, or the one empty block of an empty file
+
+
+def _take(box: list[bytearray]) -> bytearray:
+    """The block in ``box``, an empty one put in its place.
+
+    A generator suspended at ``yield block`` keeps ``block`` alive while the
+    caller uploads it, and after: the block must pass through no local name.
+    """
+    block, box[0] = box[0], bytearray()
+    return block
 
 
 def _delete_failures(answer: dict, names: dict[str, str]) -> dict[str, str]:

@@ -81,6 +81,43 @@ if AVAILABLE:
     os.register_at_fork(before=_join_finished_threads)
 
 
+class BlockReader(_pyio.RawIOBase):
+    """A block of bytes as a seekable file, read in place.
+
+    io.BytesIO copies a bytearray (it shares only a bytes object), and the
+    blocks we upload are bytearrays filled chunk by chunk: a copy would
+    double the memory of every upload in flight. Seekable, so botocore can
+    take its length and rewind it for a retry. (No ``__len__``: awscrt tests
+    a body for truth, and would drop an empty one.)
+    """
+
+    def __init__(self, data: bytes | bytearray):
+        super().__init__()
+        self._view = memoryview(data)
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = _pyio.SEEK_SET) -> int:
+        base = {_pyio.SEEK_SET: 0, _pyio.SEEK_CUR: self._pos, _pyio.SEEK_END: len(self._view)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        end = min(len(self._view), self._pos + len(buffer))
+        n = max(0, end - self._pos)
+        buffer[:n] = self._view[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+
 class _TooBig(Exception):
     """Raised from a body callback to fail a request whose answer outgrew its limit."""
 
@@ -174,13 +211,13 @@ class NativeS3:
         # SigV4 signs the path as sent: RFC 3986 encoding, '/' kept.
         return self._path_prefix + quote(key, safe="/~")
 
-    def put(self, key: str, data: bytes, headers: dict[str, str]) -> None:
+    def put(self, key: str, data: bytes | bytearray, headers: dict[str, str]) -> None:
         """Store ``data`` under ``key`` in one PutObject; all or nothing."""
         request = http.HttpRequest(
             "PUT",
             self._path(key),
             http.HttpHeaders([("Host", self.host), ("Content-Length", str(len(data))), *headers.items()]),
-            _pyio.BytesIO(data),
+            BlockReader(data),
         )
         self._wait(self._client.make_request(type=s3.S3RequestType.PUT_OBJECT, request=request))
 
