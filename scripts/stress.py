@@ -23,6 +23,12 @@ file by file, by BLAKE3. With --retention every run keeps old versions, and
 every (name, BLAKE3) seen at a destination before any run must still be there,
 under its name or a ``<yyyyMMddHHmmss>.old.<name>`` retention name.
 
+Every run is held to its word on the way: one that exits 0 must have left an
+exact mirror (success over a broken copy is the worst thing a sync can do),
+one that exits 1 must have changed nothing, an interrupted one must stop
+within seconds and leave no temporary file, no worker may outlive its run,
+and no unfinished multipart upload may stay on the S3 server.
+
 Every random choice comes from --seed (the tree, the changes, the faults and
 their moments), and every fault is logged, so a failure can be replayed; only
 where a fault lands inside the run depends on the machine's speed.
@@ -97,7 +103,7 @@ class Result:
     files: int = 0
     bytes: int = 0
     faults: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-    missed: int = 0  # faults whose moment came after the run had ended
+    missed: int = 0  # faults aimed after the run had ended (tried again; dropped after three in a row)
     changes: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     runs: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # hop -> runs to converge, per round
     versions: int = 0  # (name, BLAKE3) pairs seen at destinations (--retention)
@@ -119,7 +125,7 @@ class Result:
         runs = "; ".join(f"{hop}: {', '.join(map(str, n))}" for hop, n in self.runs.items())
         out = [
             f"files            {self.files} ({self.bytes / MiB:.1f} MiB at the end)",
-            f"faults injected  {sum(self.faults.values())} ({faults}); {self.missed} came after the run ended",
+            f"faults injected  {sum(self.faults.values())} ({faults}); {self.missed} aimed after the run had ended",
             f"source changes   {changes}",
             f"runs to converge {runs} (per round)",
             f"slowest stop     {self.stop_latency:.1f} s from SIGINT/SIGTERM to exit",
@@ -169,9 +175,9 @@ def random_size(rng: random.Random) -> int:
         return 0
     if roll < 0.90:
         return int(2 ** rng.uniform(0, 16))  # 1 B .. 64 KiB, log-uniform
-    if roll < 0.99:
+    if roll < 0.995:
         return int(2 ** rng.uniform(16, 20))  # 64 KiB .. 1 MiB
-    return rng.randint(PART_SIZE + 1, 3 * PART_SIZE)
+    return rng.randint(PART_SIZE + 1, 2 * PART_SIZE)
 
 
 def random_name(rng: random.Random, serial: int) -> str:
@@ -214,14 +220,15 @@ class SourceTree:
         write_file(self.root, name, random_size(self.rng) if size is None else size, self.rng)
         return name
 
-    def change(self, fraction: float, counts: collections.Counter) -> list[str]:
+    def change(self, fraction: float, counts: collections.Counter, folder_to_file: bool = True) -> list[str]:
         """Add, rewrite and delete about ``fraction`` of the files; now and then turn
-        a file into a folder or a folder into a file. Returns what was done."""
+        a file into a folder or (``folder_to_file``) a folder into a file. Returns what was done."""
         names = self.files()
         n = max(3, int(len(names) * fraction))
         done = []
         for _ in range(n):
-            kind = self.rng.choices(["add", "rewrite", "delete", "file-to-folder", "folder-to-file"], [30, 35, 30, 3, 2])[0]
+            weights = [30, 35, 30, 3, 2 if folder_to_file else 0]
+            kind = self.rng.choices(["add", "rewrite", "delete", "file-to-folder", "folder-to-file"], weights)[0]
             names = names or self.files()
             if kind == "add" or not names:
                 done.append(f"add {self._add()}")
@@ -348,7 +355,8 @@ class Hop:
     source_dir: Path  # where the source's files are on this machine
     destination_dir: Path
     faults: tuple[str, ...]  # the kinds of fault that make sense here
-    typical: float = 1.0  # seconds a run takes: faults are aimed inside it
+    listing: float = 0.5  # seconds from the start of the last run to the end of its listing
+    copying: float = 2.0  # seconds from the end of the listing to the end of the last run with work
 
     def command(self, retention: bool, report: Path) -> list[str]:
         cmd = [sys.executable, "-m", "synctool", self.source, self.destination, "-y",
@@ -367,6 +375,7 @@ class RunOutcome:
     seconds: float
     fault: str | None  # the kind injected, None if none landed
     report: dict | None
+    workers: int  # worker processes seen (a run with nothing to copy starts none)
 
 
 def worker_processes(proc: subprocess.Popen) -> list[psutil.Process]:
@@ -440,7 +449,10 @@ class Stress:
         return budget
 
     def _change_source(self, why: str) -> None:
-        done = self.source.change(self.cfg.change_fraction, self.result.changes)
+        # With --retention a folder never empties (its kept versions stay in
+        # it), so a file of its name can never land on a destination that has
+        # real folders: synctool reports that copy as failed at every run.
+        done = self.source.change(self.cfg.change_fraction, self.result.changes, folder_to_file=not self.cfg.retention)
         self.log(f"changed the source ({why}): {len(done)} change(s): " + "; ".join(done[:8]) + (" …" if len(done) > 8 else ""))
 
     # -- one hop until it converges ---------------------------------------------------
@@ -449,12 +461,13 @@ class Stress:
 
         Returns the runs it took (the no-op check not counted), 0 if it never did.
         """
-        bound = 3 * faults + 8
-        runs = 0
+        bound = 4 * faults + 8
+        runs = misses = 0
         clean_ok = False
+        last_miss: RunOutcome | None = None
         while runs < bound:
             if clean_ok:
-                outcome = self._run(hop, rnd, None)
+                outcome = self._run(hop, rnd, None, (False, 0.0))
                 planned = _planned(outcome.report)
                 if outcome.code == 0 and planned == 0:
                     self.log(f"{hop.name} converged in round {rnd} after {runs} run(s)")
@@ -466,29 +479,57 @@ class Stress:
                 clean_ok = False
                 continue
             runs += 1
-            kind = self.fault_rng.choice(hop.faults) if faults else None
-            outcome = self._run(hop, rnd, kind)
+            kind = self._pick(hop, last_miss) if faults else None
+            if kind and hop is self.hops[0] and runs > 1:
+                # Give the fault some copying to land in.
+                self._change_source(f"between runs of {hop.name}")
+            outcome = self._run(hop, rnd, kind, self._aim(hop, last_miss) if kind else (False, 0.0))
+            last_miss = None
             if outcome.fault:
                 faults -= 1
-                if hop is self.hops[0] and faults and self.fault_rng.random() < 0.5:
-                    self._change_source(f"between runs of {hop.name}")
+                misses = 0
             elif kind:
+                # The run ended first: it had little or nothing to copy. The
+                # next try aims inside a run that short; after three in a row
+                # this hop has nothing left to interrupt.
                 self.result.missed += 1
+                misses += 1
+                if misses == 3:
+                    faults, misses = faults - 1, 0
+                else:
+                    last_miss = outcome
             elif outcome.code == 0:
                 clean_ok = True
             else:
                 self._problem(f"{hop.name} round {rnd}: a run without a fault exited {outcome.code} ({_errors(outcome.report)})")
         return 0
 
-    def _run(self, hop: Hop, rnd: int, kind: str | None) -> RunOutcome:
-        """One synctool process; with ``kind``, that fault at a random moment of it."""
+    def _pick(self, hop: Hop, last_miss: RunOutcome | None) -> str:
+        """A kind of fault for this hop; none that needs workers after a run that started none."""
+        kinds = [k for k in hop.faults if k != "worker-kill" or last_miss is None or last_miss.workers]
+        return self.fault_rng.choice(kinds)
+
+    def _aim(self, hop: Hop, last_miss: RunOutcome | None) -> tuple[bool, float]:
+        """When a fault lands: (after the listing?, delay in seconds).
+
+        Most land a while into the copying, a few while the run starts and
+        lists; after a miss, anywhere inside a run as short as the one missed.
+        """
+        if last_miss is not None:
+            return False, self.fault_rng.uniform(0.05, max(0.1, last_miss.seconds))
+        if self.fault_rng.random() < 0.7:
+            return True, self.fault_rng.uniform(0, hop.copying)
+        return False, self.fault_rng.uniform(0.05, hop.listing)
+
+    def _run(self, hop: Hop, rnd: int, kind: str | None, aim: tuple[bool, float]) -> RunOutcome:
+        """One synctool process; with ``kind``, that fault at the moment ``aim`` says."""
         self.run_serial += 1
         tag = f"{self.run_serial:03d}-r{rnd}-{hop.name.replace('→', '-')}"
         report_path, out_path = self.logs / f"{tag}.json", self.logs / f"{tag}.log"
         before = self._files(hop.destination_dir)
         if self.cfg.retention:
             self.seen[hop.name].update(before.items())
-        at = self.fault_rng.uniform(0.2, max(0.4, hop.typical)) if kind else None
+        in_copying, delay = aim
         with open(out_path, "wb") as out:
             proc = subprocess.Popen(hop.command(self.cfg.retention, report_path), stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
         started = time.monotonic()
@@ -498,12 +539,16 @@ class Stress:
         children: dict[int, psutil.Process] = {}
         restart: threading.Thread | None = None
         next_look = 0.0
+        listed: float | None = None  # when the run said it had listed both sides
         while proc.poll() is None:
             now = time.monotonic() - started
             if now >= next_look:
                 next_look = now + 0.1
                 children.update((c.pid, c) for c in worker_processes(proc))
-            if kind and not injected and now >= at:
+                if listed is None and b"listed " in out_path.read_bytes():
+                    listed = now
+            at = (listed + delay if listed is not None else None) if in_copying else delay
+            if kind and not injected and at is not None and now >= at:
                 injected, expect, restart = self._inject(kind, proc, children)
                 if injected:
                     self.log(f"run {tag}: {kind} at {now:.2f} s")
@@ -532,17 +577,20 @@ class Stress:
             self._problem(f"run {tag} exited 1 (a failed listing or connection: nothing may change), yet the destination changed")
         if proc.returncode == 0:
             # The worst thing a sync can do is report success over a broken copy.
-            wrong = mirror_problems(self.hasher.tree(hop.source_dir), self.hasher.tree(hop.destination_dir), self.cfg.retention, hop.name)
+            wrong = mirror_problems(self._tree(hop.source_dir), self._tree(hop.destination_dir), self.cfg.retention, hop.name)
             if wrong:
                 self._problem(f"run {tag} exited 0 after {injected or 'no fault'}, but the destination is no mirror: {wrong[:3]}")
         if kind and not injected:
-            hop.typical = seconds  # runs are shorter than thought: aim earlier
-        elif not kind and proc.returncode == 0 and report and report.get("copied"):
-            hop.typical = seconds  # aim later faults into a run that has work
+            where = f"{delay:.2f} s after the listing" if in_copying else f"{delay:.2f} s"
+            self.log(f"run {tag}: {kind} aimed at {where} missed: the run ended first")
+        if listed is not None:
+            hop.listing = listed
+        if listed is not None and report and report.get("copied") and injected not in ("sigint", "sigterm"):
+            hop.copying = seconds - listed  # where the next faults are aimed
         self.log(f"run {tag}: exit {proc.returncode} in {seconds:.1f} s"
                  + (f", copied {report.get('copied')} deleted {report.get('deleted')} renamed {report.get('renamed')}"
                     f" failed {len(report.get('failed', ()))} retries {report.get('retries')}" if report else ""))  # fmt: skip
-        return RunOutcome(proc.returncode, seconds, injected, report)
+        return RunOutcome(proc.returncode, seconds, injected, report, len(children))
 
     def _inject(self, kind: str, proc: subprocess.Popen, children: dict[int, psutil.Process]):
         """Do the fault now; returns (kind or None if it could not land, exit codes allowed, a thread to join)."""
@@ -602,7 +650,22 @@ class Stress:
 
     def _files(self, root: Path) -> dict[str, str]:
         """A side's files by BLAKE3, without the temporary files of unfinished writes."""
-        return {n: d for n, d in self.hasher.tree(root).items() if not is_temp(n)}
+        return {n: d for n, d in self._tree(root).items() if not is_temp(n)}
+
+    def _tree(self, root: Path) -> dict[str, str]:
+        """Every file of a side by BLAKE3, as a client of that side sees it.
+
+        The S3 bucket's objects are files in rclone's folder, but not every
+        file there is an object: rclone keeps the parts of a multipart upload
+        beside them (``.rclone_temp_multipart_*``) and leaves them behind when
+        it is killed. So the names come from the S3 listing, the bytes from
+        the folder.
+        """
+        if root != self.hops[0].destination_dir:
+            return self.hasher.tree(root)
+        pages = self.s3.client().get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=PREFIX + "/")
+        names = [obj["Key"][len(PREFIX) + 1 :] for page in pages for obj in page.get("Contents", ())]
+        return {name: self.hasher.digest(root / name) if (root / name).is_file() else "not a file" for name in names}
 
     def _problem(self, text: str) -> None:
         self.log("PROBLEM: " + text)
@@ -613,7 +676,7 @@ class Stress:
         r, retention = self.result, self.cfg.retention
         source = self.hasher.tree(self.source.root)
         for hop in self.hops:
-            src, dst = self.hasher.tree(hop.source_dir), self.hasher.tree(hop.destination_dir)
+            src, dst = self._tree(hop.source_dir), self._tree(hop.destination_dir)
             r.mismatches += mirror_problems(src, dst, retention, hop.name)
             live = {n: d for n, d in dst.items() if not is_retained(n)}
             if retention:
@@ -647,8 +710,16 @@ def _planned(report: dict | None) -> int:
 def _errors(report: dict | None) -> str:
     if not report:
         return "no report"
-    items = [*report.get("errors", []), *(f"{n}: {e}" for n, e in report.get("failed", []))]
+    items = [*report.get("errors", []), *(_failure(f) for f in report.get("failed", []))]
     return "; ".join(items[:3]) or "no errors reported"
+
+
+def _failure(item) -> str:
+    """One entry of a report's ``failed`` list: a [name, error] pair or a {name, error} object."""
+    if isinstance(item, dict):
+        return f"{item.get('name')}: {item.get('error')}"
+    name, error = item
+    return f"{name}: {error}"
 
 
 def _read_json(path: Path) -> dict | None:
@@ -666,6 +737,18 @@ def _kill_tree(proc: subprocess.Popen) -> None:
 
 
 # -- entry points --------------------------------------------------------------------------
+def _scratch(files: int) -> str | None:
+    """/dev/shm when it has room, else the system's temporary folder.
+
+    tmpfs is memory: the tree lives there five times over (source, three
+    destinations, kept versions), about 100 KiB a file each time.
+    """
+    needed = files * 100 * KiB * 5 * 2  # twice over: leave the machine room
+    if os.path.isdir("/dev/shm") and shutil.disk_usage("/dev/shm").free > needed:
+        return "/dev/shm"
+    return None
+
+
 def stress(cfg: Config) -> Result:
     """Build the tree, start the servers, run the hops under faults, check everything.
 
@@ -678,7 +761,7 @@ def stress(cfg: Config) -> Result:
         if any(workdir.iterdir()):
             raise SystemExit(f"--workdir {workdir} is not empty: the run needs a fresh folder")
     else:
-        workdir = Path(tempfile.mkdtemp(prefix="synctool-stress-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+        workdir = Path(tempfile.mkdtemp(prefix="synctool-stress-", dir=_scratch(cfg.files)))
     result: Result | None = None
     log = Log(workdir / "stress.log", cfg.quiet)
     try:
@@ -701,7 +784,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--faults", type=int, help="faults to inject in all (default 12; --short: 6)")
     parser.add_argument("--rounds", type=int, help="rounds of hops; each after the first changes the source (default 3; --short: 2)")
     parser.add_argument("--short", action="store_true", help="the test suite's size (under a minute)")
-    parser.add_argument("--workdir", type=Path, help="work here and keep it (default: a temporary folder under /dev/shm)")
+    parser.add_argument("--workdir", type=Path, help="work here (an empty folder) and keep it (default: a temporary folder under /dev/shm if it has room)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary work folder")
     args = parser.parse_args(argv)
     given = {k: v for k, v in (("files", args.files), ("faults", args.faults), ("rounds", args.rounds)) if v is not None}
