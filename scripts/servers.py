@@ -26,7 +26,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
@@ -225,8 +225,14 @@ def _http_answers(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def rclone_s3(root_dir: Path, rclone: str | None = None, log: Path | None = None) -> Iterator[S3Server]:
-    """Serve ``root_dir`` over S3 with ``rclone serve s3`` on a free loopback port."""
+def rclone_s3(
+    root_dir: Path, rclone: str | None = None, log: Path | None = None, extra_args: Sequence[str] = ()
+) -> Iterator[S3Server]:
+    """Serve ``root_dir`` over S3 with ``rclone serve s3`` on a free loopback port.
+
+    ``extra_args`` go to rclone as they are: ``["-vv"]`` logs every request,
+    which lets a test act at a given moment of a sync.
+    """
     root_dir = Path(root_dir)
     root_dir.mkdir(parents=True, exist_ok=True)
     rclone = rclone or real_executable("rclone")
@@ -236,7 +242,7 @@ def rclone_s3(root_dir: Path, rclone: str | None = None, log: Path | None = None
 
     def command(port: int) -> list[str]:
         return [rclone, "serve", "s3", str(root_dir), "--addr", f"{LOOPBACK}:{port}",
-                "--auth-key", f"{key},{secret}", "--config", "/dev/null"]  # fmt: skip
+                "--auth-key", f"{key},{secret}", "--config", "/dev/null", *extra_args]  # fmt: skip
 
     proc, port = start_on_free_port(command, _http_answers, log, "rclone serve s3")
     server = S3Server(f"http://{LOOPBACK}:{port}", port, key, secret, root_dir, proc, command(port), log)

@@ -6,7 +6,13 @@ import hashlib
 import os
 import pathlib
 import re
+import signal
+import subprocess
+import time
 
+import psutil
+
+from scripts.servers import real_executable
 from synctool.errors import ExitCode
 
 # Library options for a quick run: retries do not wait, two workers even on one CPU.
@@ -25,6 +31,48 @@ SAMPLE_FILES = {
 def ok(report) -> None:
     """The run succeeded; else show its whole report."""
     assert report.exit_code == ExitCode.SUCCESS, report.to_dict()
+
+
+# The console script itself (not a pyenv shim), and command-line options for a
+# quick run: two workers, retries that do not wait.
+SYNCTOOL = real_executable("synctool")
+FAST_CLI = ["--workers", "2", "--backend-retry-delay", "10ms"]
+
+
+def start_synctool(*args, **popen) -> subprocess.Popen:
+    """Start ``synctool ARGS`` with no stdin and its output captured as text."""
+    return subprocess.Popen(
+        [SYNCTOOL, *map(str, args)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen,
+    )  # fmt: skip
+
+
+def wait_until(predicate, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """Poll ``predicate`` while synctool ``proc`` runs: fail if it ends first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, "synctool ended before the moment the test waits for"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def sync_losing_a_worker(under_way, *args) -> psutil.Process:
+    """Run ``synctool ARGS`` and SIGKILL one of its workers (as the OOM killer
+    would) once ``under_way()`` holds; assert that the run noticed and still
+    succeeded. Returns the killed worker."""
+    proc = start_synctool(*args)
+    try:
+        wait_until(under_way, proc)
+        victim = psutil.Process(proc.pid).children()[0]
+        victim.send_signal(signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, (out, err)
+    assert f"(process {victim.pid}) died (signal {int(signal.SIGKILL)})" in err
+    return victim
 
 
 def make_tree(root: pathlib.Path, files: dict[str, bytes], mtime: float | None = None) -> None:

@@ -19,10 +19,17 @@ import psutil
 import pytest
 
 import synctool
-from tests.helpers import make_tree, read_tree, temp_debris, tree_digests, write_big_file
+from tests.helpers import FAST_CLI as FAST
+from tests.helpers import (
+    make_tree,
+    read_tree,
+    temp_debris,
+    tree_digests,
+    wait_until,
+    write_big_file,
+)
 
 SYNCTOOL = shutil.which("synctool") or pytest.fail("the synctool console script is not installed")
-FAST = ["--workers", "2", "--backend-retry-delay", "10ms"]
 FILES = {"a.txt": b"alpha", "empty": b"", "dir with spaces/ünïcödé.bin": os.urandom(5000), "d/e/f/g": b"deep"}
 
 
@@ -142,14 +149,6 @@ def test_dry_run_from_global_options_and_explicit_flags_win(tmp_path, src):
     assert p.returncode == 0 and read_tree(dst) == FILES
 
 
-def _wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert proc.poll() is None, "synctool ended before it could be interrupted"
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 @pytest.mark.slow
 def test_sigint_and_sigterm_stop_workers_and_remove_temporary_files(tmp_path):
     src = tmp_path / "src"
@@ -168,7 +167,7 @@ def test_sigint_and_sigterm_stop_workers_and_remove_temporary_files(tmp_path):
                 text=True, start_new_session=True,
             )
             try:
-                _wait_for(lambda: dst.is_dir() and temp_debris(dst), 20, proc)
+                wait_until(lambda: dst.is_dir() and temp_debris(dst), proc)
                 workers = psutil.Process(proc.pid).children(recursive=True)
                 assert workers
                 (os.killpg if to_group else os.kill)(proc.pid, sig)

@@ -9,25 +9,21 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
-import subprocess
 import threading
-import time
 
 import psutil
 import pytest
 
-from tests.helpers import temp_debris, tree_digests, write_big_file
+from tests.helpers import (
+    FAST_CLI,
+    start_synctool,
+    sync_losing_a_worker,
+    temp_debris,
+    tree_digests,
+    write_big_file,
+)
 
-SYNCTOOL = shutil.which("synctool") or pytest.fail("the synctool console script is not installed")
 LIMIT = 100 << 20
-
-
-def start(*args) -> subprocess.Popen:
-    return subprocess.Popen(
-        [SYNCTOOL, *map(str, args), "-y", "--workers", "2", "--backend-retry-delay", "10ms"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
 
 
 class PeakWatcher(threading.Thread):
@@ -61,7 +57,7 @@ def test_300_mib_file_with_get_after_put_keeps_every_worker_under_100_mib(tmp_pa
     src.mkdir()
     write_big_file(src / "big.bin", 300 << 20)
     try:
-        proc = start(src, dst, "--verify-get-after-put", "--report", report)
+        proc = start_synctool(src, dst, "-y", *FAST_CLI, "--verify-get-after-put", "--report", report)
         watcher = PeakWatcher(proc.pid)
         watcher.start()
         out, err = proc.communicate(timeout=120)
@@ -86,22 +82,10 @@ def test_a_killed_worker_is_replaced_and_its_jobs_requeued(tmp_path):
     src.mkdir()
     for i in range(120):
         write_big_file(src / f"f{i:03}.bin", (2 << 20) + i, seed=i)
-    proc = start(src, dst, "--verify-get-after-put", "--report", report)
-    try:
-        deadline = time.monotonic() + 20
-        while not (dst.is_dir() and temp_debris(dst)):  # a copy is under way
-            assert proc.poll() is None and time.monotonic() < deadline, "the copy never started"
-            time.sleep(0.005)
-        victim = psutil.Process(proc.pid).children()[0]
-        victim.send_signal(signal.SIGKILL)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-    assert proc.returncode == 0, (out, err)
-    assert f"(process {victim.pid}) died (signal {int(signal.SIGKILL)})" in err
+    victim = sync_losing_a_worker(
+        lambda: dst.is_dir() and temp_debris(dst),  # a copy is under way
+        src, dst, "-y", *FAST_CLI, "--verify-get-after-put", "--report", report,
+    )  # fmt: skip
     figures = json.loads(report.read_text())
     assert figures["copied"] == 120 and figures["failed"] == []
     assert figures["retries"] >= 1  # the dead worker's jobs came back
