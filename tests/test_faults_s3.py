@@ -1,0 +1,285 @@
+"""Faults against the real S3 server (rclone serve s3): the server killed in the
+middle of a sync (back soon, or only after the run), a listing that fails on either
+side, Ctrl-C and SIGTERM during a multipart upload, and a worker killed while it
+uploads.
+
+Tests that kill the server start their own (scripts/servers.py's rclone_s3), so the
+shared one of the other tests stays up. Whatever happens, the same three things
+must hold at the destination: no object under a final key differs from its source,
+no multipart upload is left open, and a second run makes an exact mirror.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import psutil
+import pytest
+
+import synctool
+from scripts.servers import rclone_s3
+from synctool.errors import ExitCode
+from tests.helpers import (
+    FAST_CLI,
+    make_tree,
+    ok,
+    read_tree,
+    start_synctool,
+    sync_losing_a_worker,
+    tree_digests,
+    wait_until,
+    write_big_file,
+)
+
+BUCKET = "faults"
+MiB = 1 << 20
+PART = {"s3-part-size": "5MiB"}  # the smallest part: several per file, several files in flight
+
+
+# -- looking at the server behind synctool's back -------------------------------
+def open_uploads(client, bucket: str) -> list[dict]:
+    """Multipart uploads still open in ``bucket``.
+
+    rclone serve s3 answers NoSuchUpload instead of an empty list for a bucket
+    in which nothing was uploaded in parts since it (re)started.
+    """
+    try:
+        return client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    except client.exceptions.NoSuchUpload:
+        return []
+
+
+def objects(client, bucket: str, prefix: str) -> dict[str, bytes]:
+    """Every object under ``prefix/`` as relative name -> content."""
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
+    keys = [obj["Key"] for page in pages for obj in page.get("Contents", ())]
+    return {key[len(prefix) + 1 :]: client.get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys}
+
+
+def tree_digests_of_objects(client, bucket: str, prefix: str) -> dict[str, str]:
+    """name -> SHA-256 of every object under ``prefix/``, read in chunks (as tree_digests reads files)."""
+    out = {}
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
+    for obj in (obj for page in pages for obj in page.get("Contents", ())):
+        digest = hashlib.sha256()
+        for chunk in client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].iter_chunks(MiB):
+            digest.update(chunk)
+        out[obj["Key"][len(prefix) + 1 :]] = digest.hexdigest()
+    return out
+
+
+def assert_no_partial_object_or_upload(client, bucket: str, prefix: str, expected: dict[str, bytes]) -> dict[str, bytes]:
+    """Every object that exists holds exactly the bytes ``expected`` names for it; no upload is left open."""
+    stored = objects(client, bucket, prefix)
+    for name, data in stored.items():
+        assert name in expected and data == expected[name], f"{name}: {len(data)} bytes that are not the source's"
+    assert open_uploads(client, bucket) == []
+    return stored
+
+
+@pytest.fixture
+def own_s3(tmp_path):
+    """An S3 server of this test alone, free to be killed and started again; it logs every request."""
+    with rclone_s3(tmp_path / "s3", extra_args=["-vv"]) as server:
+        server.create_bucket(BUCKET)
+        yield server
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """A source that keeps a sync busy for a second or two: files in 5 MiB parts, and small ones."""
+    root = tmp_path / "src"
+    root.mkdir()
+    for i in range(4):
+        write_big_file(root / f"big{i}.bin", 24 * MiB + i, seed=i)
+    make_tree(root, {f"small/{i:02}.txt": os.urandom(1000 + i) for i in range(40)})
+    return root
+
+
+def kill_while_uploading(server, restart_after: float | None):
+    """In the background: kill ``server`` once a multipart upload is open, and
+    start it again ``restart_after`` seconds later (None: leave it down)."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + 20
+        while not open_uploads(server.client(), BUCKET):
+            assert time.monotonic() < deadline, "no multipart upload was ever seen"
+            time.sleep(0.005)
+        server.kill()
+        if restart_after is not None:
+            time.sleep(restart_after)
+            server.start()
+
+    executor = ThreadPoolExecutor(1)
+    future = executor.submit(watch)
+    executor.shutdown(wait=False)
+    return future
+
+
+def sync_to(server, tree, **options):
+    return synctool.sync(
+        str(tree), f"s3://{BUCKET}/mirror", dst_options={**server.synctool_options(), **PART}, workers=2, **options
+    )
+
+
+# -- 1. the server killed in the middle of a sync -------------------------------
+def test_server_killed_mid_sync_and_back_within_the_retries(own_s3, tree):
+    watcher = kill_while_uploading(own_s3, restart_after=0.5)
+    # Backoff of 0.5, 1, 2, 4 s: the restart lands inside the retries.
+    first = sync_to(own_s3, tree, retry=4, retry_delay=0.5)
+    watcher.result()
+
+    # The uploads the server forgot failed and came back; the run may well
+    # succeed, or name what it could not copy.
+    assert first.retries >= 1, first.to_dict()
+    assert first.exit_code in (ExitCode.SUCCESS, ExitCode.PARTIAL), first.to_dict()
+    if first.exit_code == ExitCode.PARTIAL:
+        assert first.failed and {name for name, _ in first.failed} <= set(read_tree(tree))
+    client = own_s3.client()
+    assert_no_partial_object_or_upload(client, BUCKET, "mirror", read_tree(tree))
+
+    ok(sync_to(own_s3, tree))
+    assert objects(client, BUCKET, "mirror") == read_tree(tree)
+
+
+def test_server_killed_mid_sync_and_back_only_after_the_run(own_s3, tree):
+    client = own_s3.client()
+    client.put_object(Bucket=BUCKET, Key="mirror/only-here.txt", Body=b"not in the source")
+    watcher = kill_while_uploading(own_s3, restart_after=None)
+    first = sync_to(own_s3, tree, retry=1, retry_delay=0.1)
+    watcher.result()
+
+    assert first.exit_code == ExitCode.PARTIAL, first.to_dict()
+    assert first.retries >= 1
+    failed = {name for name, _ in first.failed}
+    assert failed and failed <= set(read_tree(tree)), first.failed
+    assert first.copied + len(failed) == len(read_tree(tree))
+    assert first.deleted == 0 and any("no file was deleted" in e for e in first.errors)
+
+    own_s3.start()
+    extra = {"only-here.txt": b"not in the source"}
+    stored = assert_no_partial_object_or_upload(client, BUCKET, "mirror", read_tree(tree) | extra)
+    assert "only-here.txt" in stored  # copies failed, so nothing was deleted
+
+    second = sync_to(own_s3, tree)
+    ok(second)
+    assert second.deleted == 1
+    assert objects(client, BUCKET, "mirror") == read_tree(tree)
+
+
+# -- 2. a listing that fails on either side --------------------------------------
+# Enough objects for a listing of ten pages: long enough to be cut in the middle.
+LISTED = {f"listed/{i // 500:02}/{i:05}": b"x" for i in range(10_000)}
+
+
+def kill_during_the_listing(server, proc) -> None:
+    """Kill ``server`` once a listing asks for its second page.
+
+    The server logs every request (-vv); a page after the first carries a
+    continuation token, which rclone logs as ``HasMarker:true``. The probe
+    that opens the backend reads one page only, so this is the listing itself.
+    """
+    wait_until(lambda: b"HasMarker:true" in server.log.read_bytes(), proc)
+    server.kill()
+
+
+@pytest.mark.parametrize("retention", [False, True], ids=["plain", "retention"])
+@pytest.mark.parametrize("s3_side", ["source", "destination"])
+def test_a_failed_listing_deletes_and_renames_nothing(own_s3, tmp_path, s3_side, retention):
+    """The server dies in the middle of the listing: after its retries the run
+    ends with exit code 1 and deletes, renames and copies nothing."""
+    local = tmp_path / "local"
+    bucket_dir = own_s3.root / BUCKET  # rclone serves plain files: object K of the bucket is this file
+    on_s3 = {**LISTED, "same.txt": b"same", "changed.txt": b"old version", "s3-only.txt": b"only on S3"}
+    on_local = {"same.txt": b"same", "changed.txt": b"new version!", "local-only.txt": b"only here"}
+    make_tree(bucket_dir, on_s3)
+    make_tree(local, on_local, mtime=time.time() + 3600)  # newer, so a plan would copy over S3's
+    url, side_options = f"s3://{BUCKET}", "--src-options" if s3_side == "source" else "--dst-options"
+    src, dst = (url, local) if s3_side == "source" else (local, url)
+    report = tmp_path / "report.json"
+    options = [f"{k}={v}" for k, v in own_s3.synctool_options().items()]
+
+    proc = start_synctool(
+        src, dst, "-y", *FAST_CLI, "--backend-retries", "1", "--report", report,
+        *(["--retention"] if retention else []), side_options, *options,
+    )  # fmt: skip
+    try:
+        kill_during_the_listing(own_s3, proc)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    assert proc.returncode == ExitCode.FATAL, (out, err)
+    assert f"listing the {s3_side} failed" in err, err
+    figures = json.loads(report.read_text())
+    assert figures["deleted"] == figures["renamed"] == figures["copied"] == 0, figures
+    assert read_tree(local) == on_local
+    assert read_tree(bucket_dir) == on_s3
+
+
+# -- 3. SIGINT or SIGTERM during a multipart upload --------------------------------
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_multipart_upload_is_aborted_and_a_rerun_completes(s3_server, s3_bucket, tmp_path, sig):
+    src = tmp_path / "src"
+    src.mkdir()
+    write_big_file(src / "big.bin", 256 * MiB)
+    client = s3_server.client()
+    options = [f"{k}={v}" for k, v in s3_server.options(**PART).items()]
+    args = [src, f"s3://{s3_bucket}/big", "-y", *FAST_CLI, "--dst-options", *options]
+
+    def parts_in_flight() -> bool:
+        uploads = open_uploads(client, s3_bucket)
+        return bool(uploads) and bool(
+            client.list_parts(Bucket=s3_bucket, Key=uploads[0]["Key"], UploadId=uploads[0]["UploadId"]).get("Parts")
+        )
+
+    proc = start_synctool(*args, start_new_session=True)
+    try:
+        wait_until(parts_in_flight, proc)
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        assert workers
+        # Ctrl-C reaches the whole process group; SIGTERM (`kill`) only the coordinator.
+        (os.killpg if sig == signal.SIGINT else os.kill)(proc.pid, sig)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    assert proc.returncode == ExitCode.INTERRUPTED, (out, err)
+    _, alive = psutil.wait_procs(workers, timeout=5)
+    assert not alive, f"worker processes left running: {alive}"
+    assert "Traceback" not in err, err
+    assert open_uploads(client, s3_bucket) == []
+    assert s3_server.keys_under(s3_bucket, "big/") == []  # no partial object
+
+    rerun = start_synctool(*args)
+    out, err = rerun.communicate(timeout=60)
+    assert rerun.returncode == 0, err
+    assert tree_digests_of_objects(client, s3_bucket, "big") == tree_digests(src)
+
+
+# -- 4. a worker killed with SIGKILL while it uploads ------------------------------
+def test_a_worker_killed_while_uploading_is_replaced_and_leaves_no_upload(s3_server, s3_bucket, tmp_path):
+    src, report = tmp_path / "src", tmp_path / "report.json"
+    src.mkdir()
+    for i in range(24):
+        write_big_file(src / f"f{i:02}.bin", 6 * MiB + i, seed=i)  # two parts each
+    client = s3_server.client()
+    options = [f"{k}={v}" for k, v in s3_server.options(**PART).items()]
+
+    sync_losing_a_worker(
+        lambda: open_uploads(client, s3_bucket),  # an upload is under way
+        src, f"s3://{s3_bucket}/mirror", "-y", *FAST_CLI, "--report", report, "--dst-options", *options,
+    )  # fmt: skip
+    figures = json.loads(report.read_text())
+    assert figures["copied"] == 24 and figures["failed"] == [] and figures["retries"] >= 1
+    assert tree_digests_of_objects(client, s3_bucket, "mirror") == tree_digests(src)
+    assert open_uploads(client, s3_bucket) == []  # the dead worker's upload was aborted
