@@ -384,6 +384,26 @@ def test_native_read_of_a_large_object_holds_one_range_at_most(open_s3):
 
 
 @native_only
+def test_a_read_of_a_large_object_of_known_size_skips_the_native_probe(open_s3):
+    data = _content(12, 3 * MiB)
+    open_s3().write("big", _chunks(data, MiB), len(data))
+    reader = open_s3()  # a fresh backend: no native client yet
+    assert b"".join(reader.read_sized("big", len(data))) == data
+    assert reader._native_obj is None  # one boto3 GET, no ranged native probe first
+
+
+@native_only
+@pytest.mark.parametrize("hint", [0, 10, 3 * MiB, 8 * MiB])
+def test_the_size_given_to_read_is_only_a_hint(open_s3, hint):
+    # A listing may be stale: whatever size it gave, every byte arrives.
+    backend = open_s3()
+    for size in (5, 3 * MiB):
+        data = _content(size, size)
+        backend.write("f", _chunks(data, MiB), size)
+        assert b"".join(backend.read_sized("f", hint)) == data
+
+
+@native_only
 def test_native_read_stops_when_the_object_is_replaced_midway(s3_server, s3_bucket, open_s3):
     backend = open_s3()
     old, new = _content(1, 3 * MiB), _content(2, 3 * MiB)

@@ -92,12 +92,12 @@ def copy_file(
     on_bytes: Callable[[int], None],
 ) -> tuple[str, int, bool]:
     """Stream ``job.name`` from ``src`` to ``dst``; return (digest, bytes, verified)."""
-    metered = _Metered(src.read(job.name), job, cancel, on_bytes)
+    metered = _Metered(src.read_sized(job.name, job.size), job, cancel, on_bytes)
     dst.write(job.name, iter(metered), job.size, mtime=job.mtime, keep_old_as=job.keep_old_as)
     digest = metered.hasher.hexdigest()
     if not verify:
         return digest, metered.count, False
-    back, count = hash_stream(dst.read(job.name), job.size, cancel)
+    back, count = hash_stream(dst.read_sized(job.name, metered.count), job.size, cancel)
     if back != digest or count != metered.count:
         raise VerifyMismatch(
             f"{job.name}: read back {count} bytes with BLAKE3 {back[:16]}…, sent {metered.count} with {digest[:16]}…"
@@ -107,6 +107,6 @@ def copy_file(
 
 def compare_file(job: Job, src: Backend, dst: Backend, *, cancel: threading.Event) -> tuple[str, bool]:
     """Hash both sides of a seemingly equal pair; return (source digest, same?)."""
-    src_digest, _ = hash_stream(src.read(job.name), job.size, cancel)
-    dst_digest, _ = hash_stream(dst.read(job.name), job.dst_size, cancel)
+    src_digest, _ = hash_stream(src.read_sized(job.name, job.size), job.size, cancel)
+    dst_digest, _ = hash_stream(dst.read_sized(job.name, job.dst_size), job.dst_size, cancel)
     return src_digest, src_digest == dst_digest

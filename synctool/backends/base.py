@@ -218,6 +218,15 @@ class Backend(abc.ABC):
     def delete(self, names: Sequence[str]) -> None:
         """Delete files. Raises :class:`DeleteError` naming every file that failed."""
 
+    def read_sized(self, name: str, size: int) -> Iterator[bytes]:
+        """:meth:`read` a file whose size the listing reported.
+
+        ``size`` is a hint a backend may use to read in fewer requests (S3
+        reads a large object without first probing it with a small ranged
+        GET); the stream still ends where the file does.
+        """
+        return self.read(name)
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 

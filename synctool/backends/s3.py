@@ -468,18 +468,27 @@ class S3Backend(Backend):
         return Entry(name, size, obj["LastModified"].timestamp())
 
     def read(self, name: str) -> Iterator[bytes]:
+        return self.read_sized(name, -1)
+
+    def read_sized(self, name: str, size: int) -> Iterator[bytes]:
+        """Stream an object; ``size``, the listed size (-1: not known), picks the way.
+
+        An object larger than ``s3_native.SMALL_GET`` goes straight to
+        boto3's stream: one request, where the native probe would be a
+        second one for its first megabyte.
+        """
         key = self._key(name)
         args: dict = {}
-        native = self._native
+        native = self._native if size <= s3_native.SMALL_GET else None
         if native is not None:
             # One native ranged GET brings a small object whole; a larger
             # one continues through boto3's stream from where it stopped,
             # pinned by If-Match to the very object we started reading.
             try:
-                start, size, etag = native.get_start(key)
+                start, total, etag = native.get_start(key)
             except s3_native.NativeError as exc:
                 raise self._error(exc, name) from exc
-            if size >= 0 and len(start) >= size:
+            if total >= 0 and len(start) >= total:
                 if start:
                     yield start
                 return
