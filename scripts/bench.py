@@ -21,6 +21,7 @@ and the servers' folders, so both tools see the same steady storage.
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import dataclasses
 import datetime
@@ -685,6 +686,7 @@ def main() -> int:
     try:
         print(f"workloads in {args.cache} ...", file=sys.stderr, flush=True)
         workloads = {w: make_workload(args.cache, w, args.quick) for w in args.workloads}
+        byte_compile()
         needs_s3 = any("s3" in ROUTES[r] for r in args.routes)
         needs_ssh = any("sftp" in ROUTES[r] for r in args.routes)
         with contextlib.ExitStack() as stack:
@@ -713,6 +715,16 @@ def main() -> int:
         else:
             shutil.rmtree(run_dir, ignore_errors=True)
             shutil.rmtree(args.cache, ignore_errors=True)
+
+
+def byte_compile() -> None:
+    """Compile synctool's modules, as ``pip install`` does.
+
+    Run from a checkout with PYTHONDONTWRITEBYTECODE set, every start would
+    compile them afresh, a cost an installed tool never pays.
+    """
+    for package in ("synctool", "workers"):
+        compileall.compile_dir(REPO / package, quiet=1)
 
 
 def load_s3_source(bench: Bench, workloads) -> None:
