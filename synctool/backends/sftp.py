@@ -365,6 +365,10 @@ class Connection:
         except Exception as exc:
             lease.usable = lease.usable and _channel_survives(lease.sftp, exc)
             raise
+        except GeneratorExit:
+            # A reader stopped early. Its pipe has read what was owed (or
+            # marked the lease), so the channel serves on.
+            raise
         except BaseException:
             lease.usable = False  # interrupted mid-request: the channel's state is unknown
             raise

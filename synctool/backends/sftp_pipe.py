@@ -158,6 +158,11 @@ class Pipe:
                 first = first or exc
         return first
 
+    def drain(self, nums: Iterable[int]) -> None:
+        """Read and drop the replies to ``nums``, whatever they say."""
+        for num in nums:
+            self.reply(num)
+
     def _take(self, n: int) -> memoryview:
         """The next ``n`` bytes from the channel."""
         start = self._offset
@@ -332,6 +337,6 @@ def _abandon(pipe: Pipe, handle: bytes, in_flight: Iterable[int]) -> None:
     channel can serve again. If even that fails, the pipe stays not idle and
     the caller retires the channel."""
     try:
-        pipe.settle([*in_flight, pipe.send(CMD_CLOSE, handle)])
+        pipe.drain([*in_flight, pipe.send(CMD_CLOSE, handle)])
     except Exception:  # noqa: BLE001, S110 - the channel is gone; the caller's error says why
         pass
