@@ -35,6 +35,7 @@ import datetime
 import io as _pyio
 import os
 import re
+import traceback
 from collections.abc import Callable, Iterator
 from urllib.parse import quote, unquote_plus, urlencode, urlsplit
 from xml.etree import ElementTree
@@ -311,6 +312,12 @@ def transient(**client_args) -> Iterator[NativeS3]:
     shut_down = client._client.shutdown_event
     try:
         yield client
+    except BaseException as exc:
+        # A failed request's frames, kept by the traceback, hold the request
+        # and so the native client: clear them, or the wait below lasts its
+        # whole timeout on every failed listing.
+        _clear_frames(exc)
+        raise
     finally:
         client.close()
         # The caller may still hold ``client`` (a with-statement's name
@@ -319,6 +326,15 @@ def transient(**client_args) -> Iterator[NativeS3]:
         client._client = None
         if shut_down.wait(THREAD_JOIN_SECONDS):
             common.join_all_native_threads(timeout_sec=THREAD_JOIN_SECONDS)
+
+
+def _clear_frames(exc: BaseException | None) -> None:
+    """Drop the local variables of the finished frames behind ``exc`` and its causes."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        exc = exc.__cause__ or exc.__context__
 
 
 def _parse_listing(body: bytes) -> tuple[list[dict], str | None]:
