@@ -2,7 +2,10 @@
 
 Each worker has its own job queue, so the coordinator always knows which jobs
 a worker holds: when a worker dies (killed, out of memory), those jobs come
-back as failures to retry and a replacement starts. At most
+back as failures to retry and a replacement starts. Each worker also has its
+own pipe for what it sends back, never a queue shared with the others: a
+worker killed while writing to a shared queue dies holding that queue's lock,
+and every other worker then waits for it forever. At most
 ``SHARDS_PER_WORKER`` shards are handed to a worker at a time (one running,
 one waiting), which bounds what is in flight the way s3transfer's semaphores
 do, and lets a fast worker take more of the remaining work.
@@ -13,12 +16,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import queue
+import pickle
 import sys
 import time
 from typing import Any
 
 import multiprocess as mp
+from multiprocess.connection import wait as wait_for_readable
 
 from synctool.backends import BackendSpec
 from workers.jobs import MSG_FATAL, MSG_LOG, MSG_PEAK, MSG_READY, MSG_RESULT, Job, Result, WorkerSettings
@@ -43,6 +47,7 @@ class _Worker:
     id: int
     process: Any
     jobs: Any
+    messages: Any  # the reading end of the worker's pipe; None once it ended
     outstanding: dict[int, Job] = dataclasses.field(default_factory=dict)
     shards: list[set[int]] = dataclasses.field(default_factory=list)
 
@@ -64,7 +69,6 @@ class WorkerPool:
         self.args = (src, dst, settings)
         self.log_level = log_level
         self.ctx = _context()
-        self.results = self.ctx.Queue()
         self.workers: dict[int, _Worker] = {}
         self.pending: collections.deque[list[Job]] = collections.deque()
         self.next_id = 0
@@ -84,14 +88,18 @@ class WorkerPool:
         wid = self.next_id
         self.next_id += 1
         jobs = self.ctx.Queue()
+        messages, sender = self.ctx.Pipe(duplex=False)
         process = self.ctx.Process(
             target=worker_main,
-            args=(wid, *self.args, jobs, self.results, self.log_level),
+            args=(wid, *self.args, jobs, sender, self.log_level),
             name=f"synctool-worker-{wid}",
             daemon=True,
         )
         process.start()
-        worker = _Worker(wid, process, jobs)
+        # Only the worker may hold the sending end: when it dies, the pipe
+        # ends, even in the middle of a message.
+        sender.close()
+        worker = _Worker(wid, process, jobs, messages)
         self.workers[wid] = worker
         return worker
 
@@ -114,14 +122,42 @@ class WorkerPool:
             w.process.kill()
             w.process.join(1)
         self._drain()
+        for w in self.workers.values():
+            self._close(w)
+            self._drop_jobs(w)  # a stopped worker reads no more shards
         self.workers.clear()
 
     def _drain(self) -> None:
+        for w in list(self.workers.values()):
+            self._receive(w)
+
+    def _receive(self, worker: _Worker) -> list[tuple[str, int, Any]]:
+        """Every message the worker's pipe holds now, booked with :meth:`_note`."""
+        messages: list[tuple[str, int, Any]] = []
+        conn = worker.messages
         try:
-            while True:
-                self._note(*self.results.get_nowait())
-        except (queue.Empty, OSError, EOFError, ValueError):
-            return
+            while conn is not None and conn.poll():
+                message = conn.recv()
+                self._note(*message)
+                messages.append(message)
+        except (EOFError, OSError, pickle.UnpicklingError):
+            # The worker ended (a message cut short by its death included);
+            # _reap sees its exit and hands back the jobs it still held.
+            self._close(worker)
+        return messages
+
+    @staticmethod
+    def _close(worker: _Worker) -> None:
+        if worker.messages is not None:
+            worker.messages.close()
+            worker.messages = None
+
+    @staticmethod
+    def _drop_jobs(worker: _Worker) -> None:
+        """Let go of a dead worker's job queue. Shards that no one will read
+        may fill its pipe, and Python would wait at exit for them to be sent."""
+        worker.jobs.cancel_join_thread()
+        worker.jobs.close()
 
     def _note(self, kind: str, wid: int, payload: Any) -> None:
         """Book-keeping for every message; the coordinator sees results and bytes."""
@@ -161,15 +197,13 @@ class WorkerPool:
 
     def poll(self, timeout: float) -> list[tuple[str, int, Any]]:
         """Messages from the workers; a dead worker's jobs come back as failed results."""
+        readers = {w.messages: w for w in self.workers.values() if w.messages is not None}
         messages: list[tuple[str, int, Any]] = []
-        try:
-            messages.append(self.results.get(timeout=timeout))
-            while True:
-                messages.append(self.results.get_nowait())
-        except queue.Empty:
-            pass
-        for message in messages:
-            self._note(*message)
+        if readers:
+            for conn in wait_for_readable(list(readers), timeout):
+                messages.extend(self._receive(readers[conn]))
+        else:
+            time.sleep(timeout)  # every pipe has ended: _reap starts the replacements
         messages.extend(self._reap())
         self._dispatch()
         return messages
@@ -181,6 +215,9 @@ class WorkerPool:
             code = worker.process.exitcode
             if code is None:
                 continue
+            lost.extend(self._receive(worker))  # what it sent before it died still counts
+            self._close(worker)
+            self._drop_jobs(worker)
             del self.workers[wid]
             if self.fatal:
                 continue  # it could not open its backends: the coordinator ends the run

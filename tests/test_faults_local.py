@@ -1,15 +1,18 @@
-"""Faults on local folders: a full destination, an unreadable source file."""
+"""Faults on local folders: a full destination, an unreadable source file, workers killed over and over."""
 
 from __future__ import annotations
 
 import os
+import random
 import subprocess
+import time
 
+import psutil
 import pytest
 
 import synctool
 from synctool.errors import ExitCode
-from tests.helpers import FAST, make_tree, read_tree
+from tests.helpers import FAST, make_tree, read_tree, start_synctool
 
 
 
@@ -62,3 +65,42 @@ def test_unreadable_source_file_fails_alone(tmp_path):
     assert "Permission denied" in report["failed"][0]["error"]
     assert "secret: Permission denied" in done.stdout
     assert read_tree(dst) == {"ok/a": b"a", "ok/b": b"b"}
+
+
+@pytest.mark.slow
+def test_workers_killed_over_and_over_never_stall_the_run(tmp_path):
+    """Found by the stress run: a worker SIGKILLed while it was writing to a
+    result queue shared by all workers died holding that queue's lock, every
+    other worker then waited for it forever, and the run hung. (And a dead
+    worker's unread shards held the coordinator at exit.) Dozens of kills at
+    random moments of a run that sends many results: it must still finish,
+    with an exact mirror."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_tree(src, {f"d{i % 50}/f{i}": b"x" * (i % 97) for i in range(6000)})
+    rng = random.Random(6)
+    for attempt in range(3):
+        proc = start_synctool(src, dst, "-y", "--workers", "3", "--backend-retry-delay", "10ms", "--retry", "1000")
+        kills = 0
+        try:
+            while proc.poll() is None and kills < 60:
+                try:
+                    rng.choice(psutil.Process(proc.pid).children()).kill()
+                    kills += 1
+                except (IndexError, psutil.NoSuchProcess):
+                    pass  # between workers, or the run just ended
+                time.sleep(rng.uniform(0.005, 0.05))
+            try:
+                out, err = proc.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"the run hung after {kills} worker kill(s) (attempt {attempt + 1})")
+        finally:
+            if proc.poll() is None:
+                for child in psutil.Process(proc.pid).children():
+                    child.kill()
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0, (kills, err[-2000:])
+        assert read_tree(dst) == read_tree(src)
+        for path in list(dst.rglob("*"))[::2]:  # undo half, so the next attempt has work
+            if path.is_file():
+                path.unlink()

@@ -41,6 +41,22 @@ TRIM_AFTER_BYTES = 1 << 20
 STOP_GRACE_SECONDS = 5.0
 
 
+class _Outbox:
+    """This worker's end of its own pipe to the coordinator.
+
+    Several threads send (results, progress, log lines), so they take
+    turns; the lock is this process's own, and dies with it.
+    """
+
+    def __init__(self, conn: Any):
+        self.conn = conn
+        self.lock = threading.Lock()
+
+    def put(self, message: tuple) -> None:
+        with self.lock:
+            self.conn.send(message)
+
+
 class _QueueLogHandler(logging.Handler):
     """Send log records to the coordinator, which owns the log file and stderr."""
 
@@ -151,7 +167,8 @@ def worker_main(
     results: Any,
     log_level: int,
 ) -> None:
-    """Entry point of a worker process."""
+    """Entry point of a worker process; ``results`` is the sending end of its pipe."""
+    results = _Outbox(results)
     # Ctrl-C reaches the whole process group; the coordinator decides what
     # happens and tells the workers with SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
