@@ -302,8 +302,10 @@ class Hasher:
         return out
 
 
-def file_names(root: Path) -> list[str]:
-    return [Path(folder, f).relative_to(root).as_posix() for folder, _dirs, files in os.walk(root) for f in files]
+def temp_files(root: Path) -> list[str]:
+    """The temporary files of unfinished writes below ``root``."""
+    names = (Path(folder, f).relative_to(root).as_posix() for folder, _dirs, files in os.walk(root) for f in files)
+    return [n for n in names if is_temp(n)]
 
 
 def origin(name: str) -> str:
@@ -527,6 +529,8 @@ class Stress:
         tag = f"{self.run_serial:03d}-r{rnd}-{hop.name.replace('→', '-')}"
         report_path, out_path = self.logs / f"{tag}.json", self.logs / f"{tag}.log"
         before = self._files(hop.destination_dir)
+        # A run killed whole (a hang) leaves its temporary files to the next run.
+        debris_before = set(temp_files(hop.destination_dir))
         if self.cfg.retention:
             self.seen[hop.name].update(before.items())
         in_copying, delay = aim
@@ -570,9 +574,11 @@ class Stress:
             if latency > STOP_BOUND:
                 self._problem(f"run {tag}: took {latency:.1f} s to stop after {injected}")
         report = _read_json(report_path)
+        if injected in ("sigint", "sigterm") and proc.returncode == 1 and b"Fatal Python error" in out_path.read_bytes():
+            expect = {1}  # the signal came while the interpreter itself was starting
         if proc.returncode not in expect:
             self._problem(f"run {tag}: exit code {proc.returncode} after {injected or 'no fault'}, expected {sorted(expect)} ({_errors(report)}; see {out_path})")
-        self._check_leftovers(tag, children, hop, injected)
+        self._check_leftovers(tag, children, hop, injected, debris_before)
         if proc.returncode == 1 and self._files(hop.destination_dir) != before:
             self._problem(f"run {tag} exited 1 (a failed listing or connection: nothing may change), yet the destination changed")
         if proc.returncode == 0:
@@ -636,7 +642,9 @@ class Stress:
             return kind, {0, 1}, None
         raise ValueError(kind)
 
-    def _check_leftovers(self, tag: str, children: dict[int, psutil.Process], hop: Hop, injected: str | None) -> None:
+    def _check_leftovers(
+        self, tag: str, children: dict[int, psutil.Process], hop: Hop, injected: str | None, debris_before: set[str]
+    ) -> None:
         """No worker outlives its run; an interrupted run removes its temporary files."""
         for pid, child in children.items():
             with contextlib.suppress(psutil.NoSuchProcess):
@@ -644,7 +652,7 @@ class Stress:
                     self._problem(f"run {tag}: worker process {pid} outlived the run")
                     child.kill()
         if injected in ("sigint", "sigterm"):
-            debris = [n for n in file_names(hop.destination_dir) if is_temp(n)]
+            debris = sorted(set(temp_files(hop.destination_dir)) - debris_before)
             if debris:
                 self._problem(f"run {tag}: {len(debris)} temporary file(s) left after {injected}: {debris[:3]}")
 
