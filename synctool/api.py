@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections.abc import Mapping
 from typing import Any
@@ -56,11 +55,11 @@ def sync(
     )
     opts.apply_global_keys(explicit=set(options))
     level = opts.log_level if "log_level" in options or "log-level" in opts.global_options else None
-    with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(logs.for_library_call(level, opts.log_file))
-        except OSError as exc:
-            raise UsageError(f"cannot open the log file {opts.log_file}: {exc.strerror}") from None
+    try:
+        handler = logs.log_file_handler(opts.log_file) if opts.log_file else None
+    except OSError as exc:
+        raise UsageError(f"cannot open the log file {opts.log_file}: {exc.strerror}") from None
+    with logs.for_library_call(level, handler):
         return run(opts, Env())
 
 

@@ -443,8 +443,8 @@ class Coordinator:
             settings = WorkerSettings(verify_get_after_put=self.opts.verify_get_after_put)
             self.pool = WorkerPool(
                 self.opts.workers,
-                self.opts.spec("source"),
-                self.opts.spec("destination"),
+                self.src.spec,  # the specs the coordinator opened its own backends with
+                self.dst.spec,
                 settings,
                 logging.getLogger("synctool").level,
             )

@@ -89,18 +89,17 @@ def setup(level: int, log_file: str | None, stderr: TextIO | None = None) -> lis
 
 
 @contextlib.contextmanager
-def for_library_call(level: int | None, log_file: str | None) -> Iterator[None]:
+def for_library_call(level: int | None, handler: logging.Handler | None) -> Iterator[None]:
     """Logging for one ``synctool.sync()`` call.
 
     A library leaves the console to its caller: records still reach the
-    caller's own handlers, and nothing is printed to stderr. A ``log_level``
-    the caller passed sets the ``synctool`` logger's level for the call; a
-    ``log_file`` gets the same private file handler as on the command line
-    (OSError, before the call starts, if it cannot be opened).
+    caller's own handlers, and nothing is printed to stderr. A ``level`` the
+    caller passed sets the ``synctool`` logger's level for the call; a
+    ``handler`` (the caller's log file, from :func:`log_file_handler`) is
+    added for the call and closed after it.
     """
     logger = logging.getLogger("synctool")
     before = logger.level
-    handler = log_file_handler(log_file) if log_file else None
     if handler is not None:
         logger.addHandler(handler)
     if level is not None:
