@@ -16,8 +16,10 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import os
 import pickle
 import sys
+import threading
 import time
 from typing import Any
 
@@ -37,9 +39,27 @@ TERMINATE_GRACE_SECONDS = 8.0
 
 
 def _context() -> Any:
-    # fork starts in milliseconds; the coordinator holds no threads or
-    # connections that a worker would use (each opens its own).
-    return mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    """How worker processes start: fork where that is safe, else a fork server.
+
+    fork starts in milliseconds, and the coordinator holds no connections a
+    worker would use (each opens its own). But a fork copies the memory of
+    threads it does not copy: a C library's threads (awscrt's event loops,
+    alive in a program that used S3 before calling synctool.sync) leave
+    their state half-owned in the child, which then crashed in our tests.
+    With such threads alive, workers fork from a clean server process.
+    """
+    if not sys.platform.startswith("linux"):
+        return mp.get_context("spawn")
+    return mp.get_context("forkserver" if native_threads_alive() else "fork")
+
+
+def native_threads_alive() -> bool:
+    """Whether this process runs threads that Python did not start."""
+    try:
+        threads = len(os.listdir("/proc/self/task"))
+    except OSError:
+        return False
+    return threads > threading.active_count()
 
 
 @dataclasses.dataclass

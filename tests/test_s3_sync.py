@@ -12,6 +12,8 @@ import sys
 import pytest
 
 import synctool
+from synctool.backends import s3_native
+from synctool.pool import _context, native_threads_alive
 from tests.backend_contract import _content
 from tests.helpers import FAST, OLD, RETAINED, SAMPLE_FILES, make_tree, ok, read_tree
 
@@ -79,19 +81,48 @@ def test_s3_to_s3_between_buckets_with_multipart(s3_server, s3_bucket):
             s3_server.empty_bucket(other)
 
 
-def test_multipart_from_local_with_get_after_put(s3_server, s3_bucket, tmp_path):
-    data = _content(6, 12 * 1024 * 1024 + 1)
-    make_tree(tmp_path / "src", {"large/file.bin": data})
+def sync_with_small_parts(s3_server, bucket: str, src):
+    """Sync ``src`` to s3://bucket/p in 5 MiB parts, reading each copy back; it must succeed."""
     report = synctool.sync(
-        str(tmp_path / "src"),
-        f"s3://{s3_bucket}/p",
+        str(src),
+        f"s3://{bucket}/p",
         dst_options=s3_server.options(**{"s3-part-size": "5MiB"}),
         verify_get_after_put=True,
         **FAST,
     )
     ok(report)
+    return report
+
+
+def test_multipart_from_local_with_get_after_put(s3_server, s3_bucket, tmp_path):
+    data = _content(6, 12 * 1024 * 1024 + 1)
+    make_tree(tmp_path / "src", {"large/file.bin": data})
+    report = sync_with_small_parts(s3_server, s3_bucket, tmp_path / "src")
     assert report.verified_after_put == 1
     assert s3_tree(s3_server, s3_bucket, "p") == {"large/file.bin": data}
+
+
+def test_a_caller_with_live_native_threads_gets_workers_from_a_fork_server(s3_server, s3_bucket, tmp_path):
+    # A program that used awscrt itself (its client's event-loop threads
+    # still running) and then calls synctool.sync: forking workers from it
+    # copied those threads' state half-owned, and workers crashed (SIGSEGV).
+    client = s3_native.NativeS3(
+        endpoint_url=s3_server.endpoint,
+        region="us-east-1",
+        bucket=s3_bucket,
+        path_style=True,
+        credentials=(s3_server.key, s3_server.secret, None),
+        connections=2,
+    )
+    try:
+        assert native_threads_alive()
+        assert _context().get_start_method() == "forkserver"
+        data = _content(7, 6 * 1024 * 1024 + 3)
+        make_tree(tmp_path / "src", {"big.bin": data, "small": b"s"})
+        sync_with_small_parts(s3_server, s3_bucket, tmp_path / "src")
+        assert s3_tree(s3_server, s3_bucket, "p") == {"big.bin": data, "small": b"s"}
+    finally:
+        client.close()
 
 
 def test_retention_renames_on_the_server(s3_server, s3_bucket, src):
