@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("synctool")
 
 DELETE_BATCH = 1000
+LIST_BATCH = 4096  # entries between progress updates of a listing in the calling thread
 RENAME_THREADS = 8
 MAX_BACKOFF_SECONDS = 60.0
 
@@ -115,7 +116,9 @@ class Coordinator:
     def _run(self) -> None:
         opts = self.opts
         src_spec, dst_spec = opts.spec("source"), opts.spec("destination")
-        self.src, self.dst = self._open(src_spec, "source"), self._open(dst_spec, "destination")
+        self.src = self._open(src_spec, "source")
+        self.dst = self._open(dst_spec, "destination")
+        self._on_both_sides(self._prepare)
         self.report.source, self.report.destination = self.src.display_url(), self.dst.display_url()
         if not opts.dry_run and self.create_destination:
             # Everything will be copied: let the workers' start-up and logins
@@ -158,6 +161,9 @@ class Coordinator:
             # A backend's constructor only reads the URL and the options (it
             # connects in prepare): what it refuses is a bad argument.
             raise UsageError(f"{side}: {exc}") from None
+        return backend
+
+    def _prepare(self, backend: Backend, side: str, _tick: Callable[[], None] | None = None) -> None:
         try:
             backend.prepare(create=False)
         except NotFound as exc:
@@ -168,24 +174,44 @@ class Coordinator:
             self.create_destination = True
         except BackendError as exc:
             raise SyncError(f"{side}: {exc}") from None
-        return backend
+
+    def _on_both_sides(
+        self,
+        action: Callable[[Backend, str, Callable[[], None] | None], None],
+        tick: Callable[[], None] | None = None,
+    ) -> None:
+        """Run ``action(backend, side, tick)`` for the source, then the destination.
+
+        When either side waits on a server, both run at once in two threads
+        and ``tick`` runs every 0.2 s in this one; otherwise they run here one
+        after the other and ``action`` calls ``tick`` when it likes. An error
+        of the source is raised before one of the destination.
+        """
+        sides = ((self.src, "source"), (self.dst, "destination"))
+        if not any(backend.waits_on_network for backend, _ in sides):
+            for backend, side in sides:
+                action(backend, side, tick)
+            return
+        with cf.ThreadPoolExecutor(2, thread_name_prefix="both-sides") as ex:
+            futures = [ex.submit(action, backend, side, None) for backend, side in sides]
+            pending = set(futures)
+            while pending:
+                _, pending = cf.wait(pending, timeout=0.2)
+                if tick:
+                    tick()
+        for future in futures:
+            future.result()
 
     # -- listing ---------------------------------------------------------------
     def _list_both(self) -> tuple[list[Entry], list[Entry]]:
         self.progress.start("listing")
-        found = {"source": [], "destination": []}
-        with cf.ThreadPoolExecutor(2, thread_name_prefix="list") as ex:
-            futures = {
-                ex.submit(self._list, self.src, found["source"], "source"): "source",
-                ex.submit(self._list, self.dst, found["destination"], "destination"): "destination",
-            }
-            pending = set(futures)
-            while pending:
-                _, pending = cf.wait(pending, timeout=0.2)
-                self.progress.files_done = len(found["source"]) + len(found["destination"])
-                self.progress.draw()
-            for future in futures:
-                future.result()  # raises the listing's SyncError
+        found: dict[str, list[Entry]] = {"source": [], "destination": []}
+
+        def draw() -> None:
+            self.progress.files_done = len(found["source"]) + len(found["destination"])
+            self.progress.draw()
+
+        self._on_both_sides(lambda backend, side, tick: self._list(backend, found[side], side, tick), draw)
         self.progress.finish()
         log.info(
             "listed %d file(s) at the source, %d at the destination",
@@ -194,13 +220,19 @@ class Coordinator:
         )
         return found["source"], found["destination"]
 
-    def _list(self, backend: Backend, into: list[Entry], side: str) -> None:
+    def _list(
+        self, backend: Backend, into: list[Entry], side: str, each_batch: Callable[[], None] | None = None
+    ) -> None:
         for attempt in itertools.count():
             into.clear()
             if side == "destination" and self.create_destination:
                 return
             try:
-                into.extend(backend.list())
+                entries = iter(backend.list())
+                while batch := list(itertools.islice(entries, LIST_BATCH)):
+                    into.extend(batch)
+                    if each_batch:
+                        each_batch()
                 return
             except NotFound:
                 raise SyncError(f"listing the {side} failed: {backend.display_url()} does not exist") from None

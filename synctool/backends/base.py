@@ -160,6 +160,10 @@ class Backend(abc.ABC):
     concurrency: ClassVar[int] = 4
     #: Resolution of the modification times this backend lists, in seconds.
     mtime_precision: ClassVar[float] = 1.0
+    #: Whether connecting and listing spend their time waiting on a server.
+    #: Such waits overlap well in threads; work that only makes system calls
+    #: (a local folder) runs faster on one thread, free of GIL contention.
+    waits_on_network: ClassVar[bool] = True
 
     def __init__(self, spec: BackendSpec):
         """Read the URL and the options; never connect (``prepare`` does).

@@ -5,9 +5,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import secrets
-import stat
 from collections.abc import Iterable, Iterator, Sequence
+from stat import S_ISDIR, S_ISLNK, S_ISREG
 
 from synctool.backends.base import (
     Backend,
@@ -39,6 +38,7 @@ class LocalBackend(Backend):
     options: dict[str, str] = {}
     concurrency = 1
     mtime_precision = 1e-6
+    waits_on_network = False
 
     def __init__(self, spec: BackendSpec):
         super().__init__(spec)
@@ -81,17 +81,16 @@ class LocalBackend(Backend):
             except OSError as exc:
                 raise BackendError(f"cannot list {folder}: {exc.strerror}") from exc
             for item in items:
-                name = prefix + item.name
-                if item.is_symlink():
-                    log.warning("skipping symbolic link %s (links are never followed)", name)
-                    continue
                 st = item.stat(follow_symlinks=False)
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append((name + "/", item.path))
-                elif stat.S_ISREG(st.st_mode):
-                    yield Entry(name, st.st_size, st.st_mtime_ns / 1e9)
+                mode = st.st_mode
+                if S_ISREG(mode):
+                    yield Entry(prefix + item.name, st.st_size, st.st_mtime_ns / 1e9)
+                elif S_ISDIR(mode):
+                    stack.append((prefix + item.name + "/", item.path))
+                elif S_ISLNK(mode):
+                    log.warning("skipping symbolic link %s (links are never followed)", prefix + item.name)
                 else:
-                    log.warning("skipping %s: not a regular file", name)
+                    log.warning("skipping %s: not a regular file", prefix + item.name)
 
     def read(self, name: str) -> Iterator[bytes]:
         path = self._path(name)
@@ -120,7 +119,7 @@ class LocalBackend(Backend):
     ) -> None:
         final = self._path(name)
         folder = os.path.dirname(final)
-        temp = os.path.join(folder, f"{TEMP_PREFIX}{secrets.token_hex(6)}{TEMP_SUFFIX}")
+        temp = os.path.join(folder, f"{TEMP_PREFIX}{os.urandom(6).hex()}{TEMP_SUFFIX}")
         try:
             # Inside the cleanup's reach: a stop signal (SystemExit) can land
             # right after os.open has created the file, before `fd` is set.
