@@ -445,7 +445,28 @@ def _dial(s: Settings) -> socket.socket:
     # would hold one back until the server acknowledged the last, which costs
     # a delayed ACK (40 ms) per exchange while logging in.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
+    return _PromptAckSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
+
+
+class _PromptAckSocket(socket.socket):
+    """A socket that acknowledges what it receives at once while logging in.
+
+    sshd leaves Nagle's algorithm on for SFTP sessions. Right after the login
+    it sends a notice that needs no answer (hostkeys-00@openssh.com); the
+    kernel delays our ACK of it by 40 ms, and until that ACK arrives Nagle
+    holds back the server's answer to our channel open: every connection
+    paid 40 ms before its first request. Set ``prompt_acks`` to False once
+    the first channel is open: later on our own requests carry the ACKs.
+    """
+
+    prompt_acks = hasattr(socket, "TCP_QUICKACK")  # Linux only
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        data = super().recv(bufsize, flags)
+        if self.prompt_acks:
+            # Sends the ACK that is pending now, and leaves delayed-ACK mode.
+            self.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        return data
 
 
 def _expected_key_types(s: Settings, known: paramiko.HostKeys) -> set[str]:
@@ -609,6 +630,8 @@ class SFTPBackend(Backend):
             conn = Connection.open(self.settings)
             try:
                 self._after_connect(conn)
+                if isinstance(conn.transport.sock, _PromptAckSocket):
+                    conn.transport.sock.prompt_acks = False
             except (OSError, EOFError, paramiko.SSHException) as exc:
                 # Kept only once it works: a connection whose first channel
                 # failed has no root, and must not be handed out again.
