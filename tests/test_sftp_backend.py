@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import socket
 import threading
@@ -287,6 +288,24 @@ def test_connection_cut_mid_write(sftp_server, sftp_folder):
     leftovers = [p.name for p in Path(root).rglob("*") if p.name.startswith(".synctool-")]
     assert leftovers == []
     assert not (root / "new" / "file.bin").exists()
+
+
+def test_connection_cut_mid_read(sftp_server, sftp_folder):
+    """The server drops the connection while a large file streams in: the
+    reader gets a retryable BackendError, not a short file, and the next
+    read reconnects and gets every byte."""
+    data = os.urandom(24 << 20)
+    with open_backend(sftp_server.spec(sftp_folder)) as b:
+        b.prepare(create=True)
+        b.write("big.bin", iter([data]), len(data))
+        got = 0
+        with pytest.raises(BackendError) as info:
+            for piece in b.read("big.bin"):
+                if not got:
+                    sftp_server.cut()
+                got += len(piece)
+        assert info.value.retryable and got < len(data)
+        assert b"".join(b.read("big.bin")) == data
 
 
 def _cut_after_first_chunk(server):

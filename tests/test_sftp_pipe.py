@@ -5,9 +5,13 @@ SFTP server, which says nothing of its limits and reads 32 KiB at most."""
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
+import paramiko
 import pytest
+from paramiko.buffered_pipe import PipeTimeout
 
 from synctool.backends import open_backend, sftp_pipe
 from synctool.backends.sftp import _piped
@@ -146,3 +150,54 @@ def test_a_file_that_grows_while_read_ends_at_its_size_when_opened(sshd_backend,
     path = sshd_server.local(sftp_folder) / "f.bin"
     data, content = _read_changing(sshd_backend, path, 12 * MiB, _append)
     assert content == data
+
+
+# -- the channel's receive buffer ----------------------------------------------
+# Inbox replaces paramiko's BufferedPipe on each channel, so paramiko's own
+# SFTP calls read through it too: it must keep that class's meaning.
+
+
+def test_inbox_takes_exact_replies_across_packet_edges():
+    inbox = sftp_pipe.Inbox()
+    for packet in (b"abc", b"defgh", b"ij"):
+        inbox.feed(packet)
+    first = inbox.take(4)
+    assert b"".join(first) == b"abcd" and first[0] == b"abc"  # whole packets pass as they came
+    assert b"".join(inbox.take(5)) == b"efghi" and len(inbox) == 1
+    assert inbox.read(100) == b"j" and len(inbox) == 0
+
+
+def test_inbox_wakes_its_reader_when_the_whole_reply_is_in():
+    inbox = sftp_pipe.Inbox()
+
+    def sender():
+        for _ in range(10):
+            time.sleep(0.01)
+            inbox.feed(b"x" * 100)
+
+    threading.Thread(target=sender).start()
+    assert b"".join(inbox.take(1000, timeout=10)) == b"x" * 1000
+
+
+def test_inbox_ends_and_times_out_as_paramiko_expects():
+    inbox = sftp_pipe.Inbox()
+    with pytest.raises(PipeTimeout):
+        inbox.take(1, timeout=0.05)
+    with pytest.raises(PipeTimeout):
+        inbox.read(1, timeout=0.0)
+    inbox.feed(b"ab")
+    inbox.close()
+    with pytest.raises(EOFError):
+        inbox.take(3)  # a reply cut short by the channel closing
+    assert inbox.read(10) == b"ab"
+    assert inbox.read(10) == b""  # end of file, as BufferedPipe says it
+
+
+def test_a_channel_opened_without_an_inbox_is_refused(backend):
+    transport = backend._conn.transport
+    sftp = paramiko.SFTPClient.from_transport(transport)
+    try:
+        with pytest.raises(TypeError):
+            sftp_pipe.Pipe(sftp)
+    finally:
+        sftp.close()

@@ -414,6 +414,7 @@ def _open_sftp_channel(transport: paramiko.Transport) -> paramiko.SFTPClient:
     """A new SFTP session on ``transport``; a server that does not answer in
     IO_TIMEOUT fails it rather than hanging the caller."""
     channel = transport.open_session(window_size=WINDOW, max_packet_size=MAX_PACKET, timeout=IO_TIMEOUT)
+    sftp_pipe.prepare_channel(channel)  # before the server can send anything
     channel.settimeout(IO_TIMEOUT)
     # paramiko waits for the subsystem's answer without a time limit:
     # closing the channel is what ends that wait.
