@@ -188,3 +188,31 @@ def test_sigint_and_sigterm_stop_workers_and_remove_temporary_files(tmp_path):
             shutil.rmtree(dst)
     finally:
         shutil.rmtree(src)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_signal_outside_the_run_s_own_handling_still_exits_130(sig):
+    """A stop signal that lands as main() hands back its result, outside the
+    run's own handling, exits 130 with no traceback: left to Python, the
+    process would end killed by SIGINT, even after a SIGTERM."""
+    script = (
+        "import os, signal; from synctool.cli import main as cli; "
+        f"cli.main = lambda argv=None: os.kill(os.getpid(), {int(sig)}) or 0; "
+        "cli.entry()"
+    )
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 130, (p.returncode, p.stderr)
+    assert "Traceback" not in p.stderr, p.stderr
+
+
+def test_a_signal_after_the_run_leaves_its_exit_code():
+    """Once the run is over, a late signal changes nothing: the exit code is the run's."""
+    script = (
+        "import os, signal; from synctool.cli import main as cli; "
+        "cli.main = lambda argv=None: 3; "
+        "real = cli._ignore_stop_signals; "
+        "cli._ignore_stop_signals = lambda: (real(), os.kill(os.getpid(), signal.SIGTERM), os.kill(os.getpid(), signal.SIGINT)); "
+        "cli.entry()"
+    )
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 3, (p.returncode, p.stderr)

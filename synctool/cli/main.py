@@ -248,4 +248,21 @@ def _sigterm(signum: int, frame: object) -> None:
 def entry() -> None:
     """Console script: SIGTERM behaves like Ctrl-C, so workers are stopped and cleaned up."""
     signal.signal(signal.SIGTERM, _sigterm)
-    sys.exit(main())
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        # The signal landed outside main()'s own handling, as it returned.
+        # Left to Python, an uncaught KeyboardInterrupt ends the process by
+        # SIGINT, whatever the signal was, and the caller sees no exit code.
+        code = ExitCode.INTERRUPTED
+    _ignore_stop_signals()
+    sys.exit(code)
+
+
+def _ignore_stop_signals() -> None:
+    """The run is over and its exit code known: a late Ctrl-C or SIGTERM changes nothing."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            signal.signal(sig, signal.SIG_IGN)
+        except KeyboardInterrupt:  # one already pending runs its handler first
+            signal.signal(sig, signal.SIG_IGN)
