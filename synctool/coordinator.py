@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from synctool import secrets
 from synctool.backends import (
+    AlreadyExists,
     Backend,
     BackendError,
     BackendSpec,
@@ -34,10 +35,11 @@ from synctool.errors import Declined, ExitCode, Interrupted, SyncError, UsageErr
 from synctool.interrupts import deferred_interrupts
 from synctool.logs import DRYRUN, RETRY
 from synctool.options import SyncOptions
-from synctool.plan import TEMP_RE, Copy, Plan, basename, blocked_copies, make_plan
+from synctool.plan import JOURNAL_RE, TEMP_RE, Copy, DestinationTraits, Plan, basename, blocked_copies, make_plan
 from synctool.progress import Progress
 from synctool.report import Report, human_bytes
 from synctool.shards import make_shards
+from workers import journal
 from workers.jobs import COMPARE, COPY, MSG_BYTES, MSG_RESULT, Job, Result, WorkerSettings
 
 if TYPE_CHECKING:
@@ -48,6 +50,9 @@ log = logging.getLogger("synctool")
 DELETE_BATCH = 1000
 LIST_BATCH = 4096  # entries between progress updates of a listing in the calling thread
 RENAME_THREADS = 8
+# Retention names tried for one file before giving up: each one taken means
+# another writer is busy at the destination.
+MAX_NAME_CONFLICTS = 100
 MAX_BACKOFF_SECONDS = 60.0
 
 
@@ -83,11 +88,13 @@ class Coordinator:
         self.env = env or Env()
         self.report = Report(dry_run=opts.dry_run)
         self.progress = Progress(self.env.stdout if opts.progress else None, self.env.stdout_isatty)
-        self.stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+        self.started_at = time.time()
+        self.stamp = datetime.fromtimestamp(self.started_at, timezone.utc).strftime("%Y%m%d%H%M%S")
         self.pool: WorkerPool | None = None
         self.src: Backend | None = None
         self.dst: Backend | None = None
         self.ids = itertools.count(1)
+        self.plan: Plan | None = None
         self.copy_failures = 0
         self.create_destination = False  # the destination root is missing: create it before copying
 
@@ -135,7 +142,11 @@ class Coordinator:
             retention=opts.retention,
             verify_contents=opts.verify_contents and not opts.force,
             mtime_window=window,
+            now=self.started_at,
+            target=DestinationTraits(self.dst.keeps_mtime, self.dst.max_segment_bytes),
+            recheck=self._unverified(dst_entries),
         )
+        self.plan = plan
         del src_entries, dst_entries
         self._account_plan(plan)
         if opts.dry_run:
@@ -243,6 +254,24 @@ class Coordinator:
                 log.log(RETRY, "listing the %s failed (%s); retrying in %.1f s", side, exc, delay)
                 time.sleep(delay)
 
+    def _unverified(self, dst_entries: list[Entry]) -> frozenset[str]:
+        """Files that an interrupted --verify-get-after-put run wrote but never
+        read back, as its journals at the destination name them."""
+        names: set[str] = set()
+        for entry in dst_entries:
+            if "/" in entry.name or not JOURNAL_RE.match(entry.name):
+                continue
+            try:
+                names.update(journal.decode(self.dst.read_small(entry.name)))
+            except (BackendError, ValueError) as exc:
+                raise SyncError(
+                    f"cannot read {entry.name}, the list of files an interrupted run wrote but did not "
+                    f"read back ({exc}); without it those files cannot be told from verified ones"
+                ) from None
+        if names:
+            log.warning("%d file(s) written by an interrupted run were never read back: comparing them", len(names))
+        return frozenset(names)
+
     # -- planning and confirming -------------------------------------------
     def _account_plan(self, plan: Plan) -> None:
         r = self.report
@@ -254,8 +283,14 @@ class Coordinator:
         for name, problem in plan.refused:
             log.error("%s", problem)
             r.failed.append((name, problem))
-        for name in plan.ignored:
-            msg = f"destination entry {name!r} has an unsafe name; left alone"
+        warnings = [f"destination entry {name!r} has an unsafe name; left alone" for name in plan.ignored]
+        warnings += [f"{name} at the destination is a symbolic link: left alone, never followed" for name in plan.links]
+        warnings += [f"skipping symbolic link {name} at the source (links are never followed)" for name in plan.skipped_links]
+        warnings += [
+            f"{name} is dated in the future at the source; it is compared by size and its stored time only"
+            for name in plan.future
+        ]
+        for msg in warnings:
             log.warning("%s", msg)
             r.warnings.append(msg)
 
@@ -333,6 +368,11 @@ class Coordinator:
         if self.pool is not None and self.pool.replaced:
             self._sweep_debris()
         self._stop_pool()
+        if plan.journals and not self.copy_failures:
+            # Every file they named was compared (and copied where it differed).
+            failures = self._delete_batch(plan.journals)
+            for name, reason in failures.items():
+                log.warning("could not remove %s: %s", name, reason)
 
     def _sweep_debris(self) -> None:
         """Remove what workers that died mid-write (SIGKILL, out of memory) left behind.
@@ -351,7 +391,11 @@ class Coordinator:
             log.warning("could not remove what a dead worker left behind: %s", exc)
 
     def _copy(self, copies: list[Copy]) -> None:
-        jobs = [Job(next(self.ids), COPY, c.entry.name, c.entry.size, c.entry.mtime, c.keep_old_as) for c in copies]
+        jobs = [
+            Job(next(self.ids), COPY, c.entry.name, c.entry.size, c.entry.mtime, c.keep_old_as,
+                new=c.new, unless_stored_mtime=c.unless_stored_mtime)  # fmt: skip
+            for c in copies
+        ]
         self.progress.start("copying", len(jobs), sum(c.entry.size for c in copies))
         self._run_jobs(jobs, self._on_copied)
         self.progress.finish()
@@ -381,6 +425,16 @@ class Coordinator:
 
     def _on_copied(self, job: Job, result: Result) -> None:
         r = self.report
+        if result.skipped:
+            r.unchanged += 1
+            log.debug("%s: the destination holds this version already (its stored time matches)", job.name)
+            self.progress.add(files=1)
+            return
+        if job.kind == COMPARE:  # see _settle: what an earlier attempt may have written
+            if not result.same:
+                self._failed(job.name, f"{job.name} appeared at the destination during the run with other content: not replaced")
+                return
+            result.bytes, result.verified = job.size, self.opts.verify_get_after_put
         r.copied += 1
         r.copied_bytes += result.bytes
         r.renamed += 1 if job.keep_old_as else 0
@@ -444,6 +498,19 @@ class Coordinator:
         if result.ok:
             del waiting[job.id]
             on_success(job, result)
+        elif result.conflict is not None and result.conflict == job.keep_old_as and job.attempt < MAX_NAME_CONFLICTS:
+            # Another writer took the chosen retention name since the listing:
+            # keep the old version under the next free one instead.
+            job.attempt += 1
+            job.keep_old_as = self._next_retention_name(job.name, result.conflict)
+            log.log(RETRY, "%s; keeping the old version as %s instead", result.error, job.keep_old_as)
+            heapq.heappush(retry_at, (now, job.id, job))
+        elif result.conflict is not None and result.conflict == job.name and job.kind == COPY and job.attempt > 0:
+            # An earlier attempt may have written it, its result lost with a
+            # dead worker or a dropped connection: the same content there is
+            # that copy; anything else is another writer's, and stays.
+            job.kind, job.dst_size = COMPARE, job.size
+            heapq.heappush(retry_at, (now, job.id, job))
         elif result.retryable and job.attempt < self.opts.retry:
             job.attempt += 1
             self.report.retries += 1
@@ -513,7 +580,7 @@ class Coordinator:
         if plan.renames:
             self.progress.start("renaming", len(plan.renames))
             with cf.ThreadPoolExecutor(RENAME_THREADS, thread_name_prefix="rename") as ex:
-                for (old, new), error in zip(plan.renames, ex.map(lambda p: self._with_retry(self.dst.rename, *p), plan.renames)):
+                for (old, _), (new, error) in zip(plan.renames, ex.map(lambda p: self._rename(*p), plan.renames)):
                     if error:
                         self.report.failed.append((old, f"rename to {new} failed: {error}"))
                         log.error("%s: rename to %s failed: %s", old, new, error)
@@ -533,12 +600,31 @@ class Coordinator:
                 self.progress.add(files=len(batch))
             self.progress.finish()
 
+    def _next_retention_name(self, name: str, taken: str) -> str:
+        assert self.plan is not None and self.plan.retention is not None
+        self.plan.retention.mark_taken(taken)
+        return self.plan.retention.name_for(name)
+
+    def _rename(self, old: str, new: str) -> tuple[str, str | None]:
+        """Rename ``old`` to the retention name ``new``, or to the next free one
+        when another writer took ``new``. Returns (the name used, the last error)."""
+        for _ in range(MAX_NAME_CONFLICTS):
+            try:
+                return new, self._with_retry(self.dst.rename, old, new)
+            except AlreadyExists as exc:
+                new = self._next_retention_name(old, new)
+                log.log(RETRY, "%s; keeping %s as %s instead", exc, old, new)
+        return new, f"{old}: every retention name tried was taken"
+
     def _with_retry(self, fn: Callable[..., None], *args: str) -> str | None:
-        """Call ``fn``; on a retryable error try again with backoff. Returns the last error."""
+        """Call ``fn``; on a retryable error try again with backoff. Returns the
+        last error; :class:`AlreadyExists` is raised for the caller to decide."""
         for attempt in itertools.count():
             try:
                 fn(*args)
                 return None
+            except AlreadyExists:
+                raise
             except BackendError as exc:
                 if not exc.retryable or attempt >= self.opts.retry:
                     return secrets.redact(str(exc))

@@ -3,41 +3,108 @@
 The plan only decides; nothing here touches a backend. It follows the seed
 page: copy what is missing, differs in size or is newer at the source; delete
 (or, with --retention, rename) what is only at the destination.
+
+What it never does: pick a name that is taken for a kept version, act on a
+destination's symbolic link or on anything below one, or take one of
+synctool's own files (temporary files, journals) for a user's.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
+import threading
 from collections.abc import Iterable
+from datetime import datetime, timedelta
 
-from synctool.backends.base import Entry, UnsafeName, check_name
+from synctool.backends.base import JOURNAL_RE, TEMP_RE, Entry, UnsafeName, check_name, is_internal
 
 #: ``20261128043100.old.name``: a version kept by --retention.
 RETENTION_RE = re.compile(r"^\d{14}\.old\.")
-#: A temporary file a write left behind when its process was killed.
-TEMP_RE = re.compile(r"^\.synctool-[0-9a-f]+\.tmp$")
+STAMP_FORMAT = "%Y%m%d%H%M%S"
+#: A source dated further than this ahead of the clock gets a warning.
+FUTURE_SLACK_SECONDS = 60.0
+__all__ = ["TEMP_RE", "JOURNAL_RE", "RETENTION_RE", "Copy", "Compare", "Plan", "RetentionNames", "make_plan", "retention_name"]
 
 
 def basename(name: str) -> str:
     return name.rpartition("/")[2]
 
 
-def retention_name(name: str, stamp: str) -> str:
-    """``a/b/c.txt`` -> ``a/b/<stamp>.old.c.txt``: same folder, one stamp per run."""
-    folder, slash, base = name.rpartition("/")
-    return f"{folder}{slash}{stamp}.old.{base}"
-
-
 def is_retention_name(name: str) -> bool:
     return bool(RETENTION_RE.match(basename(name)))
+
+
+def _ancestors(name: str) -> Iterable[str]:
+    """``a/b/c`` -> ``a``, ``a/b``."""
+    for i, ch in enumerate(name):
+        if ch == "/":
+            yield name[:i]
+
+
+class RetentionNames:
+    """Where --retention keeps old versions: ``<stamp>.old.<name>`` in the same folder.
+
+    A name already taken (by a version kept earlier in the same second, by a
+    source file of that form, or earlier in this run) is never chosen: the
+    stamp moves on one second at a time until the name is free, so the
+    format stays Duplicati's. A name longer than the destination allows
+    (``max_segment_bytes``) keeps its start and gains ``~`` and 16 hex digits
+    of the SHA-256 of the whole original name, which tell apart two long
+    names that start alike: ``<stamp>.old.<start of name>~<hash>``.
+    """
+
+    def __init__(self, stamp: str, taken: Iterable[str] = (), max_segment_bytes: int | None = None):
+        self.stamp = datetime.strptime(stamp, STAMP_FORMAT)
+        self.taken = set(taken)
+        self.max_segment_bytes = max_segment_bytes
+        self._lock = threading.Lock()  # renames choose names from several threads
+
+    def name_for(self, name: str) -> str:
+        """A free retention name for ``name``, now taken."""
+        when = self.stamp
+        with self._lock:
+            while True:
+                candidate = retention_name(name, when.strftime(STAMP_FORMAT), self.max_segment_bytes)
+                if candidate not in self.taken:
+                    self.taken.add(candidate)
+                    return candidate
+                when += timedelta(seconds=1)
+
+    def mark_taken(self, name: str) -> None:
+        """``name`` turned out to exist (another writer made it): never choose it."""
+        with self._lock:
+            self.taken.add(name)
+
+
+def retention_name(name: str, stamp: str, max_segment_bytes: int | None = None) -> str:
+    """``a/b/c.txt`` -> ``a/b/<stamp>.old.c.txt``, shortened as :class:`RetentionNames` says."""
+    folder, slash, base = name.rpartition("/")
+    return folder + slash + fit_segment(f"{stamp}.old.", base, max_segment_bytes)
+
+
+def fit_segment(head: str, base: str, limit: int | None) -> str:
+    """``head + base``, shortened to ``limit`` UTF-8 bytes as :class:`RetentionNames` says."""
+    whole = head + base
+    if limit is None or len(whole.encode("utf-8", "surrogateescape")) <= limit:
+        return whole
+    tail = "~" + hashlib.sha256(base.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    room = max(0, limit - len(head.encode()) - len(tail))
+    start = base.encode("utf-8", "surrogateescape")[:room].decode("utf-8", "ignore")
+    return head + start + tail
 
 
 @dataclasses.dataclass(slots=True)
 class Copy:
     entry: Entry
-    reason: str  # "missing", "size", "newer", "force", "content"
+    reason: str  # "missing", "size", "newer", "force", "content", "unverified"
     keep_old_as: str | None = None  # --retention: where the overwritten version goes
+    #: The destination may not hold this name yet; nothing there is replaced.
+    new: bool = False
+    #: "newer" than a destination that lists its upload time: copied unless
+    #: the source time stored with the object says it is the same file.
+    unless_stored_mtime: bool = False
 
 
 @dataclasses.dataclass(slots=True)
@@ -55,10 +122,15 @@ class Plan:
     compares: list[Compare] = dataclasses.field(default_factory=list)
     renames: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     deletes: list[str] = dataclasses.field(default_factory=list)
-    refused: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # unsafe source names
+    refused: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # source names that cannot be mirrored
     ignored: list[str] = dataclasses.field(default_factory=list)  # unsafe destination names
+    links: list[str] = dataclasses.field(default_factory=list)  # destination links, left alone
+    skipped_links: list[str] = dataclasses.field(default_factory=list)  # source links, not followed
+    future: list[str] = dataclasses.field(default_factory=list)  # source files dated ahead of the clock
+    journals: list[str] = dataclasses.field(default_factory=list)  # removed once their files are checked
     kept: int = 0  # retention versions left alone
     unchanged: int = 0
+    retention: RetentionNames | None = None
 
     @property
     def copy_bytes(self) -> int:
@@ -84,20 +156,20 @@ def blocked_copies(plan: Plan) -> set[str]:
     removed = set(plan.deletes) | {old for old, _ in plan.renames}
     if not removed:
         return set()
-
-    def folders(name: str) -> list[str]:
-        return [name[:i] for i, ch in enumerate(name) if ch == "/"]
-
-    removed_folders = {f for name in removed for f in folders(name)}
+    removed_folders = {f for name in removed for f in _ancestors(name)}
     return {
         c.entry.name
         for c in plan.copies
-        if c.entry.name in removed_folders or any(f in removed for f in folders(c.entry.name))
+        if c.entry.name in removed_folders or any(f in removed for f in _ancestors(c.entry.name))
     }
 
 
-def _sorted(entries: Iterable[Entry]) -> list[Entry]:
-    return sorted(entries, key=lambda e: e.name)
+@dataclasses.dataclass(frozen=True)
+class DestinationTraits:
+    """What the plan needs to know of the destination backend."""
+
+    keeps_mtime: bool = True  # the listing shows the mtime a write was given
+    max_segment_bytes: int | None = None
 
 
 def make_plan(
@@ -109,83 +181,141 @@ def make_plan(
     retention: bool = False,
     verify_contents: bool = False,
     mtime_window: float = 1.0,
+    now: float | None = None,
+    target: DestinationTraits = DestinationTraits(),
+    recheck: frozenset[str] = frozenset(),
 ) -> Plan:
     """Merge the two listings into a :class:`Plan`.
 
     ``mtime_window`` is the coarser of the two sides' timestamp resolutions:
-    a source newer by less than that is not "newer".
+    a source newer by less than that is not "newer". ``now`` (the run's
+    start) finds source files dated in the future. ``recheck`` names files
+    whose copy at the destination was never read back (an interrupted
+    --verify-get-after-put run): their contents are compared.
     """
+    src = sorted((e for e in source if not is_internal(e.name)), key=lambda e: e.name)
+    dst = sorted(destination, key=lambda e: e.name)
     plan = Plan()
-    src, dst = _sorted(source), _sorted(destination)
+    plan.retention = RetentionNames(
+        stamp,
+        (e.name for e in (*src, *dst) if is_retention_name(e.name)),
+        target.max_segment_bytes,
+    )
+    ctx = _Context(plan, force, retention, verify_contents, mtime_window, target, recheck,
+                   {d.name for d in dst if d.link})  # fmt: skip
+    if now is not None:
+        plan.future = [s.name for s in src if s.mtime > now + FUTURE_SLACK_SECONDS and not s.link]
     i = j = 0
     while i < len(src) or j < len(dst):
         s = src[i] if i < len(src) else None
         d = dst[j] if j < len(dst) else None
         if d is None or (s is not None and s.name < d.name):
-            _source_only(plan, s)
+            ctx.source_only(s)
             i += 1
         elif s is None or d.name < s.name:
-            _destination_only(plan, d, stamp, retention)
+            ctx.destination_only(d)
             j += 1
         else:
-            _both(plan, s, d, stamp, force, retention, verify_contents, mtime_window)
+            ctx.both(s, d)
             i += 1
             j += 1
     return plan
 
 
-def _safe(name: str) -> str | None:
-    try:
-        check_name(name)
-    except UnsafeName as exc:
-        return str(exc)
-    return None
+@dataclasses.dataclass
+class _Context:
+    plan: Plan
+    force: bool
+    retention: bool
+    verify_contents: bool
+    window: float
+    target: DestinationTraits
+    recheck: frozenset[str]
+    dst_links: set[str]
 
+    def _problem(self, s: Entry) -> str | None:
+        """Why the source file ``s`` cannot be mirrored, or None."""
+        try:
+            check_name(s.name)
+        except UnsafeName as exc:
+            return str(exc)
+        limit = self.target.max_segment_bytes
+        if limit is not None:
+            for part in s.name.split("/"):
+                if len(part.encode()) > limit:
+                    return f"refusing {s.name!r}: a name in it is longer than the destination's {limit} bytes"
+        for link in (s.name, *_ancestors(s.name)):
+            if link in self.dst_links:
+                return (
+                    f"{s.name}: the destination has a symbolic link at {link}, which is never "
+                    "followed nor replaced; move it away to mirror this file"
+                )
+        return None
 
-def _source_only(plan: Plan, s: Entry) -> None:
-    problem = _safe(s.name)
-    if problem:
-        plan.refused.append((s.name, problem))
-    else:
-        plan.copies.append(Copy(s, "missing"))
+    def _accept(self, s: Entry) -> bool:
+        """Whether the source entry ``s`` takes part; refused names are noted."""
+        if s.link:
+            self.plan.skipped_links.append(s.name)
+            return False
+        problem = self._problem(s)
+        if problem:
+            self.plan.refused.append((s.name, problem))
+            return False
+        return True
 
+    def source_only(self, s: Entry) -> None:
+        if self._accept(s):
+            self.plan.copies.append(Copy(s, "missing", new=True))
 
-def _destination_only(plan: Plan, d: Entry, stamp: str, retention: bool) -> None:
-    if _safe(d.name):
-        # Never act on a name that could point outside the root.
-        plan.ignored.append(d.name)
-    elif TEMP_RE.match(basename(d.name)):
-        plan.deletes.append(d.name)  # debris of a killed run, never user data
-    elif is_retention_name(d.name):
-        plan.kept += 1  # a kept version is never deleted nor renamed again
-    elif retention:
-        plan.renames.append((d.name, retention_name(d.name, stamp)))
-    else:
-        plan.deletes.append(d.name)
+    def destination_only(self, d: Entry) -> None:
+        plan = self.plan
+        if d.link:
+            plan.links.append(d.name)  # never followed, renamed nor deleted
+            return
+        try:
+            check_name(d.name)
+        except UnsafeName:
+            plan.ignored.append(d.name)  # never act on a name that could point outside the root
+            return
+        if TEMP_RE.match(basename(d.name)):
+            plan.deletes.append(d.name)  # debris of a killed run, never user data
+        elif is_internal(d.name):
+            plan.journals.append(d.name)
+        elif is_retention_name(d.name):
+            plan.kept += 1  # a kept version is never deleted nor renamed again
+        elif self.retention:
+            assert plan.retention is not None
+            plan.renames.append((d.name, plan.retention.name_for(d.name)))
+        else:
+            plan.deletes.append(d.name)
 
-
-def _both(
-    plan: Plan,
-    s: Entry,
-    d: Entry,
-    stamp: str,
-    force: bool,
-    retention: bool,
-    verify_contents: bool,
-    window: float,
-) -> None:
-    problem = _safe(s.name)
-    if problem:
-        plan.refused.append((s.name, problem))
-        return
-    keep = retention_name(d.name, stamp) if retention else None
-    if force:
-        plan.copies.append(Copy(s, "force", keep))
-    elif s.size != d.size:
-        plan.copies.append(Copy(s, "size", keep))
-    elif s.mtime > d.mtime + window:
-        plan.copies.append(Copy(s, "newer", keep))
-    elif verify_contents:
-        plan.compares.append(Compare(s, d, keep))
-    else:
-        plan.unchanged += 1
+    def both(self, s: Entry, d: Entry) -> None:
+        plan = self.plan
+        if d.link and not s.link:
+            # A link at the destination where the source has a file.
+            problem = self._problem(s)
+            plan.refused.append((s.name, problem or f"{s.name}: a symbolic link at the destination is in the way"))
+            return
+        if d.link:
+            plan.links.append(d.name)
+            plan.skipped_links.append(s.name)
+            return
+        if not self._accept(s):
+            return
+        if self.force:
+            reason: str | None = "force"
+        elif s.size != d.size:
+            reason = "size"
+        elif s.mtime > d.mtime + self.window:
+            reason = "newer"
+        else:
+            reason = None
+        if reason is None and not (self.verify_contents or s.name in self.recheck):
+            plan.unchanged += 1
+            return
+        keep = plan.retention.name_for(d.name) if self.retention and plan.retention else None
+        if reason is None:
+            plan.compares.append(Compare(s, d, keep))
+        else:
+            stored = reason == "newer" and not self.target.keeps_mtime
+            plan.copies.append(Copy(s, reason, keep, unless_stored_mtime=stored))

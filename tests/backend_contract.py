@@ -12,7 +12,7 @@ import time
 import blake3
 import pytest
 
-from synctool.backends import BackendSpec, DeleteError, NotFound, open_backend
+from synctool.backends import AlreadyExists, BackendSpec, DeleteError, NotFound, open_backend
 from synctool.backends.base import BackendError, Entry
 
 
@@ -117,6 +117,70 @@ class BackendContract:
             with pytest.raises(BackendError):
                 backend.write(bad, iter([b"x"]), 1)
         assert list(backend.list()) == []
+
+    # -- nothing is replaced that the caller did not name -------------------
+    #: Whether a new file's write refuses an existing name by itself. S3 asks
+    #: with If-None-Match, which rclone serve s3 ignores (a documented race).
+    refuses_existing_new_file = True
+
+    def test_rename_never_replaces(self, backend):
+        backend.write("d/a", iter([b"a"]), 1)
+        backend.write("d/20260101000000.old.a", iter([b"kept"]), 4)
+        with pytest.raises(AlreadyExists) as raised:
+            backend.rename("d/a", "d/20260101000000.old.a")
+        assert raised.value.name == "d/20260101000000.old.a"
+        assert self.read_all(backend, "d/a") == b"a"
+        assert self.read_all(backend, "d/20260101000000.old.a") == b"kept"
+
+    def test_keep_old_as_never_replaces(self, backend):
+        backend.write("f", iter([b"v1"]), 2)
+        backend.write("20260101000000.old.f", iter([b"v0"]), 2)
+        with pytest.raises(AlreadyExists) as raised:
+            backend.write("f", iter([b"v2"]), 2, keep_old_as="20260101000000.old.f")
+        assert raised.value.name == "20260101000000.old.f"
+        assert self.read_all(backend, "20260101000000.old.f") == b"v0"
+        assert self.read_all(backend, "f") == b"v1"
+        assert set(self.listing(backend)) == {"f", "20260101000000.old.f"}
+
+    def test_new_file_never_replaces(self, backend):
+        backend.write("n", iter([b"theirs"]), 6)
+        if not self.refuses_existing_new_file:
+            pytest.skip("this server ignores If-None-Match (see synctool/backends/s3.py)")
+        with pytest.raises(AlreadyExists) as raised:
+            backend.write("n", iter([b"mine"]), 4, overwrite=False)
+        assert raised.value.name == "n"
+        assert self.read_all(backend, "n") == b"theirs"
+        assert set(self.listing(backend)) == {"n"}
+        backend.write("fresh", iter([b"x"]), 1, overwrite=False)  # a free name is written as usual
+        assert self.read_all(backend, "fresh") == b"x"
+
+    # -- read back before trusting ------------------------------------------
+    def test_check_sees_the_stored_bytes(self, backend):
+        data = _content(7, 200_000)
+        seen = []
+        backend.write("c/f", _chunks(data), len(data), check=lambda stored: seen.append(b"".join(stored)))
+        assert seen == [data]
+        assert self.read_all(backend, "c/f") == data
+
+    def test_rejected_check_leaves_nothing_under_the_name(self, backend):
+        backend.write("old", iter([b"before"]), 6)
+
+        def reject(stored):
+            b"".join(stored)
+            raise BackendError("read back something else")
+
+        with pytest.raises(BackendError, match="something else"):
+            backend.write("new", iter([b"x"]), 1, overwrite=False, check=reject)
+        with pytest.raises(BackendError, match="something else"):
+            backend.write("old", iter([b"after"]), 5, check=reject)
+        names = set(self.listing(backend))
+        assert "new" not in names
+        if backend.verifies_before_commit:
+            # Checked under a temporary name: the old file was never touched.
+            assert names == {"old"} and self.read_all(backend, "old") == b"before"
+        else:
+            # Checked once visible: what failed is gone, nothing half-trusted stays.
+            assert names == set()
 
     def test_mtime_kept_where_supported(self, backend):
         backend.write("m", iter([b"m"]), 1, mtime=1_600_000_000.0)

@@ -32,13 +32,12 @@ def test_missing_source_is_not_created(tmp_path):
     assert not (tmp_path / "missing").exists()
 
 
-def test_symlinks_are_skipped(tmp_path, caplog):
+def test_symlinks_are_listed_as_links_and_never_followed(tmp_path):
     (tmp_path / "real").write_text("r")
     os.symlink(tmp_path / "real", tmp_path / "link")
     os.symlink(tmp_path, tmp_path / "loop")
-    names = [e.name for e in open_backend(BackendSpec(str(tmp_path))).list()]
-    assert names == ["real"]
-    assert "link" in caplog.text and "loop" in caplog.text
+    entries = {e.name: e.link for e in open_backend(BackendSpec(str(tmp_path))).list()}
+    assert entries == {"real": False, "link": True, "loop": True}
 
 
 def test_temp_file_is_private_until_complete(tmp_path):

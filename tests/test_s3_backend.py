@@ -24,6 +24,8 @@ SMALL_PART = {"s3-part-size": "5MiB"}  # S3's smallest: multipart tests stay qui
 class TestS3Backend(BackendContract):
     """The default: small objects through awscrt's native client (when installed)."""
 
+    refuses_existing_new_file = os.environ.get("SYNCTOOL_TEST_S3") is not None  # MinIO; not rclone serve s3
+
     @pytest.fixture
     def spec(self, s3_server, s3_bucket):
         return BackendSpec(f"s3://{s3_bucket}/root", s3_server.options())
@@ -37,6 +39,8 @@ class TestS3Backend(BackendContract):
 
 class TestS3BackendBoto3(BackendContract):
     """The same contract with everything on boto3 (s3-native=false, or no awscrt)."""
+
+    refuses_existing_new_file = TestS3Backend.refuses_existing_new_file
 
     @pytest.fixture
     def spec(self, s3_server, s3_bucket):

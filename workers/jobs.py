@@ -18,6 +18,9 @@ class Job:
     keep_old_as: str | None = None
     dst_size: int = 0  # COMPARE: the destination size the listing reported
     attempt: int = 0
+    new: bool = False  # COPY: the destination must not hold this name yet
+    #: COPY: skip when the destination stored this very source mtime with the file
+    unless_stored_mtime: bool = False
 
 
 @dataclasses.dataclass(slots=True)
@@ -28,8 +31,10 @@ class Result:
     digest: str | None = None  # BLAKE3 of the source bytes
     same: bool | None = None  # COMPARE: do both sides hash the same?
     verified: bool = False  # COPY: read back and matched (--verify-get-after-put)
+    skipped: bool = False  # COPY: the destination already holds this version
     error: str | None = None
     retryable: bool = True
+    conflict: str | None = None  # a name found taken that the job must not replace
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from synctool.backends import BackendSpec, open_backend
+from synctool.backends.base import AlreadyExists, BackendError
 from synctool.secrets import redact
 from workers.jobs import (
     COMPARE,
@@ -30,6 +31,7 @@ from workers.jobs import (
     Result,
     WorkerSettings,
 )
+from workers.journal import Journal
 from workers.memory import limit_malloc_arenas, release_free_memory
 from workers.transfer import compare_file, copy_file
 
@@ -135,27 +137,39 @@ def run_job(job: Job, src, dst, settings: WorkerSettings, cancel: threading.Even
         if job.kind == COMPARE:
             digest, same = compare_file(job, src, dst, cancel=cancel)
             return Result(job.id, True, bytes=job.size + job.dst_size, digest=digest, same=same)
-        digest, count, verified = copy_file(
-            job, src, dst, verify=settings.verify_get_after_put, cancel=cancel, on_bytes=meter
+        copied = copy_file(job, src, dst, verify=settings.verify_get_after_put, cancel=cancel, on_bytes=meter)
+        return Result(
+            job.id, True, bytes=copied.bytes, digest=copied.digest, verified=copied.verified, skipped=copied.skipped
         )
-        return Result(job.id, True, bytes=count, digest=digest, verified=verified)
     except Exception as exc:  # every failure becomes a report, never a dead worker
         message = str(exc) if getattr(exc, "args", None) else type(exc).__name__
-        if not message.startswith(job.name):
+        if job.name not in message:
             message = f"{job.name}: {message}"
-        return Result(job.id, False, error=redact(message), retryable=getattr(exc, "retryable", True))
+        return Result(
+            job.id,
+            False,
+            error=redact(message),
+            retryable=getattr(exc, "retryable", True),
+            conflict=exc.name if isinstance(exc, AlreadyExists) else None,
+        )
 
 
 class _Countdown:
-    def __init__(self, n: int):
+    """The jobs of one shard still running; the last one ends its journal."""
+
+    def __init__(self, n: int, journal: Journal | None):
         self.n = n
+        self.journal = journal
         self.lock = threading.Lock()
 
     def tick(self) -> bool:
-        """Count one down; True for the last."""
+        """Count one down; True for the last (whose result is not sent yet)."""
         with self.lock:
             self.n -= 1
-            return self.n == 0
+            last = self.n == 0
+        if last and self.journal is not None:
+            self.journal.finish()
+        return last
 
 
 def worker_main(
@@ -209,11 +223,19 @@ def worker_main(
             shard = jobs.get()
             if shard is None:
                 break
-            if pool is None:
+            try:
+                journal = Journal.start(dst, shard, settings.verify_get_after_put)
+            except BackendError as exc:
                 for i, job in enumerate(shard):
-                    batch.add(run(job), shard_done=i == len(shard) - 1)
+                    failed = Result(job.id, False, error=redact(f"{job.name}: cannot record it as unverified: {exc}"))
+                    batch.add(failed, shard_done=i == len(shard) - 1)
                 continue
-            left = _Countdown(len(shard))
+            left = _Countdown(len(shard), journal)
+            if pool is None:
+                for job in shard:
+                    result = run(job)
+                    batch.add(result, shard_done=left.tick())
+                continue
             for job in shard:
                 pool.submit(run, job).add_done_callback(
                     lambda future, left=left: batch.add(future.result(), shard_done=left.tick())

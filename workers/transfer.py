@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Iterable, Iterator
 
@@ -82,6 +83,14 @@ class _Metered:
             )
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Copied:
+    digest: str | None  # BLAKE3 of the bytes sent
+    bytes: int
+    verified: bool = False  # read back and matched
+    skipped: bool = False  # the destination already held this version: nothing sent
+
+
 def copy_file(
     job: Job,
     src: Backend,
@@ -90,19 +99,34 @@ def copy_file(
     verify: bool,
     cancel: threading.Event,
     on_bytes: Callable[[int], None],
-) -> tuple[str, int, bool]:
-    """Stream ``job.name`` from ``src`` to ``dst``; return (digest, bytes, verified)."""
+) -> Copied:
+    """Stream ``job.name`` from ``src`` to ``dst``, read back first with ``verify``."""
+    if job.unless_stored_mtime:
+        stored = dst.stored_mtime(job.name)
+        if stored is not None and abs(stored - job.mtime) <= src.mtime_precision:
+            return Copied(None, 0, skipped=True)
     metered = _Metered(src.read_sized(job.name, job.size), job, cancel, on_bytes)
-    dst.write(job.name, iter(metered), job.size, mtime=job.mtime, keep_old_as=job.keep_old_as)
-    digest = metered.hasher.hexdigest()
-    if not verify:
-        return digest, metered.count, False
-    back, count = hash_stream(dst.read_sized(job.name, metered.count), job.size, cancel)
-    if back != digest or count != metered.count:
-        raise VerifyMismatch(
-            f"{job.name}: read back {count} bytes with BLAKE3 {back[:16]}…, sent {metered.count} with {digest[:16]}…"
-        )
-    return digest, metered.count, True
+
+    def check(stored: Iterator[bytes]) -> None:
+        """Read the stored copy back (before it takes its name where the
+        destination can) and compare it with what was sent."""
+        digest = metered.hasher.hexdigest()
+        back, count = hash_stream(stored, job.size, cancel)
+        if back != digest or count != metered.count:
+            raise VerifyMismatch(
+                f"{job.name}: read back {count} bytes with BLAKE3 {back[:16]}…, sent {metered.count} with {digest[:16]}…"
+            )
+
+    dst.write(
+        job.name,
+        iter(metered),
+        job.size,
+        mtime=job.mtime,
+        keep_old_as=job.keep_old_as,
+        overwrite=not job.new,
+        check=check if verify else None,
+    )
+    return Copied(metered.hasher.hexdigest(), metered.count, verified=verify)
 
 
 def compare_file(job: Job, src: Backend, dst: Backend, *, cancel: threading.Event) -> tuple[str, bool]:

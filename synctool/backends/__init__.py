@@ -1,6 +1,7 @@
 """Storage backends behind one small interface, found by URL scheme."""
 
 from synctool.backends.base import (
+    AlreadyExists,
     Backend,
     BackendError,
     BackendSpec,
@@ -14,6 +15,7 @@ from synctool.backends.base import (
 from synctool.backends.registry import backend_class, open_backend, schemes
 
 __all__ = [
+    "AlreadyExists",
     "Backend",
     "BackendError",
     "BackendSpec",

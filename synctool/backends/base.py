@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import ClassVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -28,6 +29,36 @@ class Entry:
     name: str  # path relative to the backend root, '/'-separated, no leading '/'
     size: int
     mtime: float  # seconds since the epoch (UTC)
+    #: A symbolic link. Listed so that the plan keeps clear of it: nothing is
+    #: ever written, renamed or deleted through one, nor is it followed.
+    link: bool = False
+
+
+#: Every name synctool itself creates at a destination starts with this; the
+#: plan never takes one of the forms below for a user's file.
+INTERNAL_PREFIX = ".synctool-"
+#: A temporary file: the content of a write that is not complete yet.
+TEMP_RE = re.compile(r"^\.synctool-[0-9a-f]+\.tmp$")
+#: A list of files written but not yet read back (--verify-get-after-put on
+#: a backend that cannot verify before a name becomes visible): at the root.
+JOURNAL_RE = re.compile(r"^\.synctool-unverified-[0-9a-f]+\.json$")
+
+
+def temp_name(folder: str) -> str:
+    """A fresh temporary name in ``folder`` ('/'-separated; "" is the root)."""
+    return f"{folder}{'/' if folder else ''}{INTERNAL_PREFIX}{os.urandom(6).hex()}.tmp"
+
+
+def journal_name() -> str:
+    return f"{INTERNAL_PREFIX}unverified-{os.urandom(6).hex()}.json"
+
+
+def is_internal(name: str) -> bool:
+    """Whether ``name`` is one of synctool's own files: a temporary file
+    anywhere, a journal at the root. Other names are the user's, even those
+    that start like ours."""
+    folder, _, base = name.rpartition("/")
+    return bool(TEMP_RE.match(base) or (not folder and JOURNAL_RE.match(base)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +140,16 @@ class UnsafeName(BackendError):
     retryable = False
 
 
+class AlreadyExists(BackendError):
+    """The name to write or rename to exists, and the caller did not mean to replace it."""
+
+    retryable = False
+
+    def __init__(self, message: str, name: str):
+        super().__init__(message)
+        self.name = name
+
+
 def check_name(name: str) -> str:
     """Return ``name`` if it is a safe relative path, else raise :class:`UnsafeName`.
 
@@ -119,6 +160,11 @@ def check_name(name: str) -> str:
         raise UnsafeName("refusing an empty file name")
     if "\x00" in name:
         raise UnsafeName(f"refusing a name with a NUL byte: {name!r}")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        # A local name of undecodable bytes arrives with lone surrogates.
+        raise UnsafeName(f"refusing a name that is not valid UTF-8: {name!r}") from None
     if name.startswith("/"):
         raise UnsafeName(f"refusing an absolute name: {name!r}")
     for part in name.split("/"):
@@ -164,6 +210,15 @@ class Backend(abc.ABC):
     #: Such waits overlap well in threads; work that only makes system calls
     #: (a local folder) runs faster on one thread, free of GIL contention.
     waits_on_network: ClassVar[bool] = True
+    #: Whether the listing reports the mtime a write was given. S3 lists the
+    #: upload time instead, and keeps the source's time where
+    #: :meth:`stored_mtime` can read it back.
+    keeps_mtime: ClassVar[bool] = True
+    #: Whether ``write``'s ``check`` runs before the name becomes visible
+    #: (a temporary name renamed into place) rather than right after.
+    verifies_before_commit: ClassVar[bool] = True
+    #: The longest name of one folder entry, in UTF-8 bytes; None: no limit known.
+    max_segment_bytes: ClassVar[int | None] = None
 
     def __init__(self, spec: BackendSpec):
         """Read the URL and the options; never connect (``prepare`` does).
@@ -188,7 +243,8 @@ class Backend(abc.ABC):
     def list(self) -> Iterator[Entry]:
         """Every file below the root, recursively, in any order.
 
-        Folders are not entries; empty folders do not show.
+        Folders are not entries; empty folders do not show. A symbolic link
+        is an entry with ``link=True`` and is never descended into.
         """
 
     @abc.abstractmethod
@@ -203,20 +259,36 @@ class Backend(abc.ABC):
         size: int,
         mtime: float | None = None,
         keep_old_as: str | None = None,
+        *,
+        overwrite: bool = True,
+        check: Callable[[Iterator[bytes]], None] | None = None,
     ) -> None:
         """Store ``chunks`` as ``name``, all or nothing.
 
         The iterator must be consumed to its end before the file becomes
         visible under ``name``: the caller raises from it to abort (the
         source changed, the run was interrupted), and then nothing is left
-        behind. With ``keep_old_as``, an existing ``name`` is kept under that
-        name before being replaced. ``mtime`` is applied where the backend
-        can store it. Missing parent folders are created.
+        behind. ``mtime`` is applied where the backend can store it. Missing
+        parent folders are created; none is created or entered through a
+        symbolic link.
+
+        Nothing is replaced that the caller did not name: without
+        ``overwrite`` an existing ``name`` is left as it is and
+        :class:`AlreadyExists` raised. With ``keep_old_as``, an existing
+        ``name`` is kept under that name before being replaced, and if that
+        name is taken, :class:`AlreadyExists` names it and nothing changes.
+
+        ``check`` is called with the stored content as a stream of chunks;
+        it raises to reject it. Where ``verifies_before_commit``, it runs
+        before the content becomes visible under ``name`` and a rejected
+        write leaves nothing; elsewhere it runs right after, and a rejected
+        write leaves no object under ``name``.
         """
 
     @abc.abstractmethod
     def rename(self, old: str, new: str) -> None:
-        """Rename a file on the server side."""
+        """Rename a file on the server side, never over an existing ``new``
+        (:class:`AlreadyExists`); missing parent folders of ``new`` are created."""
 
     @abc.abstractmethod
     def delete(self, names: Sequence[str]) -> None:
@@ -230,6 +302,16 @@ class Backend(abc.ABC):
         GET); the stream still ends where the file does.
         """
         return self.read(name)
+
+    def stored_mtime(self, name: str) -> float | None:
+        """The source mtime a write stored with ``name``, where the listing
+        does not show it (``keeps_mtime`` is False); None when unknown."""
+        return None
+
+    def read_small(self, name: str) -> bytes:
+        """A small file whole, read by the coordinator (which forks workers
+        later: a backend keeps no threads running for it)."""
+        return b"".join(self.read(name))
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -24,6 +24,20 @@ Not atomic on S3, and what we do about it:
 * ``keep_old_as`` copies the old object to its retention name before the new
   one completes; if the upload then fails, the old object stays as it was and
   a spare copy remains under the retention name (nothing is lost).
+* Nothing is written over a name the caller did not mean to replace. A new
+  file's PUT (and CompleteMultipartUpload) and every copy to a retention
+  name carry ``If-None-Match: *``, which AWS and MinIO enforce; a retention
+  name is also looked up first, for servers that ignore the header
+  (``rclone serve s3`` does). On such a server a name another writer creates
+  between our listing (or look-up) and our write is the race that remains.
+* The source's mtime travels as ``x-amz-meta-mtime`` (rclone's name for it).
+  AWS lists the upload time; ``stored_mtime`` reads the source's back, so a
+  file dated in the future is not copied again at every run. ``rclone serve
+  s3`` lists the stored time itself.
+* ``write``'s ``check`` (--verify-get-after-put) can only read an object once
+  it is visible under its name: a rejected object is deleted, and the
+  worker keeps a journal of what it has written but not yet read back (see
+  ``workers/journal.py``).
 * The BLAKE3 of a multipart upload is only known after its last part, but S3
   takes metadata when the upload starts. After completing the upload we
   rewrite the object's metadata in place with one server-side CopyObject
@@ -36,13 +50,14 @@ Not atomic on S3, and what we do about it:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
 import os
 import re
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -51,6 +66,7 @@ import blake3
 
 from synctool.backends import s3_native
 from synctool.backends.base import (
+    AlreadyExists,
     Backend,
     BackendError,
     BackendSpec,
@@ -154,6 +170,8 @@ class S3Backend(Backend):
     # An instance sets its own from s3-concurrency (see __init__).
     concurrency = 8
     mtime_precision = 1.0
+    keeps_mtime = False
+    verifies_before_commit = False
     #: Largest object one CopyObject may copy; above it, a multipart copy.
     copy_limit = 5 * GiB
 
@@ -521,11 +539,32 @@ class S3Backend(Backend):
         size: int,
         mtime: float | None = None,
         keep_old_as: str | None = None,
+        *,
+        overwrite: bool = True,
+        check: Callable[[Iterator[bytes]], None] | None = None,
     ) -> None:
-        # mtime is not stored: S3 reports the upload time as LastModified,
-        # which is newer than the source's, so the next plan sees it as current.
         key = self._key(name)
-        old_key = self._key(keep_old_as) if keep_old_as is not None else None
+        put = _Put(
+            key,
+            name,
+            old_key=self._key(keep_old_as) if keep_old_as is not None else None,
+            old_name=keep_old_as,
+            metadata={"mtime": f"{mtime:.9f}"} if mtime is not None else {},
+            conditions={"IfNoneMatch": "*"} if not overwrite else {},
+        )
+        self._store(put, chunks, size)
+        if check is None:
+            return
+        try:
+            check(self.read_sized(name, size))
+        except BaseException:
+            # Nothing that failed its read-back stays under the name: the old
+            # version, if it was to be kept, is already under keep_old_as.
+            with contextlib.suppress(Exception):
+                self._client.delete_object(Bucket=self.bucket, Key=key)
+            raise
+
+    def _store(self, put: "_Put", chunks: Iterable[bytes], size: int) -> None:
         part_size = self._part_size_for(size)
         hasher = blake3.blake3(max_threads=1)
         blocks = _blocks(chunks, part_size, hasher)
@@ -538,14 +577,14 @@ class S3Backend(Backend):
         if len(first) < part_size:
             # A short first block is also the last: the whole content is here.
             try:
-                self._put_whole(key, first, hasher.hexdigest(), old_key, name)
+                self._put_whole(put, first, hasher.hexdigest())
             finally:
                 self._budget.give(held)
         else:
             # Handed over in a list that the part upload empties: a local name
             # here would keep the block alive until the whole file is sent.
             handed, first = [first], None
-            self._put_multipart(key, (handed, held), blocks, hasher, old_key, name)
+            self._put_multipart(put, (handed, held), blocks, hasher)
 
     def abort_unfinished_writes(self, names: Sequence[str]) -> None:
         """Abort the open multipart uploads of ``names``: a worker killed mid-upload
@@ -567,13 +606,35 @@ class S3Backend(Backend):
     def rename(self, old: str, new: str) -> None:
         old_key, new_key = self._key(old), self._key(new)
         try:
-            if not self._copy(old_key, new_key):
+            if not self._copy_to_new(old_key, new_key, new):
                 raise NotFound(f"{old}: no such object")
             self._client.delete_object(Bucket=self.bucket, Key=old_key)
         except BackendError:
             raise
         except Exception as exc:
             raise self._error(exc, old) from exc
+
+    def stored_mtime(self, name: str) -> float | None:
+        try:
+            head = self._client.head_object(Bucket=self.bucket, Key=self._key(name))
+        except Exception as exc:
+            err = self._error(exc, name)
+            if isinstance(err, NotFound):
+                return None
+            raise err from exc
+        # Header names are case-blind, and servers spell the key as they like.
+        stored = {k.lower(): v for k, v in head.get("Metadata", {}).items()}.get("mtime", "")
+        try:
+            return float(stored)
+        except ValueError:
+            return None  # written by another tool, or by an older synctool
+
+    def read_small(self, name: str) -> bytes:
+        # boto3, not the native client: the coordinator forks workers later.
+        try:
+            return self._client.get_object(Bucket=self.bucket, Key=self._key(name))["Body"].read()
+        except Exception as exc:
+            raise self._error(exc, name) from exc
 
     def delete(self, names: Sequence[str]) -> None:
         failures: dict[str, str] = {}
@@ -598,51 +659,90 @@ class S3Backend(Backend):
     def _object_args(self) -> dict:
         return {"StorageClass": self.storage_class} if self.storage_class else {}
 
-    def _put_whole(self, key: str, data: bytearray, digest: str, old_key: str | None, name: str) -> None:
+    def _keep_old(self, put: "_Put") -> None:
+        if put.old_key is not None:
+            self._copy_to_new(put.key, put.old_key, put.old_name)
+
+    def _copy_to_new(self, src: str, dst: str, dst_name: str | None) -> bool:
+        """Copy ``src`` to ``dst``, which must not exist (:class:`AlreadyExists`);
+        False when ``src`` does not exist."""
+        if self._exists(dst):
+            raise AlreadyExists(f"{dst_name} exists already: not replaced", dst_name or dst)
         try:
-            if old_key is not None:
-                self._copy(key, old_key)
+            return self._copy(src, dst, {"IfNoneMatch": "*"})
+        except Exception as exc:
+            if _precondition_failed(exc):
+                raise AlreadyExists(f"{dst_name} exists already: not replaced", dst_name or dst) from exc
+            raise
+
+    def _exists(self, key: str) -> bool:
+        import botocore.exceptions
+
+        try:
+            self._client.head_object(Bucket=self.bucket, Key=key)
+        except botocore.exceptions.ClientError as exc:
+            if _status(exc) == 404:
+                return False
+            raise
+        return True
+
+    def _refused(self, exc: BaseException, put: "_Put") -> BackendError:
+        """The BackendError for a failed PUT or completion of ``put``."""
+        if put.conditions and _precondition_failed(exc):
+            return AlreadyExists(
+                f"{put.name} appeared at the destination during the run: not replaced", put.name
+            )
+        return self._error(exc, put.name)
+
+    def _put_whole(self, put: "_Put", data: bytearray, digest: str) -> None:
+        try:
+            self._keep_old(put)
             native = self._native
             if native is not None:
-                headers = {"x-amz-meta-blake3": digest}
+                headers = {f"x-amz-meta-{k}": v for k, v in {"blake3": digest, **put.metadata}.items()}
                 if self.storage_class:
                     headers["x-amz-storage-class"] = self.storage_class
-                native.put(key, data, headers)
+                if put.conditions:
+                    headers["If-None-Match"] = "*"
+                native.put(put.key, data, headers)
                 return
             self._client.put_object(
                 Bucket=self.bucket,
-                Key=key,
+                Key=put.key,
                 Body=s3_native.BlockReader(data),
-                Metadata={"blake3": digest},
+                Metadata={"blake3": digest, **put.metadata},
+                **put.conditions,
                 **self._object_args(),
             )
         except BackendError:
             raise
         except Exception as exc:
-            raise self._error(exc, name) from exc
+            raise self._refused(exc, put) from exc
 
-    def _put_multipart(self, key, first: tuple[list[bytes], int], blocks, hasher, old_key, name) -> None:
+    def _put_multipart(self, put: "_Put", first: tuple[list[bytes], int], blocks, hasher) -> None:
         """``first``: the first block (in a list, see write) and the budget it holds, handed over to its part."""
+        key = put.key
         try:
-            created = self._client.create_multipart_upload(Bucket=self.bucket, Key=key, **self._object_args())
+            created = self._client.create_multipart_upload(
+                Bucket=self.bucket, Key=key, Metadata=put.metadata, **self._object_args()
+            )
         except Exception as exc:
             self._budget.give(first[1])
-            raise self._error(exc, name) from exc
+            raise self._error(exc, put.name) from exc
         upload_id = created["UploadId"]
         try:
             parts, size = self._upload_parts(key, upload_id, first, blocks)
-            if old_key is not None:
-                self._copy(key, old_key)
+            self._keep_old(put)
             self._client.complete_multipart_upload(
-                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, **put.conditions
             )
         except BaseException as exc:
             # Interrupted, the source failed, or a part failed: leave no parts behind.
             self._abort(key, upload_id)
             if isinstance(exc, Exception) and _is_s3_error(exc):
-                raise self._error(exc, name) from exc
+                raise self._refused(exc, put) from exc
             raise  # the caller's own exception (it aborted us): hand it back unchanged
-        self._add_blake3(key, hasher.hexdigest(), size)
+        self._add_blake3(key, hasher.hexdigest(), size, put.metadata)
 
     def _upload_parts(
         self, key, upload_id, first: tuple[list[bytes], int], blocks: Iterator[bytes]
@@ -716,7 +816,7 @@ class S3Backend(Backend):
         except Exception as exc:  # the original error matters more
             log.warning("could not abort the multipart upload of %s: %s", key, _describe(exc))
 
-    def _add_blake3(self, key: str, digest: str, size: int) -> None:
+    def _add_blake3(self, key: str, digest: str, size: int, metadata: dict[str, str]) -> None:
         """Rewrite a multipart object's metadata in place; see the module notes."""
         if not self.multipart_blake3 or size > self.copy_limit:
             return
@@ -728,15 +828,19 @@ class S3Backend(Backend):
                 Key=key,
                 CopySource={"Bucket": self.bucket, "Key": key},
                 MetadataDirective="REPLACE",
-                Metadata={"blake3": digest},
+                Metadata={"blake3": digest, **metadata},
                 **self._object_args(),
             )
         except Exception as exc:  # the content is complete and correct without it
             log.warning("could not add the blake3 metadata to %s: %s", key, _describe(exc))
 
     # -- server-side copy and delete ---------------------------------------
-    def _copy(self, src: str, dst: str) -> bool:
-        """Copy ``src`` to ``dst`` on the server; False when ``src`` does not exist."""
+    def _copy(self, src: str, dst: str, conditions: dict[str, str]) -> bool:
+        """Copy ``src`` to ``dst`` on the server; False when ``src`` does not exist.
+
+        ``conditions`` (If-None-Match) go with a single CopyObject; a larger
+        object's multipart copy is checked only by the caller's look-up.
+        """
         import botocore.exceptions
 
         try:
@@ -749,7 +853,7 @@ class S3Backend(Backend):
         extra = {"StorageClass": storage} if storage else {}
         if head["ContentLength"] <= self.copy_limit:
             self._client.copy_object(
-                Bucket=self.bucket, Key=dst, CopySource={"Bucket": self.bucket, "Key": src}, **extra
+                Bucket=self.bucket, Key=dst, CopySource={"Bucket": self.bucket, "Key": src}, **conditions, **extra
             )
         else:
             self._multipart_copy(src, dst, head, extra)
@@ -847,6 +951,26 @@ class S3Backend(Backend):
 
 
 # -- helpers -----------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class _Put:
+    """One object being written, and what goes with it."""
+
+    key: str
+    name: str
+    old_key: str | None  # keep the object now under ``key`` here first
+    old_name: str | None
+    metadata: dict[str, str]  # x-amz-meta-* besides blake3
+    conditions: dict[str, str]  # {"IfNoneMatch": "*"}: never over an existing object
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    """A conditional request refused (412): the name exists."""
+    if isinstance(exc, s3_native.NativeError):
+        return exc.status == 412
+    response = getattr(exc, "response", None)
+    return bool(response) and (_status(exc) == 412 or _code(exc) == "PreconditionFailed")
+
+
 def without_expect_continue(client):
     """Send PutObject without ``Expect: 100-continue``; returns ``client``.
 

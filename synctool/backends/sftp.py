@@ -24,12 +24,11 @@ import math
 import os
 import posixpath
 import re
-import secrets
 import socket
 import stat
 import sys
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from urllib.parse import unquote
 
@@ -47,7 +46,10 @@ finally:
     if _HIDE_INVOKE:
         del sys.modules["invoke"]
 from paramiko.sftp import (
+    CMD_ATTRS,
     CMD_EXTENDED,
+    CMD_LSTAT,
+    CMD_RENAME,
     CMD_SETSTAT,
     SFTP_FLAG_CREATE,
     SFTP_FLAG_READ,
@@ -58,6 +60,7 @@ from paramiko.sftp import (
 from synctool import secrets as secret_store
 from synctool.backends import sftp_pipe
 from synctool.backends.base import (
+    AlreadyExists,
     Backend,
     BackendError,
     BackendSpec,
@@ -67,8 +70,9 @@ from synctool.backends.base import (
     NotFound,
     check_name,
     parse_bool,
+    temp_name,
 )
-from synctool.backends.local import TEMP_PREFIX, TEMP_SUFFIX, default_file_mode
+from synctool.backends.local import default_file_mode
 
 log = logging.getLogger("synctool.backends.sftp")
 
@@ -321,6 +325,10 @@ class Connection:
         self.transport = transport
         self.pid = os.getpid()
         self.posix_rename: bool | None = None  # unknown until first tried
+        # OpenSSH's plain SFTP rename refuses an existing target in one step
+        # (it links, then unlinks); other servers' may replace it, so there
+        # a look at the target comes first.
+        self.rename_refuses_existing = "OpenSSH" in (transport.remote_version or "")
         self.limits = sftp_pipe.Limits()  # what one request may carry; asked once connected
         self._idle: list[paramiko.SFTPClient] = []
         self._open_channels = 0
@@ -591,6 +599,7 @@ class SFTPBackend(Backend):
     secret_options = frozenset({"auth-password", "ssh-key"})
     concurrency = 4
     mtime_precision = 1.0  # SFTP v3 carries whole seconds
+    max_segment_bytes = 255  # NAME_MAX of the file systems behind common servers
 
     def __init__(self, spec: BackendSpec):
         super().__init__(spec)
@@ -707,7 +716,7 @@ class SFTPBackend(Backend):
             if mode is None and not create:
                 raise NotFound(f"folder {root} does not exist on {self.settings.address}")
             if mode is None:
-                _makedirs(lease.sftp, root)
+                _makedirs(lease.sftp, root, None)
 
     def list(self) -> Iterator[Entry]:
         self._connection()
@@ -739,7 +748,7 @@ class SFTPBackend(Backend):
         for item in items:
             name, mode = prefix + item.filename, item.st_mode or 0
             if stat.S_ISLNK(mode):
-                log.warning("skipping symbolic link %s (links are never followed)", name)
+                files.append(Entry(name, 0, float(item.st_mtime or 0), link=True))
             elif stat.S_ISDIR(mode):
                 if "/" in item.filename or "\x00" in item.filename:
                     log.warning("skipping folder with an unusable name %r", name)
@@ -754,9 +763,8 @@ class SFTPBackend(Backend):
     def read(self, name: str) -> Iterator[bytes]:
         self._connection()
         path = self._path(name)
-        with self._sftp(f"reading {name}") as lease, _piped(lease) as pipe:
-            handle = sftp_pipe.open_file(pipe, path, SFTP_FLAG_READ)
-            yield from sftp_pipe.read_file(pipe, handle, lease.limits)
+        with self._sftp(f"reading {name}") as lease:
+            yield from _read_path(lease, path)
 
     def write(
         self,
@@ -765,20 +773,40 @@ class SFTPBackend(Backend):
         size: int,
         mtime: float | None = None,
         keep_old_as: str | None = None,
+        *,
+        overwrite: bool = True,
+        check: Callable[[Iterator[bytes]], None] | None = None,
     ) -> None:
         self._connection()
         final = self._path(name)
         old = self._path(keep_old_as) if keep_old_as is not None else None
         try:
             with self._sftp(f"writing {name}") as lease:
-                self._write(lease, final, chunks, mtime, old)
+                self._write(lease, final, chunks, mtime, old, overwrite, check)
         except _SourceFailed as failed:
             raise failed.__cause__ from None
+        except _Taken as taken:
+            if taken.is_folder:
+                raise FatalBackendError(f"writing {name} failed: a folder of that name is in the way") from None
+            shown = keep_old_as if taken.path == old else name
+            raise AlreadyExists(
+                f"{shown} exists already: " + ("the old version was not moved there" if taken.path == old
+                                                else "it appeared at the destination during the run, and was not replaced"),
+                shown,
+            ) from None
 
-    def _write(self, lease: _Lease, final: str, chunks: Iterable[bytes], mtime: float | None, old: str | None):
+    def _write(
+        self,
+        lease: _Lease,
+        final: str,
+        chunks: Iterable[bytes],
+        mtime: float | None,
+        old: str | None,
+        overwrite: bool,
+        check: Callable[[Iterator[bytes]], None] | None,
+    ) -> None:
         sftp = lease.sftp
-        folder = posixpath.dirname(final)
-        temp = f"{folder}/{TEMP_PREFIX}{secrets.token_hex(6)}{TEMP_SUFFIX}"
+        temp = temp_name(posixpath.dirname(final))
         with _piped(lease) as pipe:
             try:
                 handle = self._create_temp(pipe, temp)
@@ -790,17 +818,65 @@ class SFTPBackend(Backend):
                     self._orphans.add(temp)
                 raise
         try:
+            if check is not None:
+                check(_read_path(lease, temp))
+            if not overwrite:
+                self._finish_new(lease, temp, final, mtime)
+                return
             if old is None and self._conn is not None and self._conn.posix_rename is not False:
                 self._finish_at_once(lease, temp, final, mtime)
                 return
             _set_final_attributes(sftp, temp, self.file_mode, mtime)
             if old is not None:
                 with contextlib.suppress(FileNotFoundError):
-                    self._move(sftp, final, old)
+                    self._rename_noreplace(lease, final, old)
             self._move(sftp, temp, final)
         except BaseException:
             self._remove_temp(sftp, temp)
             raise
+
+    def _finish_new(self, lease: _Lease, temp: str, final: str, mtime: float | None) -> None:
+        """Give the complete ``temp`` its attributes and its name ``final``,
+        which must not exist: in one round trip where the server's rename
+        refuses an existing target by itself."""
+        conn = self._conn
+        with _piped(lease) as pipe:
+            if conn is not None and conn.rename_refuses_existing:
+                attributes = pipe.send(CMD_SETSTAT, temp, _final_attributes(self.file_mode, mtime))
+                move = pipe.send(CMD_RENAME, temp, final)
+                refused_attributes, refused_move = pipe.settle([attributes]), pipe.settle([move])
+                if refused_move is not None:
+                    raise _taken(lease.sftp, final) or refused_move
+                if refused_attributes is not None:
+                    raise refused_attributes
+                return
+            look = pipe.send(CMD_LSTAT, final)
+            attributes = pipe.send(CMD_SETSTAT, temp, _final_attributes(self.file_mode, mtime))
+            kind, found = pipe.reply(look)
+            refused_attributes = pipe.settle([attributes])
+        if kind == CMD_ATTRS:
+            raise _Taken(final, paramiko.SFTPAttributes._from_msg(paramiko.Message(bytes(found))).st_mode or 0)
+        with contextlib.suppress(FileNotFoundError):
+            sftp_pipe.check_status(kind, found)
+            raise OSError(f"looking up {final}: the server answered without saying whether it exists")
+        if refused_attributes is not None:
+            raise refused_attributes
+        lease.sftp.rename(temp, final)
+
+    def _rename_noreplace(self, lease: _Lease, src: str, dst: str) -> None:
+        """Rename ``src`` to ``dst``, never over an existing ``dst`` (:class:`_Taken`)."""
+        sftp = lease.sftp
+        conn = self._conn
+        if not (conn is not None and conn.rename_refuses_existing):
+            taken = _taken(sftp, dst)
+            if taken is not None:
+                raise taken
+        try:
+            sftp.rename(src, dst)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise _taken(sftp, dst) or exc from None
 
     def _finish_at_once(self, lease: _Lease, temp: str, final: str, mtime: float | None) -> None:
         """Give the complete ``temp`` its attributes and move it to ``final`` in
@@ -825,7 +901,7 @@ class SFTPBackend(Backend):
         try:
             return _open_private(pipe, temp)
         except FileNotFoundError:
-            _makedirs(pipe.sftp, posixpath.dirname(temp))  # first file in a new folder
+            _makedirs(pipe.sftp, posixpath.dirname(temp), self._root)  # first file in a new folder
             return _open_private(pipe, temp)
 
     def _remove_temp(self, sftp: paramiko.SFTPClient, temp: str) -> None:
@@ -862,10 +938,13 @@ class SFTPBackend(Backend):
     def rename(self, old: str, new: str) -> None:
         self._connection()
         src, dst = self._path(old), self._path(new)
-        with self._sftp(f"renaming {old} to {new}") as lease:
-            if posixpath.dirname(src) != posixpath.dirname(dst):
-                _makedirs(lease.sftp, posixpath.dirname(dst))
-            self._move(lease.sftp, src, dst)
+        try:
+            with self._sftp(f"renaming {old} to {new}") as lease:
+                if posixpath.dirname(src) != posixpath.dirname(dst):
+                    _makedirs(lease.sftp, posixpath.dirname(dst), self._root)
+                self._rename_noreplace(lease, src, dst)
+        except _Taken:
+            raise AlreadyExists(f"{new} exists already: {old} was not renamed over it", new) from None
 
     def delete(self, names: Sequence[str]) -> None:
         self._connection()
@@ -915,6 +994,29 @@ class SFTPBackend(Backend):
             conn.close()
 
 
+class _Taken(Exception):
+    """A rename or a new file's name found its target taken."""
+
+    def __init__(self, path: str, mode: int = 0):
+        super().__init__(path)
+        self.path = path
+        self.is_folder = stat.S_ISDIR(mode)
+
+
+def _taken(sftp: paramiko.SFTPClient, path: str) -> _Taken | None:
+    """A :class:`_Taken` for ``path`` if something is there (never followed), else None."""
+    try:
+        return _Taken(path, sftp.lstat(path).st_mode or 0)
+    except FileNotFoundError:
+        return None
+
+
+def _read_path(lease: _Lease, path: str) -> Iterator[bytes]:
+    with _piped(lease) as pipe:
+        handle = sftp_pipe.open_file(pipe, path, SFTP_FLAG_READ)
+        yield from sftp_pipe.read_file(pipe, handle, lease.limits)
+
+
 def _status_error(exc: OSError | EOFError | paramiko.SSHException, what: str) -> BackendError:
     """A BackendError for an error status the server sent."""
     code = getattr(exc, "errno", None)
@@ -959,13 +1061,22 @@ def _unsupported(exc: OSError) -> bool:
     return exc.errno is None and "unsupported" in str(exc).lower()
 
 
-def _makedirs(sftp: paramiko.SFTPClient, folder: str) -> None:
-    """mkdir -p: create ``folder`` and any missing parents."""
+def _makedirs(sftp: paramiko.SFTPClient, folder: str, root: str | None) -> None:
+    """mkdir -p: create ``folder`` and any missing parents.
+
+    Below ``root`` a symbolic link where a folder should be is refused, never
+    followed; ``root`` itself and what lies above it are the user's own path.
+    """
     missing = []
+    inside = (root.rstrip("/") + "/") if root else None
     while folder not in ("", "/"):
         try:
-            if stat.S_ISDIR(sftp.stat(folder).st_mode):
+            below_root = inside is not None and folder.startswith(inside)
+            mode = (sftp.lstat(folder) if below_root else sftp.stat(folder)).st_mode
+            if stat.S_ISDIR(mode):
                 break
+            if stat.S_ISLNK(mode):
+                raise NotADirectoryError(errno.ENOTDIR, f"{folder} is a symbolic link (links are never followed)")
             raise NotADirectoryError(errno.ENOTDIR, f"{folder} is not a folder")
         except FileNotFoundError:
             missing.append(folder)
