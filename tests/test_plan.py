@@ -1,5 +1,7 @@
 """The plan: a merge of two sorted listings into copies, compares, renames and deletes."""
 
+import re
+
 import pytest
 
 from synctool.backends.base import Entry
@@ -108,3 +110,49 @@ def test_retention_name_helpers():
     assert retention_name("a/b/c.txt", STAMP) == f"a/b/{STAMP}.old.c.txt"
     assert retention_name("c", STAMP) == f"{STAMP}.old.c"
     assert is_retention_name(f"x/{STAMP}.old.y") and not is_retention_name("x/2026.old.y")
+
+
+def test_a_name_too_long_for_the_destination_is_refused_by_name():
+    from synctool.plan import DestinationTraits
+
+    long = "d/" + "n" * 256
+    p = plan([E(long), E("ok")], [E("extra")], target=DestinationTraits(max_segment_bytes=255))
+    assert [n for n, _ in p.refused] == [long]
+    assert "longer than the destination's 255 bytes" in p.refused[0][1]
+    assert copied(p) == {"ok": "missing"} and p.deletes == ["extra"]
+
+
+def test_newer_against_a_destination_listing_upload_times_asks_for_the_stored_time():
+    from synctool.plan import DestinationTraits
+
+    p = plan([E("f", mtime=2000)], [E("f", mtime=1000)], target=DestinationTraits(keeps_mtime=False))
+    assert [(c.reason, c.unless_stored_mtime) for c in p.copies] == [("newer", True)]
+    p = plan([E("f", mtime=2000)], [E("f", mtime=1000)])
+    assert [(c.reason, c.unless_stored_mtime) for c in p.copies] == [("newer", False)]
+
+
+def test_future_dated_source_files_are_named():
+    p = plan([E("f", mtime=10_000), E("g", mtime=100)], [], now=1000.0)
+    assert p.future == ["f"]
+
+
+def test_retention_names_skip_every_taken_stamp():
+    from synctool.plan import RetentionNames
+
+    names = RetentionNames(STAMP, taken=[f"d/{STAMP}.old.f", "d/20261128043101.old.f"])
+    assert names.name_for("d/f") == "d/20261128043102.old.f"
+    assert names.name_for("d/f") == "d/20261128043103.old.f"  # taken by the first call
+    names.mark_taken("d/20261128043100.old.g")
+    assert names.name_for("d/g") == "d/20261128043101.old.g"
+    # the next stamp after 59 seconds, 59 minutes, 23 hours and the year's last day
+    assert RetentionNames("20261231235959", taken=["20261231235959.old.x"]).name_for("x") == "20270101000000.old.x"
+
+
+def test_long_retention_names_are_shortened_recognisably():
+    base = "é" * 120  # 240 bytes
+    short = retention_name(f"f/{base}", STAMP, max_segment_bytes=255)
+    kept = short.rpartition("/")[2]
+    assert len(kept.encode()) <= 255 and is_retention_name(short)
+    assert kept.startswith(f"{STAMP}.old.éé") and re.search(r"~[0-9a-f]{16}$", kept)
+    assert retention_name(f"f/{base}x", STAMP, 255) != short  # a different name, a different hash
+    assert retention_name("f/short", STAMP, 255) == f"f/{STAMP}.old.short"

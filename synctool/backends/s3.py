@@ -172,6 +172,9 @@ class S3Backend(Backend):
     mtime_precision = 1.0
     keeps_mtime = False
     verifies_before_commit = False
+    # S3 itself takes 1,024-byte keys, but servers that keep objects as files
+    # (MinIO, rclone serve s3) fail a longer segment with a bare InternalError.
+    max_segment_bytes = 255
     #: Largest object one CopyObject may copy; above it, a multipart copy.
     copy_limit = 5 * GiB
 
