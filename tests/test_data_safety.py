@@ -238,6 +238,19 @@ def test_a_folder_in_the_way_is_reported_once_not_retried(tmp_path):
     assert read_tree(dst) == {"y/20200101000000.old.z": b"a kept version keeps the folder"}
 
 
+def test_a_full_sftp_server_is_reported_once_not_retried(sshd_server, small_fs, tmp_path, no_ssh_environment):
+    """OpenSSH answers a full disk with a bare "Failure"; its free space tells."""
+    src = tmp_path / "src"
+    make_tree(src, {"big": os.urandom(3 << 20), "small": b"s"}, mtime=OLD)
+    make_tree(small_fs, {"extra": b"would be deleted"})
+    url = sshd_server.url(str(small_fs).lstrip("/"), served_as="")
+    report = synctool.sync(str(src), url, dst_options=sshd_server.key_options(), **{**FAST, "retry": 3})
+    assert report.exit_code == ExitCode.PARTIAL
+    assert report.failed == [("big", "writing big failed: no space left on the server")]
+    assert report.retries == 0
+    assert read_tree(small_fs) == {"extra": b"would be deleted", "small": b"s"}
+
+
 # -- 11. an interrupted --verify-get-after-put --------------------------------------
 def test_a_journal_left_by_an_interrupted_verify_run_makes_the_next_run_compare(s3_server, s3_bucket, tmp_path):
     from workers.journal import encode
@@ -292,11 +305,17 @@ def test_verify_run_stopped_midway_leaves_nothing_taken_as_good(s3_server, s3_bu
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == ExitCode.INTERRUPTED
-    journals = [k for k in s3_server.keys_under(s3_bucket, "p/") if "unverified" in k]
+    from workers.journal import decode
+
+    keys = s3_server.keys_under(s3_bucket, "p/")
+    journals = [k for k in keys if "unverified" in k]
     assert journals, "a stopped verifying run leaves the journal of its unfinished shards"
+    client = s3_server.client()
+    named = {n for k in journals for n in decode(client.get_object(Bucket=s3_bucket, Key=k)["Body"].read())}
+    landed = named & {k[len("p/") :] for k in keys}  # written, maybe never read back
     report = synctool.sync(str(src), url, dst_options=s3_server.options(), **FAST)
     ok(report)
-    assert report.verified > 0  # what the journals named was compared
+    assert report.verified == len(landed)  # each compared before it is trusted
     keys = s3_server.keys_under(s3_bucket, "p/")
     assert not [k for k in keys if ".synctool-" in k]
     assert len(keys) == len(files)

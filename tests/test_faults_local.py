@@ -15,21 +15,6 @@ from synctool.errors import ExitCode
 from tests.helpers import FAST, make_tree, read_tree, start_synctool
 
 
-
-@pytest.fixture
-def small_fs(tmp_path):
-    """A 2 MiB tmpfs: a destination that runs out of space (mounting needs root, as in CI)."""
-    if os.geteuid() != 0:
-        pytest.fail("this test mounts a tmpfs and needs root (CI runs as root)")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0755", "tmpfs", str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 def test_destination_out_of_space(tmp_path, small_fs):
     src = tmp_path / "src"
     make_tree(src, {"big": os.urandom(3 << 20), "small": b"s" * 100})
@@ -63,6 +48,7 @@ def test_unreadable_source_file_fails_alone(tmp_path):
     report = json.loads(report_file.read_text())
     assert [f["name"] for f in report["failed"]] == ["secret"]
     assert report["failed"][0]["error"] == "reading secret failed: permission denied"
+    assert report["retries"] == 0  # permission denied is final
     assert "reading secret failed: permission denied" in done.stderr
     assert read_tree(dst) == {"ok/a": b"a", "ok/b": b"b"}
 

@@ -308,6 +308,10 @@ class Backend(abc.ABC):
         does not show it (``keeps_mtime`` is False); None when unknown."""
         return None
 
+    def free_bytes(self) -> int | None:
+        """Bytes free for new files below the root; None when the backend cannot tell."""
+        return None
+
     def read_small(self, name: str) -> bytes:
         """A small file whole, read by the coordinator (which forks workers
         later: a backend keeps no threads running for it)."""

@@ -154,6 +154,13 @@ class LocalBackend(Backend):
             os.close(fd)
 
     # -- Backend ---------------------------------------------------------
+    def free_bytes(self) -> int | None:
+        try:
+            st = os.statvfs(self.root)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
+
     def prepare(self, create: bool) -> None:
         if os.path.isdir(self.root):
             return

@@ -785,6 +785,13 @@ class SFTPBackend(Backend):
                 self._write(lease, final, chunks, mtime, old, overwrite, check)
         except _SourceFailed as failed:
             raise failed.__cause__ from None
+        except BackendError as exc:
+            free = self.free_bytes() if exc.retryable else None
+            if free is not None and free < max(size, 1):
+                # SFTP v3 reports a full disk as a bare "Failure"; the free
+                # space, once the temporary file is gone, tells.
+                raise FatalBackendError(f"writing {name} failed: no space left on the server") from exc
+            raise
         except _Taken as taken:
             if taken.is_folder:
                 raise FatalBackendError(f"writing {name} failed: a folder of that name is in the way") from None
@@ -794,6 +801,14 @@ class SFTPBackend(Backend):
                                                 else "it appeared at the destination during the run, and was not replaced"),
                 shown,
             ) from None
+
+    def free_bytes(self) -> int | None:
+        try:
+            with self._sftp("asking for free space") as lease, _piped(lease) as pipe:
+                answer = sftp_pipe.statvfs(pipe, self._root)
+        except BackendError:
+            return None
+        return answer[0] if answer else None
 
     def _write(
         self,

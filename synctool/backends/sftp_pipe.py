@@ -347,6 +347,19 @@ def server_limits(pipe: Pipe) -> Limits:
     )
 
 
+def statvfs(pipe: Pipe, path: str) -> tuple[int, int] | None:
+    """(free bytes for an unprivileged user, longest name) of the file system
+    holding ``path``, through OpenSSH's statvfs@openssh.com; None where the
+    server does not know the extension."""
+    kind, payload = pipe.call(CMD_EXTENDED, "statvfs@openssh.com", path)
+    if kind != CMD_EXTENDED_REPLY:
+        return None
+    msg = paramiko.Message(bytes(payload))
+    _bsize, frsize, _blocks, _bfree, bavail = (msg.get_int64() for _ in range(5))
+    _files, _ffree, _favail, _fsid, _flag, namemax = (msg.get_int64() for _ in range(6))
+    return bavail * frsize, namemax
+
+
 def open_file(pipe: Pipe, path: str, flags: int, attributes: paramiko.SFTPAttributes | None = None) -> bytes:
     """OPEN ``path``; return its handle."""
     kind, payload = pipe.call(CMD_OPEN, path, flags, attributes or paramiko.SFTPAttributes())
