@@ -220,6 +220,9 @@ ROWS: dict[str, Row] = {
                                      r"destination: a percent-encoded part of the backend URL is not UTF-8"),
     "s3-bucket-with-encoded-slash": Row(lambda w: [w.src, f"s3://{w.bucket}%2Fp", "--dst-options", *w.s3_options()], USAGE,
                                         r"destination: 't-\w+/p' is not a bucket name"),
+    "s3-prefix-with-dotdot": Row(lambda w: [w.src, f"s3://{w.bucket}/x/../p", "--dst-options", *w.s3_options()], USAGE,
+                                 r"destination: the prefix 'x/\.\./p' has an empty, '\.' or '\.\.' segment"),
+    "nul-in-file-url": Row(lambda w: [w.src, f"file://{w.dst}%00x"], USAGE, r"destination: .* NUL character \(%00\)"),
     # -- a source and destination that overlap -------------------------------------------------------
     "same-folder": Row(lambda w: [w.src, w.src], USAGE, r"the source and the destination are the same folder, .*/src:"),
     "same-folder-force-retention": Row(lambda w: [w.src, w.src, "--force", "--retention"], USAGE,

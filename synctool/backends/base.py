@@ -123,13 +123,17 @@ def _parse_query(text: str) -> dict[str, str]:
 
 
 def _decode(text: str) -> str:
-    """Percent-decode ``text``; bytes that are not UTF-8 are refused rather than replaced."""
+    """Percent-decode ``text``; bytes that are not UTF-8, and NUL, are refused rather than passed on."""
     try:
-        return unquote(text, errors="strict")
+        decoded = unquote(text, errors="strict")
     except UnicodeDecodeError:
         raise BackendError(
             "a percent-encoded part of the backend URL is not UTF-8 text: encode names as UTF-8"
         ) from None
+    if "\x00" in decoded:
+        # No file system or server takes it; some would cut the name there.
+        raise BackendError("the backend URL has a NUL character (%00), which no name may hold")
+    return decoded
 
 
 @dataclasses.dataclass(frozen=True)

@@ -367,9 +367,7 @@ class S3Backend(Backend):
         return f"{self.location.scheme}://{self.bucket}/{self.prefix}"
 
     def root_place(self) -> Place:
-        # Keys are compared as they are: S3 has no folders to resolve, so
-        # "a//b" is below "a/", and "a/../b" is not "b". Every AWS endpoint
-        # is one storage: bucket names are global there.
+        # Every AWS endpoint is one storage: bucket names are global there.
         path = self.prefix[:-1]  # without the '/' that _prefix adds
         return Place(("s3", self.storage_name, self.bucket), path, f"{self.display_url()} at {self._where()}")
 
@@ -961,6 +959,12 @@ def _bucket_name(url: str) -> str:
 def _prefix(path: str) -> str:
     """``/backup/`` -> ``backup/``: a trailing slash so ``backup`` never matches ``backup2``."""
     path = path.strip("/")
+    if path and any(part in ("", ".", "..") for part in path.split("/")):
+        # S3 keeps "a/../b" and "a//b" as they are, but a server over a file
+        # system (or an HTTP client) may resolve them into another prefix:
+        # where the run writes would not be what the URL (and the check
+        # against an overlapping source) says.
+        raise FatalBackendError(f"the prefix {path!r} has an empty, '.' or '..' segment: write it without them")
     return path + "/" if path else ""
 
 
