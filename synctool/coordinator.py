@@ -29,7 +29,6 @@ from synctool.backends import (
     Entry,
     NotFound,
     backend_class,
-    open_backend,
 )
 from synctool.errors import Declined, ExitCode, Interrupted, SyncError, UsageError
 from synctool.interrupts import deferred_interrupts
@@ -82,6 +81,45 @@ def register_secrets(spec: BackendSpec, cls: type[Backend]) -> None:
     secrets.register_options(spec.options, cls.secret_options)
 
 
+def open_side(spec: BackendSpec, side: str) -> Backend:
+    """The backend of ``side``, not yet connected."""
+    try:
+        cls = backend_class(spec.location.scheme)
+    except BackendError as exc:
+        raise UsageError(f"{side}: {exc}") from None
+    register_secrets(spec, cls)
+    try:
+        return cls(spec)
+    except BackendError as exc:
+        # A backend's constructor only reads the URL and the options (it
+        # connects in prepare): what it refuses is a bad argument.
+        raise UsageError(f"{side}: {exc}") from None
+
+
+def refuse_overlap(src: Backend, dst: Backend) -> None:
+    """Refuse a source and a destination of which one holds the other.
+
+    A destination inside the source would be copied into itself, one level
+    deeper at every run; a source inside the destination would have
+    everything around it deleted (or renamed, with --retention).
+    """
+    a, b = src.root_place(), dst.root_place()
+    if a is None or b is None:
+        return
+    if a == b:
+        raise UsageError(f"the source and the destination are the same folder, {a.shown}: nothing to mirror")
+    if a.contains(b):
+        raise UsageError(
+            f"the destination {b.shown} is inside the source {a.shown}: every run would copy it into "
+            "itself; choose a destination outside the source"
+        )
+    if b.contains(a):
+        raise UsageError(
+            f"the source {a.shown} is inside the destination {b.shown}: the mirror would delete everything "
+            "around it; choose a destination that does not hold the source"
+        )
+
+
 class Coordinator:
     def __init__(self, opts: SyncOptions, env: Env | None = None):
         self.opts = opts
@@ -126,6 +164,7 @@ class Coordinator:
         self.src = self._open(src_spec, "source")
         self.dst = self._open(dst_spec, "destination")
         self._on_both_sides(self._prepare)
+        refuse_overlap(self.src, self.dst)  # after prepare: an SFTP root may be known only then
         self.report.source, self.report.destination = self.src.display_url(), self.dst.display_url()
         if not opts.dry_run and self.create_destination:
             # Everything will be copied: let the workers' start-up and logins
@@ -156,22 +195,12 @@ class Coordinator:
         self._set_exit_code()
 
     def _open(self, spec: BackendSpec, side: str) -> Backend:
-        try:
-            cls = backend_class(spec.location.scheme)
-        except BackendError as exc:
-            raise UsageError(f"{side}: {exc}") from None
-        register_secrets(spec, cls)
+        backend = open_side(spec, side)
         for key in sorted(spec.options):
-            if key not in cls.options:
+            if key not in backend.options:
                 msg = f"option {key!r} is not known to the {spec.location.scheme}:// backend ({side}); ignored"
                 log.warning("%s", msg)
                 self.report.warnings.append(msg)
-        try:
-            backend = open_backend(spec)
-        except BackendError as exc:
-            # A backend's constructor only reads the URL and the options (it
-            # connects in prepare): what it refuses is a bad argument.
-            raise UsageError(f"{side}: {exc}") from None
         return backend
 
     def _prepare(self, backend: Backend, side: str, _tick: Callable[[], None] | None = None) -> None:

@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 
-from synctool.backends.base import BackendSpec, Location, parse_bool
+from synctool.backends.base import BackendError, BackendSpec, Location, parse_bool
 from synctool.errors import UsageError
 from synctool.secrets import SECRET_KEYS
 
@@ -180,7 +180,7 @@ class SyncOptions:
         own = self.src_options if side == "source" else self.dst_options
         try:
             query = Location.parse(url).query
-        except ValueError as exc:
+        except (ValueError, BackendError) as exc:
             raise UsageError(f"{side}: {exc}") from None
         merged = merge_options(self.global_options, own, query)
         return BackendSpec(url, {k: v for k, v in merged.items() if k not in TOOL_KEYS})

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import os
 import pathlib
+import pwd
 import re
 import subprocess
 import sys
@@ -73,6 +74,23 @@ class World:
 
     def sftp_options(self, **extra: str) -> list[str]:
         return [f"{k}={v}" for k, v in {**self.sshd.key_options(), **extra}.items()]
+
+    @functools.cached_property
+    def sftp_sub(self) -> str:
+        """A folder inside ``sftp_folder`` that holds a file."""
+        self.sshd.put(self.sftp_folder, {"sub/x.txt": b"x"})
+        return f"{self.sftp_folder}/sub"
+
+    def sftp_relative(self, folder: str) -> str:
+        """``folder`` (below the server's files) as a path relative to the login folder."""
+        home = pwd.getpwnam(self.sshd.user).pw_dir
+        return os.path.relpath(self.sshd.local(folder), home)
+
+    @functools.cached_property
+    def link(self) -> str:
+        """A symbolic link to the source folder."""
+        os.symlink(self.src, self.tmp / "link")
+        return str(self.tmp / "link")
 
     def state(self) -> dict[str, object]:
         """Everything a run could have changed: the test's folders, the bucket, the SFTP files."""
@@ -174,6 +192,75 @@ ROWS: dict[str, Row] = {
     "ssh-accept-any-perhaps": Row(lambda w: [w.sshd.url(w.sftp_folder), w.dst, "--src-options",
                                              *w.sftp_options(**{"ssh-accept-any-fingerprints": "perhaps"})],
                                   USAGE, r"option ssh-accept-any-fingerprints: expected true or false, got 'perhaps'"),
+    # -- URL syntax that would change the target --------------------------------------------------
+    # A '#' cut the URL short: s3://b/p#2 mirrored into p/ and deleted what was there.
+    "hash-in-s3-url": Row(lambda w: [w.src, f"s3://{w.bucket}/p#2", "--dst-options", *w.s3_options()], USAGE,
+                          r"destination: a '#' in a backend URL .* as %23"),
+    "hash-in-sftp-url": Row(lambda w: [w.src, w.sshd.url(w.sftp_folder) + "#2", "--dst-options", *w.sftp_options()],
+                            USAGE, r"destination: a '#' in a backend URL .* as %23"),
+    "hash-in-file-url": Row(lambda w: [w.src, f"file://{w.dst}#2"], USAGE, r"destination: a '#' in a backend URL .* as %23"),
+    "hash-in-password": Row(lambda w: ["ssh://me:Zq9#Kx7@127.0.0.1/x", w.dst], USAGE, r"^(?!.*Kx7).*as %23"),
+    "question-mark-in-s3-url": Row(lambda w: [w.src, f"s3://{w.bucket}/p?2", "--dst-options", *w.s3_options()], USAGE,
+                                   r"'2' in the backend URL's query is not key=value: write a '\?' .* as %3F"),
+    "question-mark-in-sftp-url": Row(lambda w: [w.src, w.sshd.url(w.sftp_folder) + "?v2", "--dst-options", *w.sftp_options()],
+                                     USAGE, r"'v2' in the backend URL's query is not key=value: .* %3F"),
+    "question-mark-in-file-url": Row(lambda w: [w.src, f"file://{w.dst}?v=2"], USAGE,
+                                     r"the file:// backend knows no option 'v', named in the URL's query: .* %3F"),
+    "unknown-key-in-s3-url": Row(lambda w: [w.src, f"s3://{w.bucket}/p?take=2", "--dst-options", *w.s3_options()], USAGE,
+                                 r"destination: the s3:// backend knows no option 'take', named in the URL's query: .* %3F"),
+    "question-mark-alone": Row(lambda w: [w.src, f"s3://{w.bucket}/p?", "--dst-options", *w.s3_options()], USAGE,
+                               r"a '\?' with nothing after it: .* %3F"),
+    "query-with-empty-part": Row(lambda w: [w.src, f"s3://{w.bucket}/p?s3-storage-class=STANDARD&&", "--dst-options",
+                                            *w.s3_options()], USAGE, r"query has an empty part .* %3F"),
+    "query-with-empty-key": Row(lambda w: [w.src, f"s3://{w.bucket}/p?=2", "--dst-options", *w.s3_options()], USAGE,
+                                r"'=2' in the backend URL's query is not key=value"),
+    "query-key-twice": Row(lambda w: [w.src, f"s3://{w.bucket}/p?s3-storage-class=A&s3-storage-class=B", "--dst-options",
+                                      *w.s3_options()], USAGE, r"the key 's3-storage-class' is given twice in the backend URL's query"),
+    "percent-encoding-not-utf8": Row(lambda w: [w.src, f"s3://{w.bucket}/p%FF", "--dst-options", *w.s3_options()], USAGE,
+                                     r"destination: a percent-encoded part of the backend URL is not UTF-8"),
+    "s3-bucket-with-encoded-slash": Row(lambda w: [w.src, f"s3://{w.bucket}%2Fp", "--dst-options", *w.s3_options()], USAGE,
+                                        r"destination: 't-\w+/p' is not a bucket name"),
+    "s3-prefix-with-dotdot": Row(lambda w: [w.src, f"s3://{w.bucket}/x/../p", "--dst-options", *w.s3_options()], USAGE,
+                                 r"destination: the prefix 'x/\.\./p' has an empty, '\.' or '\.\.' segment"),
+    "nul-in-file-url": Row(lambda w: [w.src, f"file://{w.dst}%00x"], USAGE, r"destination: .* NUL character \(%00\)"),
+    # -- a source and destination that overlap -------------------------------------------------------
+    "same-folder": Row(lambda w: [w.src, w.src], USAGE, r"the source and the destination are the same folder, .*/src:"),
+    "same-folder-force-retention": Row(lambda w: [w.src, w.src, "--force", "--retention"], USAGE,
+                                       r"the source and the destination are the same folder"),
+    "same-folder-through-dotdot": Row(lambda w: [w.src, f"{w.src}/sub/.."], USAGE, r"are the same folder"),
+    "same-folder-as-file-url": Row(lambda w: [f"file://{w.src}/", w.src], USAGE, r"are the same folder"),
+    "destination-inside-source": Row(lambda w: [w.src, f"{w.src}/sub"], USAGE,
+                                     r"the destination .*/src/sub is inside the source .*/src: .*choose a destination outside"),
+    "destination-inside-source-not-yet-there": Row(lambda w: [w.src, f"{w.src}/new/deeper"], USAGE,
+                                                   r"the destination .*/src/new/deeper is inside the source"),
+    "destination-inside-source-through-a-link": Row(lambda w: [w.src, f"{w.link}/new"], USAGE,
+                                                    r"the destination .*/src/new is inside the source .*/src:"),
+    "source-inside-destination": Row(lambda w: [f"{w.src}/sub", w.src], USAGE,
+                                     r"the source .*/src/sub is inside the destination .*/src: the mirror would delete"),
+    "destination-inside-source-dry-run": Row(lambda w: [w.src, f"{w.src}/sub", "--dry-run"], USAGE, r"is inside the source"),
+    "same-folder-parse-arguments-only": Row(lambda w: [w.src, w.link, "--parse-arguments-only"], USAGE, r"are the same folder"),
+    "s3-same-prefix": Row(lambda w: [f"s3://{w.bucket}/p", f"s3://{w.bucket}/p/", "--global-options", *w.s3_options()],
+                          USAGE, r"the source and the destination are the same folder, s3://t-\w+/p/ at http://"),
+    "s3-destination-inside-source": Row(lambda w: [f"s3://{w.bucket}/p", f"s3://{w.bucket}/p/sub/new", "--global-options",
+                                                   *w.s3_options()], USAGE, r"the destination s3://t-\w+/p/sub/new/ .* inside the source"),
+    "s3-source-inside-the-whole-bucket": Row(lambda w: [f"s3://{w.bucket}/p/sub", f"s3://{w.bucket}", "--global-options",
+                                                        *w.s3_options()], USAGE, r"the source s3://t-\w+/p/sub/ .* inside the destination"),
+    # One server, its endpoint spelled two ways.
+    "s3-same-prefix-endpoint-spelled-twice": Row(
+        lambda w: [f"s3://{w.bucket}/p", f"s3://{w.bucket}/p", "--global-options", *w.s3_options(), "--dst-options",
+                   f"s3-server-name={w.s3.endpoint.split('://')[1].upper()}/", "use-ssl=false"],
+        USAGE, r"are the same folder"),
+    "sftp-same-folder": Row(lambda w: [w.sshd.url(w.sftp_folder), w.sshd.url(w.sftp_folder + "/"), "--global-options",
+                                       *w.sftp_options()], USAGE, r"are the same folder, ssh://127\.0\.0\.1:\d+/"),
+    "sftp-destination-inside-source": Row(lambda w: [w.sshd.url(w.sftp_folder), w.sshd.url(w.sftp_folder + "/new"),
+                                                     "--global-options", *w.sftp_options()], USAGE, r"/new is inside the source"),
+    "sftp-source-inside-destination": Row(lambda w: [w.sshd.url(w.sftp_sub), w.sshd.url(w.sftp_folder), "--global-options",
+                                                     *w.sftp_options()], USAGE, r"/sub is inside the destination"),
+    # Known only once connected: the login folder decides where a relative path is.
+    "sftp-relative-path-into-source": Row(
+        lambda w: [w.sshd.url(w.sftp_folder), w.sshd.url(w.sftp_relative(w.sftp_folder) + "/new", served_as=""),
+                   "--global-options", *w.sftp_options(), "--dst-options", "ssh-relative-path=true"],
+        USAGE, r"the destination ssh://.*/new is inside the source"),
 }  # fmt: skip
 
 

@@ -19,7 +19,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import ClassVar
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -63,7 +63,15 @@ def is_internal(name: str) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class Location:
-    """A backend URL taken apart. ``path`` is percent-decoded."""
+    """A backend URL taken apart. ``path``, ``user``, ``password`` and the query are percent-decoded.
+
+    URL syntax must never change which folder a run mirrors into: a ``#``
+    would cut the URL short (``s3://b/rel#2`` is ``s3://b/rel``), and a
+    query part that is really part of a name would do the same. So a ``#``
+    is refused, and the query must be ``key=value`` pairs (whether the
+    backend knows the keys is for :class:`Backend` to say). A plain path
+    (no ``scheme://``) is no URL: every character in it is literal.
+    """
 
     scheme: str
     user: str | None
@@ -78,6 +86,26 @@ class Location:
         """Parse a backend string; a plain path (no ``scheme://``) is ``file``."""
         if not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", url):
             return cls("file", None, None, None, None, url, {})
+        if "#" in url:
+            # Not echoed: the '#' may stand in a password.
+            raise BackendError(
+                "a '#' in a backend URL would cut it short: write a '#' that is part of a name, "
+                "user name or password as %23"
+            )
+        scheme, _, rest = url.partition("://")
+        before, question, after = rest.partition("?")
+        if "@" in after and "/" not in before:
+            # Most likely a '?' in a password, which would end the host part
+            # there. Not echoed, for the same reason.
+            raise BackendError(
+                "a '?' comes before the '@' in the backend URL: write a '?' in a user name or "
+                "password as %3F (and an '@' in a query value as %40)"
+            )
+        query = _parse_query(after) if question else {}
+        if scheme.lower() == "file":
+            # No host, user or port in a folder path: everything up to the
+            # query is the path, letter case included (file://Rel/x is Rel/x).
+            return cls("file", None, None, None, None, _decode(before), query)
         parts = urlsplit(url)
         try:
             port = parts.port
@@ -88,16 +116,76 @@ class Location:
                 "the port in the backend URL is not a number from 0 to 65535 "
                 "(URL-encode any '/', '?', '#' or '@' in a user name or password)"
             ) from None
-        query = dict(parse_qsl(parts.query, keep_blank_values=True))
         return cls(
             scheme=parts.scheme.lower(),
-            user=unquote(parts.username) if parts.username is not None else None,
-            password=unquote(parts.password) if parts.password is not None else None,
+            user=_decode(parts.username) if parts.username is not None else None,
+            password=_decode(parts.password) if parts.password is not None else None,
             host=parts.hostname,
             port=port,
-            path=unquote(parts.path),
+            path=_decode(parts.path),
             query=query,
         )
+
+
+#: How to write a '?' that is part of a name, said with every refused query.
+_LITERAL_QUESTION_MARK = "write a '?' that is part of a name as %3F"
+
+
+def _parse_query(text: str) -> dict[str, str]:
+    """``a=1&b=2`` -> ``{"a": "1", "b": "2"}``; anything else is refused, never guessed at."""
+    if not text:
+        raise BackendError(f"the backend URL has a '?' with nothing after it: {_LITERAL_QUESTION_MARK}")
+    out: dict[str, str] = {}
+    for pair in text.split("&"):
+        if not pair:
+            raise BackendError(
+                f"the backend URL's query has an empty part ('&&', or '&' at an end): {_LITERAL_QUESTION_MARK}"
+            )
+        raw_key, sep, raw_value = pair.partition("=")
+        key = _decode(raw_key.replace("+", " "))
+        if not sep or not key:
+            raise BackendError(
+                f"{_decode(pair)!r} in the backend URL's query is not key=value: {_LITERAL_QUESTION_MARK}"
+            )
+        if key in out:
+            raise BackendError(f"the key {key!r} is given twice in the backend URL's query")
+        out[key] = _decode(raw_value.replace("+", " "))
+    return out
+
+
+def _decode(text: str) -> str:
+    """Percent-decode ``text``; bytes that are not UTF-8, and NUL, are refused rather than passed on."""
+    try:
+        decoded = unquote(text, errors="strict")
+    except UnicodeDecodeError:
+        raise BackendError(
+            "a percent-encoded part of the backend URL is not UTF-8 text: encode names as UTF-8"
+        ) from None
+    if "\x00" in decoded:
+        # No file system or server takes it; some would cut the name there.
+        raise BackendError("the backend URL has a NUL character (%00), which no name may hold")
+    return decoded
+
+
+@dataclasses.dataclass(frozen=True)
+class Place:
+    """Where a backend's root lives: which storage, and the path on it.
+
+    ``storage`` names the storage: ("file",), ("s3", endpoint, bucket),
+    ("sftp", host, port), normalized so that two spellings of one storage
+    are equal. ``path`` is '/'-separated with no '/' at either end; "" is
+    the whole storage. ``shown`` is for messages only.
+    """
+
+    storage: tuple[str | int, ...]
+    path: str
+    shown: str = dataclasses.field(compare=False)
+
+    def contains(self, other: "Place") -> bool:
+        """Whether ``other`` is this place or below it, on whole segments: ``a/b`` is in ``a``, ``a/bc`` is not."""
+        if self.storage != other.storage:
+            return False
+        return not self.path or other.path == self.path or other.path.startswith(self.path + "/")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,7 +286,8 @@ class Backend(abc.ABC):
     #: URL schemes served by this class, e.g. ("s3", "s3s").
     schemes: ClassVar[tuple[str, ...]] = ()
     #: Option keys this backend understands, with a one-line description.
-    #: Keys it does not know produce a warning, never a failure.
+    #: A key it does not know is a warning in an option list, and an error
+    #: in the URL's query.
     options: ClassVar[dict[str, str]] = {}
     #: Option keys whose values are secrets: shown as *** everywhere.
     secret_options: ClassVar[frozenset[str]] = frozenset()
@@ -228,6 +317,15 @@ class Backend(abc.ABC):
         """
         self.spec = spec
         self.location = spec.location
+        for key in self.location.query:
+            # In an option list an unknown key is only a warning (Duplicati
+            # scripts hand one set to every backend); in a URL it is likelier
+            # part of a name, and ignoring it would mirror somewhere else.
+            if key not in self.options:
+                raise FatalBackendError(
+                    f"the {self.location.scheme}:// backend knows no option {key!r}, named in the URL's "
+                    f"query: {_LITERAL_QUESTION_MARK}"
+                )
 
     # -- required -------------------------------------------------------
     @abc.abstractmethod
@@ -328,6 +426,18 @@ class Backend(abc.ABC):
         unfinished writes do not show there (S3's multipart uploads) aborts
         them here.
         """
+
+    def root_place(self) -> Place | None:
+        """Where the root lives, to refuse a source and destination that overlap.
+
+        None when the backend cannot tell (yet): SFTP knows a relative root
+        only once connected, so the coordinator asks after ``prepare``.
+        """
+        return None
+
+    def details(self) -> dict[str, str]:
+        """What the backend will use, decoded, for --parse-arguments-only."""
+        return {"scheme": self.location.scheme, "path": self.location.path}
 
     # -- helpers --------------------------------------------------------
     def display_url(self) -> str:

@@ -27,6 +27,7 @@ from synctool.backends.base import (
     Entry,
     FatalBackendError,
     NotFound,
+    Place,
     check_name,
     temp_name,
 )
@@ -116,9 +117,8 @@ class LocalBackend(Backend):
 
     def __init__(self, spec: BackendSpec):
         super().__init__(spec)
-        loc = self.location
-        # file://host/path is not a thing here; file://rel/path reads as rel/path.
-        path = (loc.host or "") + loc.path if loc.scheme == "file" and loc.host else loc.path
+        # file://host/path is not a thing here: Location reads file://rel/path as rel/path.
+        path = self.location.path
         if not path:
             raise FatalBackendError("a local backend needs a folder path")
         self.root = os.path.abspath(os.path.expanduser(path))
@@ -126,6 +126,15 @@ class LocalBackend(Backend):
 
     def display_url(self) -> str:
         return self.root
+
+    def root_place(self) -> Place:
+        # Symbolic links resolved, also where the folder does not exist yet:
+        # two spellings of one folder must compare equal.
+        real = os.path.realpath(self.root)
+        return Place(("file",), real.replace(os.sep, "/").strip("/"), real)
+
+    def details(self) -> dict[str, str]:
+        return {"scheme": "file", "path": self.root}
 
     @contextlib.contextmanager
     def _folder(self, name: str, create: bool) -> Iterator[tuple[int, str]]:

@@ -60,7 +60,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import blake3
 
@@ -74,6 +74,7 @@ from synctool.backends.base import (
     Entry,
     FatalBackendError,
     NotFound,
+    Place,
     check_name,
     parse_bool,
 )
@@ -184,6 +185,7 @@ class S3Backend(Backend):
         self.bucket = _bucket_name(spec.url)
         self.prefix = _prefix(self.location.path)
         self.endpoint, self.is_aws = _endpoint(opts, tls_default=self.location.scheme == "s3s")
+        self.storage_name = "aws" if self.endpoint is None or self.is_aws else _storage_name(self.endpoint)
         self.region = opts.get("s3-location-constraint") or None
         self.storage_class = opts.get("s3-storage-class") or None
         self.auto_create = _bool(opts, "auto-create-folders", True)
@@ -384,6 +386,16 @@ class S3Backend(Backend):
 
     def display_url(self) -> str:
         return f"{self.location.scheme}://{self.bucket}/{self.prefix}"
+
+    def root_place(self) -> Place:
+        # Every AWS endpoint is one storage: bucket names are global there.
+        path = self.prefix[:-1]  # without the '/' that _prefix adds
+        return Place(("s3", self.storage_name, self.bucket), path, f"{self.display_url()} at {self._where()}")
+
+    def details(self) -> dict[str, str]:
+        user = {"user": self.location.user} if self.location.user else {}  # the access key id, not a secret
+        where = {"endpoint": self._where(), **user, "bucket": self.bucket, "prefix": self.prefix}
+        return {"scheme": self.location.scheme, **where}
 
     def _where(self) -> str:
         return self.endpoint or "AWS S3"
@@ -1061,15 +1073,25 @@ def _describe(exc: BaseException) -> str:
 def _bucket_name(url: str) -> str:
     """The bucket as written: urlsplit lowercases hosts, legacy buckets may not be."""
     netloc = urlsplit(url).netloc.rpartition("@")[2]
-    bucket = re.sub(r":\d*$", "", netloc)
+    bucket = unquote(re.sub(r":\d*$", "", netloc))
     if not bucket:
         raise FatalBackendError("an S3 backend needs a bucket: s3://BUCKET/PREFIX")
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", bucket):
+        # A '/' or '%' here could reach the server as part of the request
+        # path and name another bucket or a prefix in it.
+        raise FatalBackendError(f"{bucket!r} is not a bucket name: letters, digits, '.', '-' and '_' only")
     return bucket
 
 
 def _prefix(path: str) -> str:
     """``/backup/`` -> ``backup/``: a trailing slash so ``backup`` never matches ``backup2``."""
     path = path.strip("/")
+    if path and any(part in ("", ".", "..") for part in path.split("/")):
+        # S3 keeps "a/../b" and "a//b" as they are, but a server over a file
+        # system (or an HTTP client) may resolve them into another prefix:
+        # where the run writes would not be what the URL (and the check
+        # against an overlapping source) says.
+        raise FatalBackendError(f"the prefix {path!r} has an empty, '.' or '..' segment: write it without them")
     return path + "/" if path else ""
 
 
@@ -1090,6 +1112,20 @@ def _endpoint(opts: dict[str, str], tls_default: bool) -> tuple[str | None, bool
         tls = _bool(opts, "use-ssl", tls_default or is_aws)
         url = f"{'https' if tls else 'http'}://{host}"
     return url, _is_aws_host(host)
+
+
+def _storage_name(endpoint: str) -> str:
+    """One name per S3 service that is not AWS, whatever the spelling of its endpoint.
+
+    Host (lowercase) and port, the scheme's default port filled in; the
+    scheme itself is left out, as one port serves one protocol.
+    """
+    parts = urlsplit(endpoint)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise FatalBackendError(f"the port of s3-server-name {endpoint} is not a number from 0 to 65535") from None
+    return f"{parts.hostname}:{port}{parts.path.rstrip('/')}"
 
 
 def _dns_bucket(bucket: str) -> bool:

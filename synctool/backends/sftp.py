@@ -68,6 +68,7 @@ from synctool.backends.base import (
     Entry,
     FatalBackendError,
     NotFound,
+    Place,
     check_name,
     parse_bool,
     temp_name,
@@ -670,10 +671,30 @@ class SFTPBackend(Backend):
     def _resolve_root(self, sftp: paramiko.SFTPClient) -> str:
         """Absolute root folder. As in Duplicati, the path is absolute unless
         ssh-relative-path is set; an empty path means the login folder."""
+        absolute = self._absolute_root()
+        if absolute is not None:
+            return absolute
+        return posixpath.normpath(posixpath.join(sftp.normalize("."), self.settings.path.lstrip("/")))
+
+    def _absolute_root(self) -> str | None:
+        """The root folder when the URL alone says it; None when it is below the login folder."""
         path = self.settings.path
         if self.settings.relative or path in ("", "/"):
-            return posixpath.normpath(posixpath.join(sftp.normalize("."), path.lstrip("/")))
+            return None
         return "/" + posixpath.normpath(path).strip("/")
+
+    def root_place(self) -> Place | None:
+        root = self._root or self._absolute_root()
+        if root is None:
+            return None  # below the login folder: known once connected
+        s = self.settings
+        return Place(("sftp", s.host.lower(), s.port), root.strip("/"), f"ssh://{s.address}{root}")
+
+    def details(self) -> dict[str, str]:
+        s = self.settings
+        root, below = self._absolute_root(), s.path.strip("/")
+        where = root or (f"{below} (below the login folder)" if below else "the login folder")
+        return {"scheme": self.location.scheme, "host": s.host, "port": str(s.port), "user": s.user, "path": where}
 
     @contextlib.contextmanager
     def _sftp(self, what: str) -> Iterator[_Lease]:

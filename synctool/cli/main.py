@@ -19,7 +19,7 @@ from synctool import logs
 from synctool.api import run
 from synctool.backends import Location
 from synctool.cli.args import expand_option_lists
-from synctool.coordinator import Env
+from synctool.coordinator import Env, open_side, refuse_overlap
 from synctool.errors import ExitCode, SyncError, UsageError
 from synctool.options import (
     SyncOptions,
@@ -35,14 +35,16 @@ Exit codes:
   0    success (also a dry run and --parse-arguments-only)
   1    fatal error: a listing failed, a backend unreachable,
        or --max-delete refused the deletes
-  2    usage error: bad arguments or option values
+  2    usage error: bad arguments or option values, or a source
+       and destination of which one holds the other
   3    finished, but some files failed (the summary names them)
   4    declined at the confirmation prompt
   130  interrupted (Ctrl-C or SIGTERM)
 
 \b
 Backends: a folder path or file:///path, s3://bucket/prefix,
-ssh://user@host:port/path. Option lists take key=value tokens:
+ssh://user@host:port/path; in a URL, write a '#' or '?' of a name
+as %23 or %3F. Option lists take key=value tokens:
   --dst-options aws-access-key-id=KEY aws-secret-access-key=SECRET
 """
 
@@ -127,11 +129,12 @@ def command(ctx: click.Context, source: str, destination: str, **kw: object) -> 
     """
     try:
         opts = build_options(ctx, source, destination, kw)
+        description = describe(opts) if kw["parse_arguments_only"] else None
     except UsageError as exc:
         raise click.UsageError(secrets.redact(exc), ctx) from None
     env: Env = ctx.obj if isinstance(ctx.obj, Env) else Env.from_process()
-    if kw["parse_arguments_only"]:
-        click.echo(secrets.redact(describe(opts)), file=env.stdout)
+    if description is not None:
+        click.echo(secrets.redact(description), file=env.stdout)
         ctx.exit(ExitCode.SUCCESS)
     try:
         handlers = logs.setup(opts.log_level, opts.log_file)
@@ -156,11 +159,11 @@ def build_options(ctx: click.Context, source: str, destination: str, kw: dict) -
     def explicit(name: str) -> bool:
         return ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
 
-    for url in (source, destination):
+    for side, url in (("source", source), ("destination", destination)):
         try:
             Location.parse(url)
         except Exception as exc:
-            raise UsageError(f"cannot read the backend string: {exc}") from None
+            raise UsageError(f"{side}: {exc}") from None
     opts = SyncOptions(
         source=source,
         destination=destination,
@@ -206,12 +209,23 @@ def build_options(ctx: click.Context, source: str, destination: str, kw: dict) -
 
 
 def describe(opts: SyncOptions) -> str:
+    """What a run would use: each side as its backend reads it (decoded), and the settings.
+
+    Opening a backend does not connect; a source and destination that
+    overlap are refused here already where that is known without connecting.
+    """
     lines = [f"source: {opts.source}", f"destination: {opts.destination}"]
-    for side in ("source", "destination"):
-        spec = opts.spec(side)
-        for key, value in sorted(spec.options.items()):
-            shown = secrets.MASK if key in secrets.SECRET_KEYS else value
-            lines.append(f"{side} option: {key}={shown}")
+    backends = {side: open_side(opts.spec(side), side) for side in ("source", "destination")}
+    try:
+        refuse_overlap(backends["source"], backends["destination"])
+        for side, backend in backends.items():
+            lines += [f"{side} {key}: {value}" for key, value in backend.details().items()]
+            for key, value in sorted(backend.spec.options.items()):
+                secret = key.lower() in secrets.SECRET_KEYS or key in backend.secret_options
+                lines.append(f"{side} option: {key}={secrets.MASK if secret else value}")
+    finally:
+        for backend in backends.values():
+            backend.close()
     for field in ("dry_run", "force", "retention", "retry", "retry_delay", "verify_contents",
                   "verify_get_after_put", "workers", "max_delete", "log_file", "report_file"):
         lines.append(f"{field.replace('_', '-')}: {getattr(opts, field)}")
