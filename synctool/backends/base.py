@@ -21,6 +21,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import ClassVar
 from urllib.parse import unquote, urlsplit
 
+from synctool.backends import optiontable
+from synctool.backends.optiontable import Option, OptionError, read_options, secrets_of
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Entry:
@@ -265,14 +268,10 @@ def parse_bool(value: str | bool | None, default: bool = False) -> bool:
     """Duplicati-style boolean option value: an empty value (``--flag``) means true."""
     if value is None:
         return default
-    if isinstance(value, bool):
-        return value
-    text = value.strip().lower()
-    if text in ("", "1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"not a boolean: {value!r}")
+    try:
+        return optiontable.parse_bool(value)
+    except ValueError:
+        raise ValueError(f"not a boolean: {value!r}") from None
 
 
 class Backend(abc.ABC):
@@ -285,11 +284,14 @@ class Backend(abc.ABC):
 
     #: URL schemes served by this class, e.g. ("s3", "s3s").
     schemes: ClassVar[tuple[str, ...]] = ()
-    #: Option keys this backend understands, with a one-line description.
-    #: A key it does not know is a warning in an option list, and an error
-    #: in the URL's query.
-    options: ClassVar[dict[str, str]] = {}
-    #: Option keys whose values are secrets: shown as *** everywhere.
+    #: The options this backend understands, declared once (see
+    #: :mod:`synctool.backends.optiontable`): ``table(Option(...), ...)``.
+    #: Their parsed values are in ``self.values`` once constructed. A key it
+    #: does not know is a warning in an option list, and an error in the
+    #: URL's query.
+    options: ClassVar[dict[str, Option]] = {}
+    #: Option keys whose values are secrets, shown as *** everywhere:
+    #: derived from the table's ``secret`` flags.
     secret_options: ClassVar[frozenset[str]] = frozenset()
     #: How many jobs one worker process may run against this backend at once.
     concurrency: ClassVar[int] = 4
@@ -317,6 +319,11 @@ class Backend(abc.ABC):
         """
         self.spec = spec
         self.location = spec.location
+        declared = {k: v for k, v in self.options.items() if isinstance(v, Option)}
+        try:
+            self.values = read_options(declared, {**spec.options, **self.location.query})
+        except OptionError as exc:
+            raise FatalBackendError(str(exc)) from None
         for key in self.location.query:
             # In an option list an unknown key is only a warning (Duplicati
             # scripts hand one set to every backend); in a URL it is likelier
@@ -326,6 +333,11 @@ class Backend(abc.ABC):
                     f"the {self.location.scheme}:// backend knows no option {key!r}, named in the URL's "
                     f"query: {_LITERAL_QUESTION_MARK}"
                 )
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "options" in cls.__dict__ and "secret_options" not in cls.__dict__:
+            cls.secret_options = secrets_of({k: v for k, v in cls.options.items() if isinstance(v, Option)})
 
     # -- required -------------------------------------------------------
     @abc.abstractmethod
