@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any
 
-from synctool.errors import ExitCode
-from synctool.logs import printable
+from synctool.errors import ExitCode, SyncError
+from synctool.logs import create_private_file, printable
 from synctool.secrets import redact
 
 
@@ -74,12 +73,13 @@ class Report:
         return redact(json.dumps(self.to_dict(), indent=2, ensure_ascii=False))
 
     def write(self, path: str) -> None:
-        """Write the report as JSON, readable by its owner only."""
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(self.to_json() + "\n")
+        """Write the report as JSON, readable by its owner only; raises :class:`SyncError` when it cannot."""
+        create_private_file(path, "report file")
+        try:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(self.to_json() + "\n")
+        except OSError as exc:
+            raise SyncError(f"cannot write the report file {path}: {exc.strerror}") from None
 
     def summary_lines(self) -> list[str]:
         nothing_done = not (self.copied or self.renamed or self.deleted or self.verified)

@@ -133,14 +133,16 @@ def command(ctx: click.Context, source: str, destination: str, **kw: object) -> 
     if kw["parse_arguments_only"]:
         click.echo(secrets.redact(describe(opts)), file=env.stdout)
         ctx.exit(ExitCode.SUCCESS)
+    # A log file or report file that cannot be written is a usage error,
+    # found before anything is listed.
     try:
         handlers = logs.setup(opts.log_level, opts.log_file)
-    except OSError as exc:
-        raise ExitError(UsageError(f"cannot open the log file {opts.log_file}: {exc.strerror}")) from None
+    except SyncError as exc:
+        raise ExitError(exc) from None
     try:
         report = run(opts, env)
-    except OSError as exc:  # the report file could not be written
-        raise ExitError(SyncError(str(exc))) from None
+    except SyncError as exc:
+        raise ExitError(exc) from None
     finally:
         logs.teardown(handlers)
     out = env.stdout or sys.stdout
