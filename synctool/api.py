@@ -7,7 +7,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from synctool import logs
+from synctool import __version__, logs
 from synctool.coordinator import Coordinator, Env
 from synctool.errors import ExitCode, SyncError, UsageError
 from synctool.options import SyncOptions, parse_log_level
@@ -16,6 +16,7 @@ from synctool.report import Report
 _FIELDS = {f.name for f in dataclasses.fields(SyncOptions)} - {"source", "destination"}
 
 log = logging.getLogger("synctool")
+output_log = logging.getLogger(logs.OUTPUT)
 
 
 def sync(
@@ -69,10 +70,12 @@ def run(opts: SyncOptions, env: Env) -> Report:
     """Run one sync with fully parsed options (shared by the CLI and :func:`sync`).
 
     Raises :class:`UsageError` when the report file cannot be written, before
-    anything is listed.
+    anything is listed. The log file gets the run's summary and exit code.
     """
     if opts.report_file:
         logs.create_private_file(opts.report_file, "report file")
+    output_log.info("synctool %s: %s -> %s%s", __version__, opts.source, opts.destination,
+                    " (dry run)" if opts.dry_run else "")  # fmt: skip
     report = Coordinator(opts, env).run()
     if opts.report_file:
         try:
@@ -81,4 +84,7 @@ def run(opts: SyncOptions, env: Env) -> Report:
             log.error("%s", exc)
             report.errors.append(str(exc))
             report.exit_code = report.exit_code or ExitCode.FATAL
+    for line in report.summary_lines():
+        output_log.info("%s", line)
+    output_log.info("exit code %d", report.exit_code)
     return report

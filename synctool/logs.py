@@ -18,6 +18,15 @@ for _level, _name in ((1, "ExplicitOnly"), (5, "Profiling"), (15, "Retry"), (25,
 DRYRUN = 25
 RETRY = 15
 
+#: The logger of per-file records (copied, renamed, deleted, verified): the
+#: log file keeps them from Information on, but stderr shows them only at
+#: Verbose or below, so a large run does not flood the terminal.
+FILES = "synctool.files"
+#: The logger of what the command line also prints on stdout (the dry run's
+#: lines, the summary, the exit code): the log file keeps it, and stderr
+#: never repeats it.
+OUTPUT = "synctool.output"
+
 
 class RedactingFormatter(logging.Formatter):
     """Masks the whole line, a traceback included."""
@@ -97,6 +106,19 @@ def log_file_handler(path: str) -> logging.Handler:
     return handler
 
 
+class _ConsoleFilter(logging.Filter):
+    """Keeps stdout's lines off stderr, and per-file lines unless the level is Verbose or below."""
+
+    def __init__(self, level: int):
+        super().__init__()
+        self.per_file = level <= logging.DEBUG
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == OUTPUT:
+            return False
+        return self.per_file or record.name != FILES
+
+
 def setup(level: int, log_file: str | None, stderr: TextIO | None = None) -> list[logging.Handler]:
     """Route the ``synctool`` loggers to stderr and the log file; returns the handlers added.
 
@@ -108,10 +130,16 @@ def setup(level: int, log_file: str | None, stderr: TextIO | None = None) -> lis
     logger.propagate = False
     console = logging.StreamHandler(stderr or sys.stderr)
     console.setFormatter(RedactingFormatter("%(levelname)s: %(message)s"))
+    console.addFilter(_ConsoleFilter(level))
     handlers.append(console)
     for h in handlers:
         h.setLevel(level)
         logger.addHandler(h)
+    # A record costs its making even when every handler drops it: without a
+    # log file, the per-file and stdout records need not be made at all.
+    off = logging.CRITICAL + 1
+    logging.getLogger(OUTPUT).setLevel(logging.NOTSET if log_file else off)
+    logging.getLogger(FILES).setLevel(logging.NOTSET if log_file or level <= logging.DEBUG else off)
     return handlers
 
 
@@ -142,6 +170,8 @@ def for_library_call(level: int | None, handler: logging.Handler | None) -> Iter
 
 def teardown(handlers: list[logging.Handler]) -> None:
     logger = logging.getLogger("synctool")
+    for name in (OUTPUT, FILES):
+        logging.getLogger(name).setLevel(logging.NOTSET)
     for h in handlers:
         logger.removeHandler(h)
         h.close()

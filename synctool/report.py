@@ -82,9 +82,14 @@ class Report:
             raise SyncError(f"cannot write the report file {path}: {exc.strerror}") from None
 
     def summary_lines(self) -> list[str]:
+        """What the command line prints on stdout at the end.
+
+        Errors and failed files are not repeated here: each was printed on
+        stderr (and written to the log file) as it happened.
+        """
         nothing_done = not (self.copied or self.renamed or self.deleted or self.verified)
         if self.exit_code in (ExitCode.DECLINED, ExitCode.USAGE, ExitCode.FATAL) and nothing_done and not self.dry_run:
-            return [printable(redact(f"Error: {e}")) for e in self.errors]
+            return []
         verb = "Would copy" if self.dry_run else "Copied"
         lines = [
             f"{verb} {self.copied if not self.dry_run else self.planned_copies} file(s), "
@@ -100,12 +105,6 @@ class Report:
                 f"({self.verify_mismatches} differed), read back {self.verified_after_put}, "
                 f"unchanged {self.unchanged}, failed {len(self.failed)}"
             )
-        for name, error in self.failed[:20]:
-            lines.append(f"  failed: {error}" if error.startswith(name) else f"  failed: {name}: {error}")
-        if len(self.failed) > 20:
-            lines.append(f"  ... and {len(self.failed) - 20} more (see --report)")
-        for error in self.errors:
-            lines.append(f"Error: {error}")
         return [printable(redact(line)) for line in lines]
 
 

@@ -1,5 +1,6 @@
 """Bad input (issue 6): one line on stderr that says what is wrong and what to do,
-the exit code the README documents (1 fatal, 2 usage), and no change anywhere.
+nothing on stdout (no summary of a run that did nothing, no second copy of the
+error), the exit code the README documents (1 fatal, 2 usage), and no change anywhere.
 
 Each row of the table is a real ``synctool`` run. Its destination is one that a
 good run would change (a folder, an S3 prefix or an SFTP folder holding a file
@@ -192,4 +193,5 @@ def test_bad_input_is_one_clear_line_a_documented_code_and_no_change(case, reque
     assert p.returncode == row.code, (p.stdout, p.stderr)
     assert len(lines) == 1, p.stderr
     assert re.search(row.says, lines[0]), lines[0]
+    assert p.stdout == ""
     assert world.state() == before

@@ -18,6 +18,7 @@ class Job:
     keep_old_as: str | None = None
     dst_size: int = 0  # COMPARE: the destination size the listing reported
     attempt: int = 0
+    reason: str = ""  # COPY: why the plan copies it (missing, size, newer, force, content), for the log
 
 
 @dataclasses.dataclass(slots=True)
