@@ -92,6 +92,7 @@ class Coordinator:
         self.ids = itertools.count(1)
         self.copy_failures = 0
         self.create_destination = False  # the destination root is missing: create it before copying
+        self.confirmed = False  # past the last question: from here on the destination changes
 
     # -- the run -------------------------------------------------------------
     def run(self) -> Report:
@@ -100,7 +101,11 @@ class Coordinator:
             self._run()
         except KeyboardInterrupt:
             self._stop_pool(cancel=True)
-            self._error("interrupted: workers stopped, unfinished writes abandoned")
+            self._error(
+                "interrupted: workers stopped, unfinished writes abandoned"
+                if self.confirmed
+                else "interrupted before anything was changed"
+            )
             self.report.exit_code = Interrupted.exit_code
         except SyncError as exc:
             self._error(str(exc))
@@ -285,12 +290,20 @@ class Coordinator:
         if self.opts.confirm:
             return
         out, stdin = self.env.stdout or sys.stdout, self.env.stdin
-        out.write(secrets.redact(question) + " [y/N] ")
-        out.flush()
-        if stdin is None or not self.env.stdin_isatty:
-            out.write("\n")
-            raise Declined("no terminal to confirm on: pass -y (--confirm) to run without asking")
-        answer = stdin.readline().strip().lower()
+        asked = time.monotonic()
+        try:
+            out.write(secrets.redact(question) + " [y/N] ")
+            out.flush()
+            if stdin is None or not self.env.stdin_isatty:
+                out.write("\n")
+                raise Declined("no terminal to confirm on: pass -y (--confirm) to run without asking")
+            answer = stdin.readline().strip().lower()
+        except KeyboardInterrupt:
+            out.write("\n")  # the error goes below the question, not after it
+            raise
+        finally:
+            # Waiting for an answer is not part of the work the throughput measures.
+            self.report.prompt_seconds += time.monotonic() - asked
         if answer not in ("y", "yes"):
             raise Declined("declined: nothing was changed")
 
@@ -323,6 +336,7 @@ class Coordinator:
             self.report.planned_renames = len(plan.renames) + sum(1 for c in plan.copies if c.keep_old_as)
         if plan.copies or plan.removals:
             self._confirm(self._plan_question(plan))
+        self.confirmed = True
         if self.create_destination:
             try:
                 self.dst.prepare(create=True)

@@ -44,14 +44,16 @@ class Report:
     failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     errors: list[str] = dataclasses.field(default_factory=list)
     warnings: list[str] = dataclasses.field(default_factory=list)
-    elapsed: float = 0.0
+    elapsed: float = 0.0  # wall time of the whole run
+    prompt_seconds: float = 0.0  # of that, time spent waiting at the [y/N] prompt
     worker_peak_rss: int = 0
     exit_code: int = ExitCode.SUCCESS
 
     @property
     def throughput(self) -> float:
-        """Bytes copied per second of the whole run."""
-        return self.copied_bytes / self.elapsed if self.elapsed > 0 else 0.0
+        """Bytes copied per second of the run, the time waiting for an answer at the prompt left out."""
+        working = self.elapsed - self.prompt_seconds
+        return self.copied_bytes / working if working > 0 else 0.0
 
     @property
     def ok(self) -> bool:
@@ -88,13 +90,15 @@ class Report:
         stderr (and written to the log file) as it happened.
         """
         nothing_done = not (self.copied or self.renamed or self.deleted or self.verified)
-        if self.exit_code in (ExitCode.DECLINED, ExitCode.USAGE, ExitCode.FATAL) and nothing_done and not self.dry_run:
+        ended_early = (ExitCode.DECLINED, ExitCode.USAGE, ExitCode.FATAL, ExitCode.INTERRUPTED)
+        if self.exit_code in ended_early and nothing_done and not self.dry_run:
             return []
         verb = "Would copy" if self.dry_run else "Copied"
+        waited = f"{self.prompt_seconds:.1f} s at the prompt, " if self.prompt_seconds >= 0.05 else ""
         lines = [
             f"{verb} {self.copied if not self.dry_run else self.planned_copies} file(s), "
             f"{human_bytes(self.copied_bytes if not self.dry_run else self.planned_bytes)}"
-            + ("" if self.dry_run else f" in {self.elapsed:.1f} s ({human_bytes(self.throughput)}/s)"),
+            + ("" if self.dry_run else f" in {self.elapsed:.1f} s ({waited}{human_bytes(self.throughput)}/s)"),
         ]
         if self.dry_run:
             lines.append(f"Would rename {self.planned_renames}, delete {self.planned_deletes}, "

@@ -8,17 +8,23 @@ terminal matter; library calls where they do not.
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import pathlib
+import pty
 import re
+import select
 import subprocess
+import termios
 import threading
+import time
 
 import pytest
 
 import synctool
 from synctool.errors import ExitCode, UsageError
-from tests.helpers import FAST, FAST_CLI, OLD, SYNCTOOL, make_tree, read_tree, without_root_overrides
+from tests.helpers import FAST, FAST_CLI, OLD, SYNCTOOL, make_tree, read_tree, without_root_overrides, write_big_file
 
 STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \[")  # a log file line's timestamp
 
@@ -240,3 +246,83 @@ def test_a_sync_whose_stdout_is_closed_still_finishes(tmp_path):
     assert p.returncode == 0, p.stderr
     assert p.stderr.splitlines() == ["INFO: listed 200 file(s) at the source, 0 at the destination"], p.stderr
     assert read_tree(dst) == read_tree(src)
+
+
+# -- at the prompt, on a terminal ------------------------------------------------------------------------
+def _take_terminal() -> None:
+    """In the child: a session of its own, with stdin (the pty) as its controlling terminal."""
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+class OnTerminal:
+    """``synctool ARGS`` with a pseudo-terminal on stdin, stdout and stderr piped."""
+
+    def __init__(self, *args):
+        self.master, slave = pty.openpty()
+        self.proc = subprocess.Popen([SYNCTOOL, *map(str, args)], stdin=slave, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, preexec_fn=_take_terminal)  # fmt: skip
+        os.close(slave)
+        self.out = b""
+
+    def wait_for(self, text: bytes, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.out:
+            assert time.monotonic() < deadline and self.proc.poll() is None, self.out
+            if select.select([self.proc.stdout], [], [], 0.1)[0]:
+                self.out += os.read(self.proc.stdout.fileno(), 65536)
+
+    def type(self, keys: bytes) -> None:
+        os.write(self.master, keys)
+
+    def finish(self) -> tuple[int, str, str]:
+        out, err = self.proc.communicate(timeout=60)
+        os.close(self.master)
+        return self.proc.returncode, (self.out + out).decode(), err.decode()
+
+
+def test_time_at_the_prompt_is_not_counted_in_the_transfer_rate(tmp_path):
+    src, dst, report = tmp_path / "src", tmp_path / "dst", tmp_path / "report.json"
+    src.mkdir()
+    write_big_file(src / "big", 32 << 20)
+    run = OnTerminal(src, dst, *FAST_CLI, "--report", report)
+    run.wait_for(b"[y/N] ")
+    time.sleep(2)  # the user thinks it over
+    run.type(b"y\n")
+    code, out, err = run.finish()
+    assert code == 0, (out, err)
+    figures = json.loads(report.read_text())
+    assert figures["copied_bytes"] == 32 << 20 and figures["prompt_seconds"] >= 2
+    assert figures["elapsed"] >= figures["prompt_seconds"]  # elapsed stays the wall time
+    working = figures["elapsed"] - figures["prompt_seconds"]
+    assert figures["throughput"] == pytest.approx(figures["copied_bytes"] / working)
+    assert re.search(r"Copied 1 file\(s\), 32\.0 MiB in \d+\.\d s \([2-9]\.\d s at the prompt, [\d.]+ [KMG]iB/s\)", out), out
+
+
+def test_ctrl_c_at_the_prompt_says_nothing_was_changed(tmp_path, mirror):
+    src, dst = mirror
+    run = OnTerminal(src, dst, *FAST_CLI)
+    run.wait_for(b"Continue? [y/N] ")
+    run.type(b"\x03")  # Ctrl-C: the terminal sends SIGINT to the run's process group
+    code, out, err = run.finish()
+    assert code == ExitCode.INTERRUPTED, (out, err)
+    assert err.count("interrupted") == 1 and "ERROR: interrupted before anything was changed" in err, err
+    assert out.endswith("Continue? [y/N] \n"), out  # the error goes below the question; no summary
+
+    assert read_tree(dst) == {"stale.txt": b"stale"}
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_the_copy_says_writes_were_abandoned(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    write_big_file(src / "big", 256 << 20)
+    run = OnTerminal(src, dst, *FAST_CLI, "--progress")
+    run.wait_for(b"[y/N] ")
+    run.type(b"y\n")
+    run.wait_for(b"copying:")
+    run.type(b"\x03")
+    code, out, err = run.finish()
+    assert code == ExitCode.INTERRUPTED, (out, err)
+    assert "before anything was changed" not in err and err.count("interrupted") == 1, err
+    assert "ERROR: interrupted: workers stopped, unfinished writes abandoned" in err, err
