@@ -32,7 +32,7 @@ from synctool.backends import (
 )
 from synctool.errors import Declined, ExitCode, Interrupted, SyncError, UsageError
 from synctool.interrupts import deferred_interrupts
-from synctool.logs import DRYRUN, RETRY
+from synctool.logs import DRYRUN, FILES, OUTPUT, RETRY, printable
 from synctool.options import SyncOptions
 from synctool.plan import JOURNAL_RE, TEMP_RE, Copy, DestinationTraits, Plan, basename, blocked_copies, make_plan
 from synctool.progress import Progress
@@ -45,6 +45,8 @@ if TYPE_CHECKING:
     from synctool.pool import WorkerPool
 
 log = logging.getLogger("synctool")
+file_log = logging.getLogger(FILES)
+output_log = logging.getLogger(OUTPUT)
 
 DELETE_BATCH = 1000
 LIST_BATCH = 4096  # entries between progress updates of a listing in the calling thread
@@ -135,6 +137,7 @@ class Coordinator:
         self.plan: Plan | None = None
         self.copy_failures = 0
         self.create_destination = False  # the destination root is missing: create it before copying
+        self.confirmed = False  # past the last question: from here on the destination changes
 
     # -- the run -------------------------------------------------------------
     def run(self) -> Report:
@@ -143,11 +146,14 @@ class Coordinator:
             self._run()
         except KeyboardInterrupt:
             self._stop_pool(cancel=True)
-            self.report.errors.append("interrupted: workers stopped, unfinished writes abandoned")
+            self._error(
+                "interrupted: workers stopped, unfinished writes abandoned"
+                if self.confirmed
+                else "interrupted before anything was changed"
+            )
             self.report.exit_code = Interrupted.exit_code
         except SyncError as exc:
-            log.error("%s", exc)
-            self.report.errors.append(secrets.redact(str(exc)))
+            self._error(str(exc))
             self.report.exit_code = exc.exit_code
         finally:
             self._stop_pool(cancel=self.report.exit_code != 0)
@@ -325,29 +331,43 @@ class Coordinator:
 
     def _describe_dry_run(self, plan: Plan) -> None:
         for c in plan.copies:
-            log.log(DRYRUN, "would copy %s (%s, %s)", c.entry.name, human_bytes(c.entry.size), c.reason)
+            self._tell(f"would copy {c.entry.name} ({human_bytes(c.entry.size)}, {c.reason})")
             if c.keep_old_as:
-                log.log(DRYRUN, "would keep the old %s as %s", c.entry.name, c.keep_old_as)
+                self._tell(f"would keep the old {c.entry.name} as {c.keep_old_as}")
         for c in plan.compares:
-            log.log(DRYRUN, "would verify %s", c.source.name)
+            self._tell(f"would verify {c.source.name}")
         for old, new in plan.renames:
-            log.log(DRYRUN, "would rename %s to %s", old, new)
+            self._tell(f"would rename {old} -> {new}")
         for name in plan.deletes:
-            log.log(DRYRUN, "would delete %s", name)
+            self._tell(f"would delete {name}")
         if self.opts.max_delete is not None and plan.removals > self.opts.max_delete:
             self._refuse_max_delete(plan)
+
+    def _tell(self, line: str) -> None:
+        """A line of the dry run: the output asked for, on stdout (and in the log file)."""
+        output_log.log(DRYRUN, "%s", line)
+        if self.env.stdout is not None:
+            self.env.stdout.write(printable(secrets.redact(line)) + "\n")
 
     def _confirm(self, question: str) -> None:
         """Ask on the terminal; no terminal means no."""
         if self.opts.confirm:
             return
         out, stdin = self.env.stdout or sys.stdout, self.env.stdin
-        out.write(secrets.redact(question) + " [y/N] ")
-        out.flush()
-        if stdin is None or not self.env.stdin_isatty:
-            out.write("\n")
-            raise Declined("no terminal to confirm on: pass -y (--confirm) to run without asking")
-        answer = stdin.readline().strip().lower()
+        asked = time.monotonic()
+        try:
+            out.write(secrets.redact(question) + " [y/N] ")
+            out.flush()
+            if stdin is None or not self.env.stdin_isatty:
+                out.write("\n")
+                raise Declined("no terminal to confirm on: pass -y (--confirm) to run without asking")
+            answer = stdin.readline().strip().lower()
+        except KeyboardInterrupt:
+            out.write("\n")  # the error goes below the question, not after it
+            raise
+        finally:
+            # Waiting for an answer is not part of the work the throughput measures.
+            self.report.prompt_seconds += time.monotonic() - asked
         if answer not in ("y", "yes"):
             raise Declined("declined: nothing was changed")
 
@@ -380,6 +400,7 @@ class Coordinator:
             self.report.planned_renames = len(plan.renames) + sum(1 for c in plan.copies if c.keep_old_as)
         if plan.copies or plan.removals:
             self._confirm(self._plan_question(plan))
+        self.confirmed = True
         if self.create_destination:
             try:
                 self.dst.prepare(create=True)
@@ -422,7 +443,7 @@ class Coordinator:
     def _copy(self, copies: list[Copy]) -> None:
         jobs = [
             Job(next(self.ids), COPY, c.entry.name, c.entry.size, c.entry.mtime, c.keep_old_as,
-                new=c.new, unless_stored_mtime=c.unless_stored_mtime)  # fmt: skip
+                new=c.new, unless_stored_mtime=c.unless_stored_mtime, reason=c.reason)  # fmt: skip
             for c in copies
         ]
         self.progress.start("copying", len(jobs), sum(c.entry.size for c in copies))
@@ -441,9 +462,9 @@ class Coordinator:
 
         def on_compared(job: Job, result: Result) -> None:
             self.report.verified += 1
+            file_log.info("verified %s: %s", job.name, "same" if result.same else "differs from the source, to be copied")
             if not result.same:
                 self.report.verify_mismatches += 1
-                log.info("%s differs from the source: it will be copied", job.name)
                 differing.append(by_id[job.id])
             self.progress.add(files=1)
 
@@ -468,7 +489,12 @@ class Coordinator:
         r.copied_bytes += result.bytes
         r.renamed += 1 if job.keep_old_as else 0
         r.verified_after_put += 1 if result.verified else 0
-        log.debug("copied %s (%s)", job.name, human_bytes(result.bytes))
+        if file_log.isEnabledFor(logging.INFO):  # most runs log no per-file line: skip the formatting
+            file_log.info(
+                "copied %s (%s, %s)%s%s", job.name, human_bytes(result.bytes), job.reason,
+                f", the old version renamed {job.name} -> {job.keep_old_as}" if job.keep_old_as else "",
+                ", read back: verified" if result.verified else "",
+            )  # fmt: skip
         self.progress.add(files=1)
 
     def _run_jobs(self, jobs: list[Job], on_success: Callable[[Job, Result], None]) -> None:
@@ -550,6 +576,11 @@ class Coordinator:
             del waiting[job.id]
             self._failed(job.name, result.error or "failed")
 
+    def _error(self, message: str) -> None:
+        """An error the run ends with: printed on stderr (and logged) once, and kept in the report."""
+        log.error("%s", message)
+        self.report.errors.append(secrets.redact(message))
+
     def _failed(self, name: str, error: str) -> None:
         log.error("%s", error)
         self.report.failed.append((name, error))
@@ -589,7 +620,7 @@ class Coordinator:
 
     # -- renames and deletes, last -------------------------------------------------
     def _refuse_max_delete(self, plan: Plan) -> None:
-        self.report.errors.append(
+        self._error(
             f"the plan would delete or rename {plan.removals} file(s), more than --max-delete "
             f"{self.opts.max_delete}: no file was deleted or renamed"
         )
@@ -598,7 +629,7 @@ class Coordinator:
         if not plan.removals:
             return
         if self.copy_failures:
-            self.report.errors.append(
+            self._error(
                 f"{self.copy_failures} file(s) failed to copy, so no file was deleted or renamed "
                 "at the destination; fix the failures and run again"
             )
@@ -615,6 +646,7 @@ class Coordinator:
                         log.error("%s: rename to %s failed: %s", old, new, error)
                     else:
                         self.report.renamed += 1
+                        file_log.info("renamed %s -> %s", old, new)
                     self.progress.add(files=1)
             self.progress.finish()
         if plan.deletes:
@@ -623,6 +655,9 @@ class Coordinator:
                 batch = plan.deletes[i : i + DELETE_BATCH]
                 failures = self._delete_batch(batch)
                 self.report.deleted += len(batch) - len(failures)
+                for name in batch:
+                    if name not in failures:
+                        file_log.info("deleted %s", name)
                 for name, reason in failures.items():
                     self.report.failed.append((name, f"delete failed: {reason}"))
                     log.error("%s: delete failed: %s", name, reason)

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from typing import TextIO
 
+from synctool.errors import UsageError
 from synctool.secrets import redact
 
 for _level, _name in ((1, "ExplicitOnly"), (5, "Profiling"), (15, "Retry"), (25, "DryRun")):
@@ -16,6 +17,15 @@ for _level, _name in ((1, "ExplicitOnly"), (5, "Profiling"), (15, "Retry"), (25,
 
 DRYRUN = 25
 RETRY = 15
+
+#: The logger of per-file records (copied, renamed, deleted, verified): the
+#: log file keeps them from Information on, but stderr shows them only at
+#: Verbose or below, so a large run does not flood the terminal.
+FILES = "synctool.files"
+#: The logger of what the command line also prints on stdout (the dry run's
+#: lines, the summary, the exit code): the log file keeps it, and stderr
+#: never repeats it.
+OUTPUT = "synctool.output"
 
 
 class RedactingFormatter(logging.Formatter):
@@ -60,31 +70,76 @@ if not getattr(logging.getLogRecordFactory(), "synctool_redacts", False):
     logging.setLogRecordFactory(_redacting_record_factory(logging.getLogRecordFactory()))
 
 
+def create_private_file(path: str, what: str) -> None:
+    """Create ``path`` (and its folder) readable by its owner only, or raise
+    :class:`UsageError` saying why ``what`` ("log file", "report file") cannot
+    be written there. Called before anything is listed, so a run never ends
+    without the record it was asked to leave."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        blocker = _file_in_the_way(folder)
+        reason = f"{blocker} is a file, not a folder" if blocker else f"cannot create its folder {folder} ({exc.strerror})"
+        raise UsageError(f"cannot write the {what} {path}: {reason}") from None
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    except OSError as exc:
+        reason = "it is a folder" if isinstance(exc, IsADirectoryError) else exc.strerror
+        raise UsageError(f"cannot write the {what} {path}: {reason}") from None
+
+
+def _file_in_the_way(folder: str) -> str | None:
+    """The nearest existing ancestor of ``folder`` (itself included), when it is not a folder."""
+    while not os.path.isdir(folder):
+        if os.path.lexists(folder):
+            return folder
+        folder = os.path.dirname(folder)
+    return None
+
+
 def log_file_handler(path: str) -> logging.Handler:
     """Append to ``path``, creating it (and its folder) readable by its owner only."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    os.close(fd)
+    create_private_file(path, "log file")
     handler = logging.FileHandler(path, mode="a", encoding="utf-8")
     handler.setFormatter(RedactingFormatter("%(asctime)s [%(levelname)s] %(name)s: %(message)s"))
     return handler
 
 
+class _ConsoleFilter(logging.Filter):
+    """Keeps stdout's lines off stderr, and per-file lines unless the level is Verbose or below."""
+
+    def __init__(self, level: int):
+        super().__init__()
+        self.per_file = level <= logging.DEBUG
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == OUTPUT:
+            return False
+        return self.per_file or record.name != FILES
+
+
 def setup(level: int, log_file: str | None, stderr: TextIO | None = None) -> list[logging.Handler]:
-    """Route the ``synctool`` loggers to stderr and the log file; returns the handlers added."""
+    """Route the ``synctool`` loggers to stderr and the log file; returns the handlers added.
+
+    Raises :class:`UsageError` when the log file cannot be written.
+    """
+    handlers: list[logging.Handler] = [log_file_handler(log_file)] if log_file else []
     logger = logging.getLogger("synctool")
     logger.setLevel(level)
     logger.propagate = False
-    handlers: list[logging.Handler] = []
     console = logging.StreamHandler(stderr or sys.stderr)
     console.setFormatter(RedactingFormatter("%(levelname)s: %(message)s"))
+    console.addFilter(_ConsoleFilter(level))
     handlers.append(console)
-    if log_file:
-        handlers.append(log_file_handler(log_file))
     for h in handlers:
         h.setLevel(level)
         logger.addHandler(h)
+    # A record costs its making even when every handler drops it: without a
+    # log file, the per-file and stdout records need not be made at all.
+    off = logging.CRITICAL + 1
+    logging.getLogger(OUTPUT).setLevel(logging.NOTSET if log_file else off)
+    logging.getLogger(FILES).setLevel(logging.NOTSET if log_file or level <= logging.DEBUG else off)
     return handlers
 
 
@@ -115,6 +170,11 @@ def for_library_call(level: int | None, handler: logging.Handler | None) -> Iter
 
 def teardown(handlers: list[logging.Handler]) -> None:
     logger = logging.getLogger("synctool")
+    for name in (OUTPUT, FILES):
+        logging.getLogger(name).setLevel(logging.NOTSET)
     for h in handlers:
         logger.removeHandler(h)
         h.close()
+    # setup() kept the run's records from the root logger's handlers; a
+    # program (a test) that runs the command line in-process gets them back.
+    logger.propagate = True

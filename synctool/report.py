@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any
 
-from synctool.errors import ExitCode
-from synctool.logs import printable
+from synctool.errors import ExitCode, SyncError
+from synctool.logs import create_private_file, printable
 from synctool.secrets import redact
 
 
@@ -45,14 +44,16 @@ class Report:
     failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     errors: list[str] = dataclasses.field(default_factory=list)
     warnings: list[str] = dataclasses.field(default_factory=list)
-    elapsed: float = 0.0
+    elapsed: float = 0.0  # wall time of the whole run
+    prompt_seconds: float = 0.0  # of that, time spent waiting at the [y/N] prompt
     worker_peak_rss: int = 0
     exit_code: int = ExitCode.SUCCESS
 
     @property
     def throughput(self) -> float:
-        """Bytes copied per second of the whole run."""
-        return self.copied_bytes / self.elapsed if self.elapsed > 0 else 0.0
+        """Bytes copied per second of the run, the time waiting for an answer at the prompt left out."""
+        working = self.elapsed - self.prompt_seconds
+        return self.copied_bytes / working if working > 0 else 0.0
 
     @property
     def ok(self) -> bool:
@@ -74,22 +75,30 @@ class Report:
         return redact(json.dumps(self.to_dict(), indent=2, ensure_ascii=False))
 
     def write(self, path: str) -> None:
-        """Write the report as JSON, readable by its owner only."""
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(self.to_json() + "\n")
+        """Write the report as JSON, readable by its owner only; raises :class:`SyncError` when it cannot."""
+        create_private_file(path, "report file")
+        try:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(self.to_json() + "\n")
+        except OSError as exc:
+            raise SyncError(f"cannot write the report file {path}: {exc.strerror}") from None
 
     def summary_lines(self) -> list[str]:
+        """What the command line prints on stdout at the end.
+
+        Errors and failed files are not repeated here: each was printed on
+        stderr (and written to the log file) as it happened.
+        """
         nothing_done = not (self.copied or self.renamed or self.deleted or self.verified)
-        if self.exit_code in (ExitCode.DECLINED, ExitCode.USAGE, ExitCode.FATAL) and nothing_done and not self.dry_run:
-            return [printable(redact(f"Error: {e}")) for e in self.errors]
+        ended_early = (ExitCode.DECLINED, ExitCode.USAGE, ExitCode.FATAL, ExitCode.INTERRUPTED)
+        if self.exit_code == ExitCode.USAGE or (self.exit_code in ended_early and nothing_done and not self.dry_run):
+            return []  # a refused command did nothing to sum up
         verb = "Would copy" if self.dry_run else "Copied"
+        waited = f"{self.prompt_seconds:.1f} s at the prompt, " if self.prompt_seconds >= 0.05 else ""
         lines = [
             f"{verb} {self.copied if not self.dry_run else self.planned_copies} file(s), "
             f"{human_bytes(self.copied_bytes if not self.dry_run else self.planned_bytes)}"
-            + ("" if self.dry_run else f" in {self.elapsed:.1f} s ({human_bytes(self.throughput)}/s)"),
+            + ("" if self.dry_run else f" in {self.elapsed:.1f} s ({waited}{human_bytes(self.throughput)}/s)"),
         ]
         if self.dry_run:
             lines.append(f"Would rename {self.planned_renames}, delete {self.planned_deletes}, "
@@ -100,12 +109,6 @@ class Report:
                 f"({self.verify_mismatches} differed), read back {self.verified_after_put}, "
                 f"unchanged {self.unchanged}, failed {len(self.failed)}"
             )
-        for name, error in self.failed[:20]:
-            lines.append(f"  failed: {error}" if error.startswith(name) else f"  failed: {name}: {error}")
-        if len(self.failed) > 20:
-            lines.append(f"  ... and {len(self.failed) - 20} more (see --report)")
-        for error in self.errors:
-            lines.append(f"Error: {error}")
         return [printable(redact(line)) for line in lines]
 
 

@@ -47,6 +47,14 @@ def start_synctool(*args, **popen) -> subprocess.Popen:
     )  # fmt: skip
 
 
+def without_root_overrides(command: list[str]) -> list[str]:
+    """``command`` run so that file modes bind it: root reads and writes
+    through them, unless it lacks these two capabilities."""
+    if os.geteuid() != 0:
+        return command
+    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *command]
+
+
 def wait_until(predicate, proc: subprocess.Popen, timeout: float = 20.0) -> None:
     """Poll ``predicate`` while synctool ``proc`` runs: fail if it ends first or time runs out."""
     deadline = time.monotonic() + timeout

@@ -1,5 +1,6 @@
 """Bad input (issue 6): one line on stderr that says what is wrong and what to do,
-the exit code the README documents (1 fatal, 2 usage), and no change anywhere.
+nothing on stdout (no summary of a run that did nothing, no second copy of the
+error), the exit code the README documents (1 fatal, 2 usage), and no change anywhere.
 
 Each row of the table is a real ``synctool`` run. Its destination is one that a
 good run would change (a folder, an S3 prefix or an SFTP folder holding a file
@@ -56,6 +57,11 @@ class World:
         for name, data in {**FILES, **EXTRA}.items():
             self.s3.client().put_object(Bucket=bucket, Key=f"p/{name}", Body=data)
         return bucket
+
+    @property
+    def s3_host(self) -> str:
+        """The S3 server's host:port, without its http://."""
+        return self.s3.endpoint.split("://", 1)[1]
 
     def s3_options(self, **extra: str) -> list[str]:
         return [f"{k}={v}" for k, v in self.s3.options(**extra).items()]
@@ -144,6 +150,15 @@ ROWS: dict[str, Row] = {
     "s3-wrong-secret": Row(lambda w: [w.src, f"s3://{w.bucket}/p", "--dst-options",
                                       *w.s3_options(**{"aws-secret-access-key": "NotTheRightSecret1234"})],
                            FATAL, r"refused \(403\): check aws-access-key-id, aws-secret-access-key"),
+    # rclone serve s3 speaks plain HTTP: a TLS handshake with it fails with no word of why.
+    "s3s-to-plain-http": Row(lambda w: [w.src, f"s3s://{w.bucket}/p", "--dst-options", *w.s3_options(**{"s3-server-name": w.s3_host})],
+                             FATAL, r"the S3 endpoint 127\.0\.0\.1:\d+ speaks plain HTTP, not TLS: set use-ssl=false"),
+    "use-ssl-to-plain-http": Row(lambda w: [f"s3://{w.bucket}/p", w.dst, "--src-options",
+                                            *w.s3_options(**{"s3-server-name": w.s3_host, "use-ssl": "true"})],
+                                 FATAL, r"source: the S3 endpoint .* speaks plain HTTP, not TLS: set use-ssl=false"),
+    "https-to-plain-http": Row(lambda w: [w.src, f"s3://{w.bucket}/p", "--dst-options",
+                                          *w.s3_options(**{"s3-server-name": f"https://{w.s3_host}"})],
+                               FATAL, r"speaks plain HTTP, not TLS: write s3-server-name=http://127\.0\.0\.1:\d+ \(use-ssl=false"),
     "s3-unreachable": Row(lambda w: [w.src, f"s3://{w.bucket}/p", "--dst-options",
                                      *w.s3_options(**{"s3-server-name": f"127.0.0.1:{free_port()}"})],
                           FATAL, r"cannot reach the S3 endpoint http://127\.0\.0\.1:\d+"),
@@ -181,7 +196,7 @@ ROWS: dict[str, Row] = {
                             r"--global-options: the key 'k' is given twice"),
     "unknown-flag": Row(lambda w: [w.src, w.dst, "--bogus"], USAGE, r"No such option '--bogus'.*synctool --help"),
     "use-ssl-maybe": Row(lambda w: [w.src, f"s3://{w.bucket}/p", "--dst-options",
-                                    *w.s3_options(**{"s3-server-name": w.s3.endpoint.split("://")[1], "use-ssl": "maybe"})],
+                                    *w.s3_options(**{"s3-server-name": w.s3_host, "use-ssl": "maybe"})],
                          USAGE, r"destination: option use-ssl takes true or false, not 'maybe'"),
     "s3-part-size-huge": Row(lambda w: [w.src, f"s3://{w.bucket}/p", "--dst-options", *w.s3_options(**{"s3-part-size": "huge"})],
                              USAGE, r"option s3-part-size takes a size such as 8MiB, not 'huge'"),
@@ -279,4 +294,5 @@ def test_bad_input_is_one_clear_line_a_documented_code_and_no_change(case, reque
     assert p.returncode == row.code, (p.stdout, p.stderr)
     assert len(lines) == 1, p.stderr
     assert re.search(row.says, lines[0]), lines[0]
+    assert p.stdout == ""
     assert world.state() == before

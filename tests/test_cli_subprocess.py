@@ -124,7 +124,8 @@ def test_a_source_file_that_keeps_growing_fails_with_exit_3(tmp_path, src):
         stop.set()
         writer.join()
     assert p.returncode == 3, (p.stdout, p.stderr)
-    assert "failed: growing.log" in p.stdout and "source changed" in p.stdout
+    assert p.stderr.count("ERROR: growing.log: source changed") == 1, p.stderr
+    assert "growing.log" not in p.stdout and "failed 1" in p.stdout
     figures = json.loads((tmp_path / "r.json").read_text())
     assert [f["name"] for f in figures["failed"]] == ["growing.log"]
     assert figures["retries"] == 3  # the default --retry

@@ -12,10 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 import blake3
 import pytest
 
-from scripts.servers import free_port
+from scripts.servers import free_port, rclone_s3
 from synctool.backends import BackendError, BackendSpec, DeleteError, FatalBackendError, NotFound, open_backend
 from synctool.backends import s3_native
-from synctool.backends.s3 import MiB, S3Backend, _delete_failures, _size
+from synctool.backends.s3 import MiB, S3Backend, _delete_failures, _size, _speaks_plain_http_only
 from tests.backend_contract import BackendContract, _chunks, _content
 
 SMALL_PART = {"s3-part-size": "5MiB"}  # S3's smallest: multipart tests stay quick
@@ -653,3 +653,61 @@ def test_concurrent_writes_hold_no_more_than_the_budget(open_s3):
     # briefly doubled while it grows; far below the 36 MiB of no budget.
     assert peak < 20 * MiB, f"{peak / MiB:.1f} MiB held at the peak"
     assert b"".join(backend.read("f11")) == data
+
+
+# -- TLS against a server that speaks plain HTTP ---------------------------------------
+TLS_FORMS = {  # (URL scheme, s3-server-name, other options, the fix the error names)
+    "s3s": ("s3s", "{host}", {}, "set use-ssl=false"),
+    "use-ssl": ("s3", "{host}", {"use-ssl": "true"}, "set use-ssl=false"),
+    "https-url": ("s3", "https://{host}", {}, r"write s3-server-name=http://127\.0\.0\.1:\d+ \(use-ssl=false"),
+}
+
+
+@pytest.mark.parametrize("native", ["true", "false"], ids=["native", "boto3"])
+@pytest.mark.parametrize("form", list(TLS_FORMS))
+def test_tls_to_a_plain_http_server_says_how_to_turn_tls_off(s3_server, s3_bucket, form, native):
+    """rclone serve s3 speaks plain HTTP: a TLS handshake with it fails with no word of why."""
+    scheme, server, extra, fix = TLS_FORMS[form]
+    host = s3_server.endpoint.split("://", 1)[1]
+    options = s3_server.options(**{"s3-server-name": server.format(host=host), "s3-native": native}, **extra)
+    spec = BackendSpec(f"{scheme}://{s3_bucket}/p", options)
+    started = time.monotonic()
+    with pytest.raises(FatalBackendError, match=rf"^the S3 endpoint {host} speaks plain HTTP, not TLS: {fix}"):
+        open_backend(spec).prepare(create=False)
+    assert time.monotonic() - started < 10
+
+
+def _self_signed(folder) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 that nobody trusts, and its key: (cert path, key path)."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))  # fmt: skip
+    return str(cert_path), str(key_path)
+
+
+def test_only_a_server_without_tls_is_taken_for_plain_http(s3_server, tmp_path):
+    """A TLS server answers a plain request too (Go's with a 400): when its
+    handshake fails (here, a certificate nobody trusts), turning TLS off is
+    not the fix, and is not suggested."""
+    cert, key = _self_signed(tmp_path)
+    with rclone_s3(tmp_path / "tls", extra_args=["--cert", cert, "--key", key]) as tls:
+        assert not _speaks_plain_http_only(f"https://127.0.0.1:{tls.port}")
+    assert _speaks_plain_http_only("https://" + s3_server.endpoint.split("://", 1)[1])
+    assert not _speaks_plain_http_only(f"https://127.0.0.1:{free_port()}")  # nothing listens

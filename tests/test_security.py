@@ -86,7 +86,9 @@ def test_hostile_s3_keys_are_refused_by_name_and_the_rest_is_copied(s3_server, s
     assert sorted(f["name"] for f in failed) == sorted(HOSTILE)
     for name in HOSTILE:
         escaped = repr(name)[1:-1]
-        assert escaped in run.texts["stdout"] and escaped in run.texts["stderr"]
+        # Each refusal is told once, on stderr (and in the log file), not again on stdout.
+        assert escaped in run.texts["stderr"] and escaped in run.texts["log file"]
+        assert escaped not in run.texts["stdout"]
     # Names are printed escaped: no NUL, escape or stray line break reaches the terminal.
     for where in ("stdout", "stderr"):
         assert "\x00" not in run.texts[where] and "\x1b" not in run.texts[where], where
@@ -216,7 +218,7 @@ def test_password_in_an_ssh_url_against_openssh_with_a_failing_file(sshd_server,
     url = password_url(sshd_server, user, password, f"{home}/{sftp_folder}")
     run = run_cli(tmp_path, str(src), url, "--dst-options", *pinned(sshd_server), level=level)
     assert run.code == ExitCode.PARTIAL, run.texts
-    assert "locked/x.txt" in run.texts["stdout"] and "permission denied" in run.texts["stdout"]
+    assert "locked/x.txt" in run.texts["stderr"] and "permission denied" in run.texts["stderr"]
     assert read_tree(dst) == FILES
     assert "copied a.txt" in run.texts["log file"]  # the verbose lines are there
     assert_no_secret(run.texts, [password])
@@ -270,7 +272,7 @@ def test_s3_secret_in_options_with_a_refused_name(s3_server, s3_bucket, tmp_path
     dst = tmp_path / "dst"
     run = run_cli(tmp_path, f"s3://{s3_bucket}/p", str(dst), "--src-options", *s3_tokens(s3_server), level=level)
     assert run.code == ExitCode.PARTIAL, run.texts
-    assert "bad\\x00name" in run.texts["stdout"]
+    assert "bad\\x00name" in run.texts["stderr"]
     assert read_tree(dst) == FILES
     assert_no_secret(run.texts, [s3_server.secret])
 

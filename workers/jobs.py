@@ -21,6 +21,7 @@ class Job:
     new: bool = False  # COPY: the destination must not hold this name yet
     #: COPY: skip when the destination stored this very source mtime with the file
     unless_stored_mtime: bool = False
+    reason: str = ""  # COPY: why the plan copies it (missing, size, newer, force, content), for the log
 
 
 @dataclasses.dataclass(slots=True)

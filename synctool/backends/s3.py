@@ -56,6 +56,7 @@ import logging
 import math
 import os
 import re
+import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -920,12 +921,10 @@ class S3Backend(Backend):
         """Turn a boto3 error into a BackendError that says what is wrong (never a secret)."""
         if isinstance(exc, BackendError):
             return exc
-        # At first contact a dead endpoint is a setting to fix; later, a blip to retry.
-        unreachable = FatalBackendError if first_contact else BackendError
         if isinstance(exc, s3_native.NativeError):
             if exc.status:
                 return self._client_error(exc.code, exc.status, str(exc), what)
-            return unreachable(f"cannot reach the S3 endpoint {self._where()}: {exc}")
+            return self._unreachable(str(exc), first_contact)
         import botocore.exceptions
 
         if isinstance(exc, botocore.exceptions.NoCredentialsError):
@@ -936,8 +935,26 @@ class S3Backend(Backend):
         if isinstance(exc, botocore.exceptions.ClientError):
             return self._client_error(_code(exc), _status(exc), _describe(exc), what)
         if isinstance(exc, _connection_errors()):
-            return unreachable(f"cannot reach the S3 endpoint {self._where()}: {_describe(exc)}")
+            return self._unreachable(_describe(exc), first_contact)
         return BackendError(f"{what}: {_describe(exc)}")
+
+    def _unreachable(self, described: str, first_contact: bool) -> BackendError:
+        """No answer from the endpoint: at first contact a setting to fix; later, a blip to retry."""
+        if not first_contact:
+            return BackendError(f"cannot reach the S3 endpoint {self._where()}: {described}")
+        # A TLS handshake with a plain-HTTP server (rclone serve s3, MinIO
+        # without certificates) fails with no word of why; one plain request
+        # tells that case apart.
+        if self.endpoint and self.endpoint.startswith("https://") and _speaks_plain_http_only(self.endpoint):
+            host = self.endpoint.removeprefix("https://")
+            server_name = {**self.spec.options, **self.location.query}.get("s3-server-name", "")
+            fix = (
+                f"write s3-server-name=http://{host} (use-ssl=false does not change a URL's https://)"
+                if "://" in server_name
+                else "set use-ssl=false"
+            )
+            return FatalBackendError(f"the S3 endpoint {host} speaks plain HTTP, not TLS: {fix}")
+        return FatalBackendError(f"cannot reach the S3 endpoint {self._where()}: {described}")
 
     def _client_error(self, code: str, status: int, described: str, what: str) -> BackendError:
         if code == "NoSuchBucket":
@@ -1093,6 +1110,33 @@ def _prefix(path: str) -> str:
         # against an overlapping source) says.
         raise FatalBackendError(f"the prefix {path!r} has an empty, '.' or '..' segment: write it without them")
     return path + "/" if path else ""
+
+
+def _speaks_plain_http_only(endpoint: str) -> bool:
+    """Whether the server at ``endpoint`` refuses a TLS handshake but answers a plain HTTP request."""
+    import ssl
+
+    parts = urlsplit(endpoint)
+    address = (parts.hostname, parts.port or 443)
+    # Certificates are not checked here: a server whose TLS works, with a
+    # certificate we would refuse, is not the plain-HTTP case.
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    try:
+        with socket.create_connection(address, timeout=2) as sock:
+            try:
+                context.wrap_socket(sock, server_hostname=parts.hostname).close()
+                return False
+            except ssl.SSLError:
+                pass
+        with socket.create_connection(address, timeout=2) as sock:
+            sock.sendall(f"HEAD / HTTP/1.0\r\nHost: {parts.netloc}\r\n\r\n".encode())
+            head = b""
+            while len(head) < 5 and (chunk := sock.recv(5 - len(head))):
+                head += chunk
+            return head == b"HTTP/"
+    except OSError:
+        return False
 
 
 def _endpoint(opts: dict[str, str], tls_default: bool) -> tuple[str | None, bool]:

@@ -6,10 +6,13 @@ every exception becomes an exit code here and nowhere else.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TextIO
 
 import click
 from click.core import ParameterSource
@@ -35,9 +38,10 @@ Exit codes:
   0    success (also a dry run and --parse-arguments-only)
   1    fatal error: a listing failed, a backend unreachable,
        or --max-delete refused the deletes
-  2    usage error: bad arguments or option values, or a source
-       and destination of which one holds the other
-  3    finished, but some files failed (the summary names them)
+  2    usage error: bad arguments or option values, a source and
+       destination of which one holds the other, or a --report or
+       --log-file that cannot be written
+  3    finished, but some files failed (each is named on stderr)
   4    declined at the confirmation prompt
   130  interrupted (Ctrl-C or SIGTERM)
 
@@ -133,24 +137,68 @@ def command(ctx: click.Context, source: str, destination: str, **kw: object) -> 
     except UsageError as exc:
         raise click.UsageError(secrets.redact(exc), ctx) from None
     env: Env = ctx.obj if isinstance(ctx.obj, Env) else Env.from_process()
+    env = dataclasses.replace(env, stdout=ReaderMayLeave(env.stdout or sys.stdout))
     if description is not None:
         click.echo(secrets.redact(description), file=env.stdout)
         ctx.exit(ExitCode.SUCCESS)
+    # A log file or report file that cannot be written is a usage error,
+    # found before anything is listed.
     try:
         handlers = logs.setup(opts.log_level, opts.log_file)
-    except OSError as exc:
-        raise ExitError(UsageError(f"cannot open the log file {opts.log_file}: {exc.strerror}")) from None
+    except SyncError as exc:
+        raise ExitError(exc) from None
     try:
         report = run(opts, env)
-    except OSError as exc:  # the report file could not be written
-        raise ExitError(SyncError(str(exc))) from None
+    except SyncError as exc:
+        raise ExitError(exc) from None
     finally:
         logs.teardown(handlers)
-    out = env.stdout or sys.stdout
     for line in report.summary_lines():
-        out.write(line + "\n")
-    out.flush()
+        env.stdout.write(line + "\n")
+    env.stdout.flush()
     ctx.exit(int(report.exit_code))
+
+
+class ReaderMayLeave:
+    """stdout, whose reader may stop reading (``synctool ... --dry-run | head -1``).
+
+    Once the pipe is closed, further output is dropped, and the run goes on
+    to its end and its exit code: a sync is not cut short because nobody
+    reads its output any more.
+    """
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+        self.closed_by_reader = False
+
+    def write(self, text: str) -> int:
+        if not self.closed_by_reader:
+            try:
+                self.stream.write(text)
+            except BrokenPipeError:
+                self._reader_left()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.closed_by_reader:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self._reader_left()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def _reader_left(self) -> None:
+        self.closed_by_reader = True
+        # What is still buffered would fail again when Python flushes stdout
+        # at exit, with an "Exception ignored" message: let it go nowhere.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # a stream without a file descriptor (tests)
+            pass
 
 
 def build_options(ctx: click.Context, source: str, destination: str, kw: dict) -> SyncOptions:
