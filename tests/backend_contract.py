@@ -118,6 +118,14 @@ class BackendContract:
                 backend.write(bad, iter([b"x"]), 1)
         assert list(backend.list()) == []
 
+    def test_listing_comes_in_name_order(self, backend):
+        """The full names' order, a folder counting as ``name/``: what S3 lists
+        and what the plan's merge of two listings relies on."""
+        names = ["a-b", "a/b", "a/c/d", "a/c/d0", "a/c-e", "a0", "a.txt", "B", "b", "a b/x", "é", "z/y/x/w"]
+        for name in names:
+            backend.write(name, iter([b"x"]), 1)
+        assert [e.name for e in backend.list()] == sorted(names)
+
     # -- nothing is replaced that the caller did not name -------------------
     #: Whether a new file's write refuses an existing name by itself. S3 asks
     #: with If-None-Match, which rclone serve s3 ignores (a documented race).

@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from stat import S_ISDIR, S_ISLNK, S_ISREG
 
+from synctool.backends.walk import ordered_walk
 from synctool.backends.base import (
     AlreadyExists,
     Backend,
@@ -185,25 +186,28 @@ class LocalBackend(Backend):
     def list(self) -> Iterator[Entry]:
         if not os.path.isdir(self.root):
             raise NotFound(f"folder {self.root} does not exist")
-        stack = [("", self.root)]
-        while stack:
-            prefix, folder = stack.pop()
-            try:
-                with os.scandir(folder) as it:
-                    items = list(it)
-            except OSError as exc:
-                raise BackendError(f"cannot list {folder}: {exc.strerror}") from exc
-            for item in items:
-                st = item.stat(follow_symlinks=False)
-                mode = st.st_mode
-                if S_ISREG(mode):
-                    yield Entry(prefix + item.name, st.st_size, st.st_mtime_ns / 1e9)
-                elif S_ISDIR(mode):
-                    stack.append((prefix + item.name + "/", item.path))
-                elif S_ISLNK(mode):
-                    yield Entry(prefix + item.name, 0, st.st_mtime_ns / 1e9, link=True)
-                else:
-                    log.warning("skipping %s: not a regular file", prefix + item.name)
+        return ordered_walk(self._scan, self.root)
+
+    def _scan(self, prefix: str, folder: str) -> tuple[list[Entry], list[tuple[str, str]]]:
+        """One folder: its files and links, and its subfolders as (name prefix, path)."""
+        try:
+            with os.scandir(folder) as it:
+                items = list(it)
+        except OSError as exc:
+            raise BackendError(f"cannot list {folder}: {exc.strerror}") from exc
+        files, folders = [], []
+        for item in items:
+            st = item.stat(follow_symlinks=False)
+            mode = st.st_mode
+            if S_ISREG(mode):
+                files.append(Entry(prefix + item.name, st.st_size, st.st_mtime_ns / 1e9))
+            elif S_ISDIR(mode):
+                folders.append((prefix + item.name + "/", item.path))
+            elif S_ISLNK(mode):
+                files.append(Entry(prefix + item.name, 0, st.st_mtime_ns / 1e9, link=True))
+            else:
+                log.warning("skipping %s: not a regular file", prefix + item.name)
+        return files, folders
 
     def read(self, name: str) -> Iterator[bytes]:
         try:
