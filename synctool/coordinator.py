@@ -190,6 +190,7 @@ class Coordinator:
             now=self.started_at,
             target=DestinationTraits(self.dst.keeps_mtime, self.dst.max_segment_bytes),
             recheck=self._unverified(dst_entries),
+            ordered=True,  # every backend lists in name order
         )
         self.plan = plan
         del src_entries, dst_entries

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from synctool.backends.base import JOURNAL_RE, TEMP_RE, Entry, UnsafeName, check_name, is_internal
+from synctool.march import march
 
 #: ``20261128043100.old.name``: a version kept by --retention.
 RETENTION_RE = re.compile(r"^\d{14}\.old\.")
@@ -105,6 +106,9 @@ class Copy:
     #: "newer" than a destination that lists its upload time: copied unless
     #: the source time stored with the object says it is the same file.
     unless_stored_mtime: bool = False
+    #: A destination-only file or folder being removed stands where this goes:
+    #: it is written after the removals.
+    blocked: bool = False
 
 
 @dataclasses.dataclass(slots=True)
@@ -153,15 +157,7 @@ def blocked_copies(plan: Plan) -> set[str]:
     destination folder ``a/`` none for the source's file ``a``. Such a copy can
     only be written after the removals, which come after every other copy.
     """
-    removed = set(plan.deletes) | {old for old, _ in plan.renames}
-    if not removed:
-        return set()
-    removed_folders = {f for name in removed for f in _ancestors(name)}
-    return {
-        c.entry.name
-        for c in plan.copies
-        if c.entry.name in removed_folders or any(f in removed for f in _ancestors(c.entry.name))
-    }
+    return {c.entry.name for c in plan.copies if c.blocked}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +180,7 @@ def make_plan(
     now: float | None = None,
     target: DestinationTraits = DestinationTraits(),
     recheck: frozenset[str] = frozenset(),
+    ordered: bool = False,
 ) -> Plan:
     """Merge the two listings into a :class:`Plan`.
 
@@ -192,34 +189,35 @@ def make_plan(
     start) finds source files dated in the future. ``recheck`` names files
     whose copy at the destination was never read back (an interrupted
     --verify-get-after-put run): their contents are compared.
+
+    ``ordered`` listings (every backend's, see synctool/backends/walk.py)
+    are merged as they come; others are sorted first. Names are decided in
+    order: a retention name that a later name of the listings takes is
+    found taken when the rename or write refuses it, and the next is used.
     """
-    src = sorted((e for e in source if not is_internal(e.name)), key=lambda e: e.name)
-    dst = sorted(destination, key=lambda e: e.name)
+    if not ordered:
+        source, destination = sorted(source, key=_name), sorted(destination, key=_name)
     plan = Plan()
-    plan.retention = RetentionNames(
-        stamp,
-        (e.name for e in (*src, *dst) if is_retention_name(e.name)),
-        target.max_segment_bytes,
-    )
-    ctx = _Context(plan, force, retention, verify_contents, mtime_window, target, recheck,
-                   {d.name for d in dst if d.link})  # fmt: skip
-    if now is not None:
-        plan.future = [s.name for s in src if s.mtime > now + FUTURE_SLACK_SECONDS and not s.link]
-    i = j = 0
-    while i < len(src) or j < len(dst):
-        s = src[i] if i < len(src) else None
-        d = dst[j] if j < len(dst) else None
-        if d is None or (s is not None and s.name < d.name):
-            ctx.source_only(s)
-            i += 1
-        elif s is None or d.name < s.name:
-            ctx.destination_only(d)
-            j += 1
-        else:
-            ctx.both(s, d)
-            i += 1
-            j += 1
+    plan.retention = RetentionNames(stamp, (), target.max_segment_bytes)
+    ctx = _Context(plan, force, retention, verify_contents, mtime_window, target, recheck, now)
+    for s, d in march((e for e in source if not is_internal(e.name)), destination):
+        ctx.step(s, d)
+    ctx.finish()
     return plan
+
+
+def _name(entry: Entry) -> str:
+    return entry.name
+
+
+def _beyond(name: str | None, prefix: str) -> bool:
+    """Whether ``name`` (None: the end) comes after every name below ``prefix/``.
+
+    Names such as ``prefix-x`` sort between ``prefix`` and ``prefix/...``:
+    they are not beyond it yet.
+    """
+    folder = prefix + "/"
+    return name is None or (name > folder and not name.startswith(folder))
 
 
 @dataclasses.dataclass
@@ -231,7 +229,59 @@ class _Context:
     window: float
     target: DestinationTraits
     recheck: frozenset[str]
-    dst_links: set[str]
+    now: float | None
+    dst_links: set[str] = dataclasses.field(default_factory=set)
+    #: Removed destination names that may still be the folder of a coming
+    #: source name (the march has not passed their ``name/`` range). A later
+    #: one's range lies inside an earlier one's, or ends before it starts.
+    removed: list[str] = dataclasses.field(default_factory=list)
+    #: New source files whose ``name/`` range the destination may still fill
+    #: with files to remove: decided once the march has passed it.
+    waiting: list[Copy] = dataclasses.field(default_factory=list)
+
+    def step(self, s: Entry | None, d: Entry | None) -> None:
+        name = (s or d).name  # type: ignore[union-attr]
+        self._pass(name)
+        if d is not None and d.link:
+            self.dst_links.add(d.name)
+        if is_retention_name(name):
+            self.plan.retention.mark_taken(name)  # type: ignore[union-attr]
+        if s is not None and self.now is not None and not s.link and s.mtime > self.now + FUTURE_SLACK_SECONDS:
+            self.plan.future.append(s.name)
+        if d is None:
+            self.source_only(s)  # type: ignore[arg-type]
+        elif s is None:
+            self.destination_only(d)
+        else:
+            self.both(s, d)
+
+    def finish(self) -> None:
+        self._pass(None)
+
+    def _pass(self, name: str | None) -> None:
+        """The march has reached ``name`` (None: the end): close the ranges it is beyond."""
+        while self.removed and _beyond(name, self.removed[-1]):
+            self.removed.pop()
+        if self.waiting:
+            done = [c for c in self.waiting if _beyond(name, c.entry.name)]
+            if done:
+                self.waiting = [c for c in self.waiting if c not in done]
+                self.plan.copies.extend(done)
+
+    def _removing(self, name: str) -> None:
+        """The destination-only ``name`` leaves: what waits inside its folders, or below it, must wait longer."""
+        for copy in self.waiting:
+            if name.startswith(copy.entry.name + "/"):
+                copy.blocked = True  # a folder of removed files stands where the file goes
+        self.removed.append(name)
+
+    def _add_copy(self, copy: Copy) -> None:
+        if any(copy.entry.name.startswith(r + "/") for r in self.removed):
+            copy.blocked = True  # a removed file stands where a folder goes
+        if copy.new:
+            self.waiting.append(copy)
+        else:
+            self.plan.copies.append(copy)
 
     def _problem(self, s: Entry) -> str | None:
         """Why the source file ``s`` cannot be mirrored, or None."""
@@ -265,7 +315,7 @@ class _Context:
 
     def source_only(self, s: Entry) -> None:
         if self._accept(s):
-            self.plan.copies.append(Copy(s, "missing", new=True))
+            self._add_copy(Copy(s, "missing", new=True))
 
     def destination_only(self, d: Entry) -> None:
         plan = self.plan
@@ -279,6 +329,7 @@ class _Context:
             return
         if TEMP_RE.match(basename(d.name)):
             plan.deletes.append(d.name)  # debris of a killed run, never user data
+            self._removing(d.name)
         elif is_internal(d.name):
             plan.journals.append(d.name)
         elif is_retention_name(d.name):
@@ -286,8 +337,10 @@ class _Context:
         elif self.retention:
             assert plan.retention is not None
             plan.renames.append((d.name, plan.retention.name_for(d.name)))
+            self._removing(d.name)
         else:
             plan.deletes.append(d.name)
+            self._removing(d.name)
 
     def both(self, s: Entry, d: Entry) -> None:
         plan = self.plan
@@ -318,4 +371,4 @@ class _Context:
             plan.compares.append(Compare(s, d, keep))
         else:
             stored = reason == "newer" and not self.target.keeps_mtime
-            plan.copies.append(Copy(s, reason, keep, unless_stored_mtime=stored))
+            self._add_copy(Copy(s, reason, keep, unless_stored_mtime=stored))

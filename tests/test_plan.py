@@ -3,6 +3,8 @@
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from synctool.backends.base import Entry
 from synctool.plan import is_retention_name, make_plan, retention_name
@@ -156,3 +158,45 @@ def test_long_retention_names_are_shortened_recognisably():
     assert kept.startswith(f"{STAMP}.old.éé") and re.search(r"~[0-9a-f]{16}$", kept)
     assert retention_name(f"f/{base}x", STAMP, 255) != short  # a different name, a different hash
     assert retention_name("f/short", STAMP, 255) == f"f/{STAMP}.old.short"
+
+
+# -- the plan decides in one pass over ordered listings ---------------------------
+NAME = st.lists(st.sampled_from(["a", "b", "a-", "a0", "é", ".x"]), min_size=1, max_size=3).map("/".join)
+
+
+def _reference_blocked(plan_) -> set[str]:
+    """What stands in the way, worked out from the whole plan at once."""
+    removed = set(plan_.deletes) | {old for old, _ in plan_.renames}
+
+    def folders(name: str) -> set[str]:
+        return {name[:i] for i, ch in enumerate(name) if ch == "/"}
+
+    removed_folders = set().union(*map(folders, removed))
+    return {c.entry.name for c in plan_.copies if c.entry.name in removed_folders or folders(c.entry.name) & removed}
+
+
+def _tree(names: set[str]) -> list[str]:
+    """Names that can live together: no file is also a folder of another."""
+    kept: list[str] = []
+    for name in sorted(names):
+        if not any(k.startswith(name + "/") or name.startswith(k + "/") for k in kept):
+            kept.append(name)
+    return kept
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sets(NAME, max_size=12), st.sets(NAME, max_size=12), st.booleans())
+def test_one_pass_over_ordered_listings_finds_what_stands_in_the_way(src_names, dst_names, retention):
+    src, dst = [E(n) for n in _tree(src_names)], [E(n, 11) for n in _tree(dst_names)]
+    p = make_plan(src, dst, stamp=STAMP, retention=retention, ordered=True)
+    assert {c.entry.name for c in p.copies if c.blocked} == _reference_blocked(p)
+    assert {c.entry.name for c in p.copies} == {e.name for e in src}
+    removed = set(p.deletes) | {old for old, _ in p.renames}
+    assert removed == {e.name for e in dst} - {e.name for e in src}
+
+
+def test_a_listing_out_of_order_is_refused():
+    from synctool.march import ListingOrderError
+
+    with pytest.raises(ListingOrderError, match="destination"):
+        make_plan([E("a")], [E("b"), E("a")], stamp=STAMP, ordered=True)
