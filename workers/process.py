@@ -8,12 +8,15 @@ release the GIL, so several small files stay in flight at once.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from synctool.backends import BackendSpec, open_backend
@@ -146,6 +149,39 @@ def run_job(job: Job, src, dst, settings: WorkerSettings, cancel: threading.Even
         return Result(job.id, False, error=redact(message), retryable=getattr(exc, "retryable", True))
 
 
+class _StopSignal:
+    """SIGTERM from the coordinator: every job sees ``cancel`` at its next chunk.
+
+    The main thread is stopped (SystemExit) only where it waits, for a shard
+    or for a login; elsewhere it may hold the pipe's lock or the thread
+    pool's, and a SystemExit there would leave the jobs' threads blocked on
+    that lock until the grace timer killed them mid-write. There it sees
+    the stop at its next :meth:`check`.
+    """
+
+    def __init__(self) -> None:
+        self.cancel = threading.Event()
+        self.waiting = False
+
+    def handler(self, signum: int, frame: object) -> None:
+        self.cancel.set()
+        if self.waiting:
+            raise SystemExit(130)
+
+    def check(self) -> None:
+        if self.cancel.is_set():
+            raise SystemExit(130)
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        self.waiting = True
+        try:
+            self.check()  # a signal that came just before
+            yield
+        finally:
+            self.waiting = False
+
+
 class _Countdown:
     def __init__(self, n: int):
         self.n = n
@@ -172,13 +208,9 @@ def worker_main(
     # Ctrl-C reaches the whole process group; the coordinator decides what
     # happens and tells the workers with SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    cancel = threading.Event()
-
-    def on_term(signum: int, frame: object) -> None:
-        cancel.set()
-        raise SystemExit(130)
-
-    signal.signal(signal.SIGTERM, on_term)
+    stop = _StopSignal()
+    cancel = stop.cancel
+    signal.signal(signal.SIGTERM, stop.handler)
     limit_malloc_arenas()  # before any thread starts: see workers/memory.py
 
     root = logging.getLogger("synctool")
@@ -187,7 +219,8 @@ def worker_main(
     root.propagate = False
 
     try:
-        src, dst = open_backend(src_spec), open_backend(dst_spec)
+        with stop.interruptible():
+            src, dst = open_backend(src_spec), open_backend(dst_spec)
     except Exception as exc:
         results.put((MSG_FATAL, worker_id, redact(str(exc))))
         return
@@ -201,23 +234,29 @@ def worker_main(
             release_free_memory()  # the job's blocks are free now: see workers/memory.py
         return result
 
+    def book(future: Future, left: _Countdown) -> None:
+        if future.cancelled():  # dropped by a stop: no one waits for its result
+            return
+        batch.add(future.result(), shard_done=left.tick())
+
     # Backends that gain nothing from threads (local disks) run jobs inline:
     # handing each small file to a thread costs more than copying it.
     pool = ThreadPoolExecutor(threads, thread_name_prefix=f"w{worker_id}") if threads > 1 else None
     try:
         while True:
-            shard = jobs.get()
+            with stop.interruptible():
+                shard = jobs.get()
             if shard is None:
                 break
             if pool is None:
                 for i, job in enumerate(shard):
                     batch.add(run(job), shard_done=i == len(shard) - 1)
+                    stop.check()
                 continue
             left = _Countdown(len(shard))
             for job in shard:
-                pool.submit(run, job).add_done_callback(
-                    lambda future, left=left: batch.add(future.result(), shard_done=left.tick())
-                )
+                pool.submit(run, job).add_done_callback(functools.partial(book, left=left))
+            stop.check()
         if pool is not None:
             pool.shutdown(wait=True)
     except SystemExit:
