@@ -20,6 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from synctool.backends import BackendSpec, open_backend
+from synctool.interrupts import unblock_stop_signals
 from synctool.secrets import redact
 from workers.jobs import (
     COMPARE,
@@ -211,6 +212,7 @@ def worker_main(
     stop = _StopSignal()
     cancel = stop.cancel
     signal.signal(signal.SIGTERM, stop.handler)
+    unblock_stop_signals()  # blocked while the coordinator forked this process
     limit_malloc_arenas()  # before any thread starts: see workers/memory.py
 
     root = logging.getLogger("synctool")
