@@ -153,34 +153,32 @@ def run_job(job: Job, src, dst, settings: WorkerSettings, cancel: threading.Even
 class _StopSignal:
     """SIGTERM from the coordinator: every job sees ``cancel`` at its next chunk.
 
-    The main thread is stopped (SystemExit) only where it waits, for a shard
-    or for a login; elsewhere it may hold the pipe's lock or the thread
-    pool's, and a SystemExit there would leave the jobs' threads blocked on
-    that lock until the grace timer killed them mid-write. There it sees
-    the stop at its next :meth:`check`.
+    The main thread is stopped at once (SystemExit) only inside
+    :meth:`interruptible` blocks: opening the backends, waiting for a shard,
+    or running a job itself. Elsewhere it may hold a lock the jobs' threads need (the
+    pipe's, the thread pool's); a SystemExit there leaves it held, and the
+    stop hangs on it until the grace timer kills the process, jobs mid-write
+    included. There the stop waits for the next block.
     """
 
     def __init__(self) -> None:
         self.cancel = threading.Event()
-        self.waiting = False
+        self.may_raise = False
 
     def handler(self, signum: int, frame: object) -> None:
         self.cancel.set()
-        if self.waiting:
-            raise SystemExit(130)
-
-    def check(self) -> None:
-        if self.cancel.is_set():
+        if self.may_raise:
             raise SystemExit(130)
 
     @contextlib.contextmanager
     def interruptible(self) -> Iterator[None]:
-        self.waiting = True
+        self.may_raise = True
         try:
-            self.check()  # a signal that came just before
+            if self.cancel.is_set():  # the signal came before the block
+                raise SystemExit(130)
             yield
         finally:
-            self.waiting = False
+            self.may_raise = False
 
 
 class _Countdown:
@@ -252,13 +250,15 @@ def worker_main(
                 break
             if pool is None:
                 for i, job in enumerate(shard):
-                    batch.add(run(job), shard_done=i == len(shard) - 1)
-                    stop.check()
+                    # No other thread shares this one's locks, and a write
+                    # cut short by SystemExit removes its temporary file.
+                    with stop.interruptible():
+                        result = run(job)
+                    batch.add(result, shard_done=i == len(shard) - 1)
                 continue
             left = _Countdown(len(shard))
             for job in shard:
                 pool.submit(run, job).add_done_callback(functools.partial(book, left=left))
-            stop.check()
         if pool is not None:
             pool.shutdown(wait=True)
     except SystemExit:
