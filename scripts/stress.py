@@ -76,6 +76,8 @@ TEMP_NAME = re.compile(r"^\.synctool-[0-9a-f]+\.tmp$")
 RUN_TIMEOUT = 600.0
 #: After SIGINT/SIGTERM, the run must be gone within this (workers get 8 s).
 STOP_BOUND = 30.0
+#: A stop signal ends a run quietly: none of these may show in its output.
+NOT_PRINTED = (b"Traceback", b"exception calling callback", b"Exception ignored")
 #: The S3 server stays down this long (seconds) before it is started again.
 S3_DOWNTIME = (0.2, 2.0)
 
@@ -574,8 +576,11 @@ class Stress:
             if latency > STOP_BOUND:
                 self._problem(f"run {tag}: took {latency:.1f} s to stop after {injected}")
         report = _read_json(report_path)
-        if injected in ("sigint", "sigterm") and proc.returncode == 1 and b"Fatal Python error" in out_path.read_bytes():
+        output = out_path.read_bytes()
+        if injected in ("sigint", "sigterm") and proc.returncode == 1 and b"Fatal Python error" in output:
             expect = {1}  # the signal came while the interpreter itself was starting
+        elif injected in ("sigint", "sigterm") and (shown := [t.decode() for t in NOT_PRINTED if t in output]):
+            self._problem(f"run {tag}: {injected} printed {shown} (see {out_path})")
         if proc.returncode not in expect:
             self._problem(f"run {tag}: exit code {proc.returncode} after {injected or 'no fault'}, expected {sorted(expect)} ({_errors(report)}; see {out_path})")
         self._check_leftovers(tag, children, hop, injected, debris_before)

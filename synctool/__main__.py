@@ -1,3 +1,3 @@
-from synctool.cli.main import entry
+from synctool.cli.console import entry
 
 entry()

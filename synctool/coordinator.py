@@ -86,7 +86,8 @@ def register_secrets(spec: BackendSpec, cls: type[Backend]) -> None:
 def open_side(spec: BackendSpec, side: str) -> Backend:
     """The backend of ``side``, not yet connected."""
     try:
-        cls = backend_class(spec.location.scheme)
+        with deferred_interrupts():  # an import cut short by Ctrl-C fails as another error
+            cls = backend_class(spec.location.scheme)
     except BackendError as exc:
         raise UsageError(f"{side}: {exc}") from None
     register_secrets(spec, cls)
@@ -597,8 +598,10 @@ class Coordinator:
         """The worker pool, started on first need, with up to ``wanted`` workers running."""
         if self.pool is None:
             # Imported here: multiprocess and the worker code cost a start
-            # that a run with nothing to copy never needs.
-            from synctool.pool import WorkerPool
+            # that a run with nothing to copy never needs. Ctrl-C waits for
+            # the import: cut short, multiprocess's fails as an ImportError.
+            with deferred_interrupts():
+                from synctool.pool import WorkerPool
 
             settings = WorkerSettings(verify_get_after_put=self.opts.verify_get_after_put)
             self.pool = WorkerPool(

@@ -43,3 +43,23 @@ def deferred_interrupts(reraise: bool = True) -> Iterator[Callable[[], None]]:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
     check()
+
+
+@contextlib.contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM back in the kernel, not only in Python: for a fork.
+
+    A forked child runs the parent's Python handlers until it installs its
+    own, and the coordinator's would note a SIGTERM meant to stop the child
+    and forget it. Blocked, the signal waits in the child until it calls
+    :func:`unblock_stop_signals` with its own handlers in place.
+    """
+    saved = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, saved)
+
+
+def unblock_stop_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)

@@ -27,6 +27,7 @@ import multiprocess as mp
 from multiprocess.connection import wait as wait_for_readable
 
 from synctool.backends import BackendSpec
+from synctool.interrupts import stop_signals_blocked
 from workers.jobs import MSG_FATAL, MSG_LOG, MSG_PEAK, MSG_READY, MSG_RESULT, Job, Result, WorkerSettings
 from workers.process import worker_main
 
@@ -115,7 +116,8 @@ class WorkerPool:
             name=f"synctool-worker-{wid}",
             daemon=True,
         )
-        process.start()
+        with stop_signals_blocked():
+            process.start()
         # Only the worker may hold the sending end: when it dies, the pipe
         # ends, even in the middle of a message.
         sender.close()

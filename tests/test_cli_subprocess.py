@@ -197,9 +197,9 @@ def test_a_signal_outside_the_run_s_own_handling_still_exits_130(sig):
     run's own handling, exits 130 with no traceback: left to Python, the
     process would end killed by SIGINT, even after a SIGTERM."""
     script = (
-        "import os, signal; from synctool.cli import main as cli; "
+        "import os, signal; from synctool.cli import console, main as cli; "
         f"cli.main = lambda argv=None: os.kill(os.getpid(), {int(sig)}) or 0; "
-        "cli.entry()"
+        "console.entry()"
     )
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert p.returncode == 130, (p.returncode, p.stderr)
@@ -209,11 +209,11 @@ def test_a_signal_outside_the_run_s_own_handling_still_exits_130(sig):
 def test_a_signal_after_the_run_leaves_its_exit_code():
     """Once the run is over, a late signal changes nothing: the exit code is the run's."""
     script = (
-        "import os, signal; from synctool.cli import main as cli; "
+        "import os, signal; from synctool.cli import console, main as cli; "
         "cli.main = lambda argv=None: 3; "
-        "real = cli._ignore_stop_signals; "
-        "cli._ignore_stop_signals = lambda: (real(), os.kill(os.getpid(), signal.SIGTERM), os.kill(os.getpid(), signal.SIGINT)); "
-        "cli.entry()"
+        "real = console._ignore_stop_signals; "
+        "console._ignore_stop_signals = lambda: (real(), os.kill(os.getpid(), signal.SIGTERM), os.kill(os.getpid(), signal.SIGINT)); "
+        "console.entry()"
     )
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert p.returncode == 3, (p.returncode, p.stderr)

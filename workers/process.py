@@ -8,16 +8,20 @@ release the GIL, so several small files stay in flight at once.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from synctool.backends import BackendSpec, open_backend
 from synctool.backends.base import AlreadyExists, BackendError
+from synctool.interrupts import unblock_stop_signals
 from synctool.secrets import redact
 from workers.jobs import (
     COMPARE,
@@ -154,6 +158,37 @@ def run_job(job: Job, src, dst, settings: WorkerSettings, cancel: threading.Even
         )
 
 
+class _StopSignal:
+    """SIGTERM from the coordinator: every job sees ``cancel`` at its next chunk.
+
+    The main thread is stopped at once (SystemExit) only inside
+    :meth:`interruptible` blocks: opening the backends, waiting for a shard,
+    or running a job itself. Elsewhere it may hold a lock the jobs' threads need (the
+    pipe's, the thread pool's); a SystemExit there leaves it held, and the
+    stop hangs on it until the grace timer kills the process, jobs mid-write
+    included. There the stop waits for the next block.
+    """
+
+    def __init__(self) -> None:
+        self.cancel = threading.Event()
+        self.may_raise = False
+
+    def handler(self, signum: int, frame: object) -> None:
+        self.cancel.set()
+        if self.may_raise:
+            raise SystemExit(130)
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        self.may_raise = True
+        try:
+            if self.cancel.is_set():  # the signal came before the block
+                raise SystemExit(130)
+            yield
+        finally:
+            self.may_raise = False
+
+
 class _Countdown:
     """The jobs of one shard still running; the last one ends its journal."""
 
@@ -186,13 +221,10 @@ def worker_main(
     # Ctrl-C reaches the whole process group; the coordinator decides what
     # happens and tells the workers with SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    cancel = threading.Event()
-
-    def on_term(signum: int, frame: object) -> None:
-        cancel.set()
-        raise SystemExit(130)
-
-    signal.signal(signal.SIGTERM, on_term)
+    stop = _StopSignal()
+    cancel = stop.cancel
+    signal.signal(signal.SIGTERM, stop.handler)
+    unblock_stop_signals()  # blocked while the coordinator forked this process
     limit_malloc_arenas()  # before any thread starts: see workers/memory.py
 
     root = logging.getLogger("synctool")
@@ -201,7 +233,8 @@ def worker_main(
     root.propagate = False
 
     try:
-        src, dst = open_backend(src_spec), open_backend(dst_spec)
+        with stop.interruptible():
+            src, dst = open_backend(src_spec), open_backend(dst_spec)
     except Exception as exc:
         results.put((MSG_FATAL, worker_id, redact(str(exc))))
         return
@@ -215,12 +248,18 @@ def worker_main(
             release_free_memory()  # the job's blocks are free now: see workers/memory.py
         return result
 
+    def book(future: Future, left: _Countdown) -> None:
+        if future.cancelled():  # dropped by a stop: no one waits for its result
+            return
+        batch.add(future.result(), shard_done=left.tick())
+
     # Backends that gain nothing from threads (local disks) run jobs inline:
     # handing each small file to a thread costs more than copying it.
     pool = ThreadPoolExecutor(threads, thread_name_prefix=f"w{worker_id}") if threads > 1 else None
     try:
         while True:
-            shard = jobs.get()
+            with stop.interruptible():
+                shard = jobs.get()
             if shard is None:
                 break
             try:
@@ -233,13 +272,14 @@ def worker_main(
             left = _Countdown(len(shard), journal)
             if pool is None:
                 for job in shard:
-                    result = run(job)
+                    # No other thread shares this one's locks, and a write
+                    # cut short by SystemExit removes its temporary file.
+                    with stop.interruptible():
+                        result = run(job)
                     batch.add(result, shard_done=left.tick())
                 continue
             for job in shard:
-                pool.submit(run, job).add_done_callback(
-                    lambda future, left=left: batch.add(future.result(), shard_done=left.tick())
-                )
+                pool.submit(run, job).add_done_callback(functools.partial(book, left=left))
         if pool is not None:
             pool.shutdown(wait=True)
     except SystemExit:

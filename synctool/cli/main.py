@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from typing import TextIO
@@ -22,6 +21,7 @@ from synctool import logs
 from synctool.api import run
 from synctool.backends import Location
 from synctool.cli.args import expand_option_lists
+from synctool.cli.console import entry  # noqa: F401 - what console scripts installed before synctool.cli.console run
 from synctool.coordinator import Env, open_side, refuse_overlap
 from synctool.errors import ExitCode, SyncError, UsageError
 from synctool.options import (
@@ -302,29 +302,3 @@ def main(argv: Sequence[str] | None = None, env: Env | None = None) -> int:
         sys.stderr.write("interrupted\n")
         return ExitCode.INTERRUPTED
 
-
-def _sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-def entry() -> None:
-    """Console script: SIGTERM behaves like Ctrl-C, so workers are stopped and cleaned up."""
-    signal.signal(signal.SIGTERM, _sigterm)
-    try:
-        code = main()
-    except KeyboardInterrupt:
-        # The signal landed outside main()'s own handling, as it returned.
-        # Left to Python, an uncaught KeyboardInterrupt ends the process by
-        # SIGINT, whatever the signal was, and the caller sees no exit code.
-        code = ExitCode.INTERRUPTED
-    _ignore_stop_signals()
-    sys.exit(code)
-
-
-def _ignore_stop_signals() -> None:
-    """The run is over and its exit code known: a late Ctrl-C or SIGTERM changes nothing."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            signal.signal(sig, signal.SIG_IGN)
-        except KeyboardInterrupt:  # one already pending runs its handler first
-            signal.signal(sig, signal.SIG_IGN)
