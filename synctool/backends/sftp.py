@@ -29,7 +29,6 @@ import stat
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from urllib.parse import unquote
 
 # paramiko imports invoke only to run the "Match exec" lines of ssh_config
@@ -74,6 +73,7 @@ from synctool.backends.base import (
     temp_name,
 )
 from synctool.backends.local import default_file_mode
+from synctool.backends.walk import walk
 
 log = logging.getLogger("synctool.backends.sftp")
 
@@ -743,18 +743,7 @@ class SFTPBackend(Backend):
         self._connection()
         # Listing a folder is one round trip per batch of names: walk
         # several folders at once, each on its own channel.
-        with ThreadPoolExecutor(LIST_THREADS, thread_name_prefix="sftp-list") as pool:
-            pending = {pool.submit(self._scan, "", self._root, True)}
-            try:
-                while pending:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        files, folders = future.result()
-                        yield from files
-                        pending |= {pool.submit(self._scan, prefix, path, False) for prefix, path in folders}
-            finally:
-                for future in pending:
-                    future.cancel()
+        yield from walk(self._scan, self._root, LIST_THREADS, "sftp-list")
 
     def _scan(self, prefix: str, folder: str, is_root: bool) -> tuple[list[Entry], list[tuple[str, str]]]:
         """One folder: its files, and its subfolders as (name prefix, path)."""
