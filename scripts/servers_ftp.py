@@ -19,7 +19,9 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import ftplib
 import hashlib
+import io
 import ipaddress
 import os
 import random
@@ -28,6 +30,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -144,6 +147,35 @@ class FTPServer:
         return {prefix + "TYPE": "ftp", prefix + "HOST": self.host, prefix + "PORT": str(self.port),
                 prefix + "USER": self.user, prefix + "PASS": obscured}  # fmt: skip
 
+    def put(self, folder: str, files: dict[str, bytes], mtime: float | None = None) -> None:
+        """Put files below ``folder`` through a plain FTP session (not synctool's
+        code), so that a server with a cache of its own (rclone) sees them."""
+        with self._session() as ftp:
+            for name, data in files.items():
+                path = f"{folder}/{name}" if folder else name
+                parts = path.split("/")
+                for depth in range(1, len(parts)):
+                    with contextlib.suppress(ftplib.error_perm, ftplib.error_temp):
+                        ftp.mkd("/".join(parts[:depth]))
+                ftp.storbinary(f"STOR {path}", io.BytesIO(data))
+                if mtime is not None:
+                    ftp.voidcmd(f"MFMT {time.strftime('%Y%m%d%H%M%S', time.gmtime(mtime))} {path}")
+
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[ftplib.FTP]:
+        if self.tls is None:
+            ftp = ftplib.FTP()
+        else:
+            ftp = (_ImplicitFTP if self.implicit else ftplib.FTP_TLS)(context=ssl.create_default_context(cafile=self.tls.ca))
+        ftp.connect(self.host, self.port, timeout=30)
+        try:
+            ftp.login(self.user, self.password)
+            if self.tls is not None:
+                ftp.prot_p()
+            yield ftp
+        finally:
+            ftp.close()
+
     def ready(self, port: int) -> bool:
         return _answers(port, self.implicit)
 
@@ -165,6 +197,18 @@ class FTPServer:
         """Drop every connection: both servers serve them all from one process."""
         self.kill()
         self.start()
+
+
+class _ImplicitFTP(ftplib.FTP_TLS):
+    """ftplib for implicit FTPS, plainly: TLS before the greeting."""
+
+    def connect(self, host: str = "", port: int = 0, timeout: float = -999, source_address=None) -> str:
+        self.host, self.port = host, port
+        self.sock = self.context.wrap_socket(socket.create_connection((host, port), timeout), server_hostname=host)
+        self.af = self.sock.family
+        self.file = self.sock.makefile("r", encoding=self.encoding)
+        self.welcome = self.getresp()
+        return self.welcome
 
 
 def _answers(port: int, implicit: bool) -> bool:
@@ -212,13 +256,20 @@ def rclone_ftp(workdir: Path) -> Iterator[FTPServer]:
 
 @contextlib.contextmanager
 def pyftpdlib_ftp(
-    workdir: Path, *, tls: Certificate | None = None, implicit: bool = False, no_mlsd: bool = False
+    workdir: Path,
+    *,
+    tls: Certificate | None = None,
+    implicit: bool = False,
+    no_mlsd: bool = False,
+    login_folder: str = "",
 ) -> Iterator[FTPServer]:
     """Serve ``workdir``/files with pyftpdlib on a free loopback port.
 
     With ``tls`` it also takes AUTH TLS (explicit FTPS; plain FTP still
     works), or with ``implicit`` speaks TLS from the first byte. ``no_mlsd``
     leaves out MLST and MLSD, as old servers do: listings come from LIST.
+    With ``login_folder`` (below the root) a login starts there, as on
+    servers that show their whole tree and start a user in a home folder.
     """
     workdir = Path(workdir)
     root = workdir / "files"
@@ -227,6 +278,9 @@ def pyftpdlib_ftp(
     env = {**os.environ, PASSWORD_ENV: password}
     passive = passive_range()
     flags = ["--no-mlsd"] * no_mlsd + ["--implicit"] * implicit
+    if login_folder:
+        (root / login_folder).mkdir(parents=True, exist_ok=True)
+        flags += ["--login-folder", login_folder]
     if tls is not None:
         flags += ["--cert", str(tls.cert), "--key", str(tls.key)]
 
@@ -258,6 +312,7 @@ def serve_pyftpdlib(argv: list[str] | None = None) -> None:
     ap.add_argument("--key")
     ap.add_argument("--implicit", action="store_true")
     ap.add_argument("--no-mlsd", action="store_true")
+    ap.add_argument("--login-folder", default="")
     args = ap.parse_args(argv)
 
     authorizer = DummyAuthorizer()
@@ -272,6 +327,11 @@ def serve_pyftpdlib(argv: list[str] | None = None) -> None:
     attributes = {"authorizer": authorizer, "passive_ports": range(low, high + 1), "banner": "synctool test server"}
     if args.no_mlsd:
         attributes["proto_cmds"] = {k: v for k, v in handler.proto_cmds.items() if k not in ("MLSD", "MLST")}
+    if args.login_folder:
+        def on_login(self, username, folder="/" + args.login_folder.strip("/")):
+            self.fs.cwd = folder
+
+        attributes["on_login"] = on_login
     handler = type("Handler", (handler,), attributes)
     server = Server((LOOPBACK, args.port), handler)
     server.serve_forever()

@@ -67,6 +67,7 @@ import math
 import os
 import posixpath
 import re
+import select
 import socket
 import ssl
 import threading
@@ -384,10 +385,16 @@ class _Client(ftplib.FTP_TLS):
 
     # -- helpers -----------------------------------------------------------------------
     def usable(self) -> bool:
-        """Whether an idle connection still answers (servers drop idle ones)."""
+        """Whether an idle connection still answers.
+
+        Servers drop idle connections, and a restarted one drops them all. A
+        connection with something to read while nothing was asked (its end,
+        a "421 timeout") is probed, as is one idle for a while.
+        """
         if self.pid != os.getpid() or self.broken:
             return False
-        if time.monotonic() - self.used < IDLE_CHECK:
+        readable, _, _ = select.select([self.sock], [], [], 0)
+        if not readable and time.monotonic() - self.used < IDLE_CHECK:
             return True
         try:
             self.voidcmd("NOOP")
