@@ -123,3 +123,27 @@ def tree_digests(root: pathlib.Path) -> dict[str, str]:
                     digest.update(chunk)
             out[path.relative_to(root).as_posix()] = digest.hexdigest()
     return out
+
+
+def roundtrip(spec, name: str = "f.txt", data: bytes = b"hello") -> list[str]:
+    """Log in, write a file (dated OLD), read it back; the names listed afterwards."""
+    from synctool.backends import open_backend
+
+    with open_backend(spec) as b:
+        b.prepare(create=True)
+        b.write(name, iter([data]), len(data), mtime=OLD)
+        assert b"".join(b.read(name)) == data
+        return sorted(e.name for e in b.list())
+
+
+def refused(spec) -> str:
+    """The message of the FatalBackendError that connecting to ``spec`` raises."""
+    import pytest
+
+    from synctool.backends import open_backend
+    from synctool.backends.base import FatalBackendError
+
+    with pytest.raises(FatalBackendError) as info:
+        with open_backend(spec) as b:
+            b.prepare(create=True)
+    return str(info.value)

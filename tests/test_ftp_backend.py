@@ -19,7 +19,7 @@ from synctool.backends.base import BackendError, FatalBackendError, UnsafeName
 from synctool.backends.ftp import MAX_CONNECTIONS
 from tests.backend_contract import BackendContract
 from tests.fixtures.ftp import HOME, spec
-from tests.helpers import OLD
+from tests.helpers import OLD, refused, roundtrip
 
 CONTRACT_SERVERS = {
     "rclone": "rclone_ftp_server",
@@ -33,23 +33,6 @@ class TestFTPBackend(BackendContract):
     @pytest.fixture(params=sorted(CONTRACT_SERVERS))
     def spec(self, request, ftp_folder):
         return spec(request.getfixturevalue(CONTRACT_SERVERS[request.param]), ftp_folder)
-
-
-def roundtrip(spec: BackendSpec, name: str = "f.txt", data: bytes = b"hello") -> list[str]:
-    """Log in, write a file, read it back; the names listed afterwards."""
-    with open_backend(spec) as b:
-        b.prepare(create=True)
-        b.write(name, iter([data]), len(data), mtime=OLD)
-        assert b"".join(b.read(name)) == data
-        return sorted(e.name for e in b.list())
-
-
-def refused(spec: BackendSpec) -> str:
-    """The message of the FatalBackendError that connecting to ``spec`` raises."""
-    with pytest.raises(FatalBackendError) as info:
-        with open_backend(spec) as b:
-            b.prepare(create=True)
-    return str(info.value)
 
 
 def url_with_password(server, folder: str, password: str | None = None) -> str:
