@@ -262,6 +262,7 @@ def pyftpdlib_ftp(
     implicit: bool = False,
     no_mlsd: bool = False,
     login_folder: str = "",
+    root: Path | None = None,
 ) -> Iterator[FTPServer]:
     """Serve ``workdir``/files with pyftpdlib on a free loopback port.
 
@@ -270,9 +271,10 @@ def pyftpdlib_ftp(
     leaves out MLST and MLSD, as old servers do: listings come from LIST.
     With ``login_folder`` (below the root) a login starts there, as on
     servers that show their whole tree and start a user in a home folder.
+    ``root`` serves another folder than ``workdir``/files (its log stays in ``workdir``).
     """
     workdir = Path(workdir)
-    root = workdir / "files"
+    root = Path(root) if root is not None else workdir / "files"
     root.mkdir(parents=True, exist_ok=True)
     user, password = "synctool", secrets.token_urlsafe(18)
     env = {**os.environ, PASSWORD_ENV: password}
