@@ -231,10 +231,11 @@ def _start(kind: str, root: Path, log: Path, command, env: dict[str, str], user:
 
 
 @contextlib.contextmanager
-def rclone_ftp(workdir: Path) -> Iterator[FTPServer]:
-    """Serve ``workdir``/files with ``rclone serve ftp`` on a free loopback port."""
+def rclone_ftp(workdir: Path, root: Path | None = None) -> Iterator[FTPServer]:
+    """Serve ``workdir``/files (or ``root``) with ``rclone serve ftp`` on a free loopback port."""
     workdir = Path(workdir)
-    root = workdir / "files"
+    workdir.mkdir(parents=True, exist_ok=True)
+    root = Path(root) if root is not None else workdir / "files"
     root.mkdir(parents=True, exist_ok=True)
     user, password = "synctool", secrets.token_urlsafe(18)
     # Its own config and cache: nothing of the user's rclone set-up leaks in.
@@ -274,6 +275,7 @@ def pyftpdlib_ftp(
     ``root`` serves another folder than ``workdir``/files (its log stays in ``workdir``).
     """
     workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
     root = Path(root) if root is not None else workdir / "files"
     root.mkdir(parents=True, exist_ok=True)
     user, password = "synctool", secrets.token_urlsafe(18)

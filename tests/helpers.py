@@ -99,6 +99,22 @@ def temp_debris(root: pathlib.Path) -> list[pathlib.Path]:
     return sorted(root.rglob(".synctool-*.tmp"))
 
 
+def a_temp_file_grew(root: pathlib.Path, size: int) -> bool:
+    """Whether a temporary file below ``root`` holds more than ``size`` bytes
+    (while a run renames and removes them under our eyes)."""
+    try:
+        debris = temp_debris(root)
+    except OSError:
+        return False
+    for path in debris:
+        try:
+            if path.stat().st_size > size:
+                return True
+        except OSError:
+            pass  # renamed into place or removed while we looked
+    return False
+
+
 def write_big_file(path: pathlib.Path, size: int, seed: int = 0, block: int = 1 << 20) -> None:
     """Write ``size`` bytes fast: one random block, each copy stamped with its index and ``seed``.
 

@@ -1124,7 +1124,7 @@ class FTPBackend(Backend):
             with self._session(f"writing {name}") as client:
                 final = self._path(name)
                 old = self._path(keep_old_as) if keep_old_as is not None else None
-                temp = temp_name(posixpath.dirname(final))
+                temp = posixpath.join(posixpath.dirname(final), temp_name(""))
                 try:
                     self._write(client, temp, final, chunks, mtime, old, overwrite, check)
                 except BaseException:
