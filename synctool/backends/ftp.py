@@ -379,6 +379,29 @@ class _Client(ftplib.FTP_TLS):
             raise
         return listener
 
+    def pipeline(self, commands: Sequence[str]) -> list[str | ftplib.Error]:
+        """Send ``commands`` together, then read their answers in order: one
+        wait on the server for all. A negative answer is returned, not raised."""
+        for command in commands:
+            self.putcmd(command)
+        answers: list[str | ftplib.Error] = []
+        for _ in commands:
+            try:
+                answers.append(self.getresp())
+            except (ftplib.error_perm, ftplib.error_temp) as exc:
+                answers.append(exc)
+        return answers
+
+    def rename(self, fromname: str, toname: str) -> str:
+        """RNFR and RNTO, sent together."""
+        start, done = self.pipeline([f"RNFR {fromname}", f"RNTO {toname}"])
+        for answer in (start, done):
+            if isinstance(answer, ftplib.Error):
+                raise answer
+        if not start.startswith("3"):
+            raise ftplib.error_reply(start)
+        return done
+
     def finish_transfer(self) -> str:
         """The server's answer once a transfer's data connection is closed: 226."""
         return self.voidresp()
@@ -552,6 +575,19 @@ def _facts(text: str) -> dict[str, str]:
         if sep:
             out[name.strip().lower()] = value
     return out
+
+
+def _mlst_kind(path: str, answer: str | ftplib.Error) -> str | None:
+    """What MLST's answer says is at ``path``; None for nothing (550)."""
+    if isinstance(answer, ftplib.error_perm):
+        return None
+    if isinstance(answer, ftplib.Error):
+        raise answer
+    for line in answer.splitlines()[1:]:
+        if line.startswith(" "):
+            kind = _mlsx_kind(_facts(line.strip().split(" ", 1)[0]))
+            return "dir" if kind in ("cdir", "pdir") else kind
+    raise ftplib.error_proto(f"MLST {path}: no facts in the answer")
 
 
 def _mlsx_kind(facts: dict[str, str]) -> str:
@@ -930,17 +966,17 @@ class FTPBackend(Backend):
     # -- looking things up ---------------------------------------------------------------
     def _kind(self, client: _Client, path: str) -> str | None:
         """What is at ``path``: "file", "dir", "link", "other", or None when nothing is."""
+        return self._kinds(client, [path])[path]
+
+    def _kinds(self, client: _Client, paths: Sequence[str]) -> dict[str, str | None]:
+        """:meth:`_kind` of several paths; with MLST, asked all at once."""
         assert self._features is not None
-        if self._features.mlsd:
-            try:
-                reply = client.sendcmd(f"MLST {path}".rstrip())
-            except ftplib.error_perm:
-                return None
-            for line in reply.splitlines()[1:]:
-                if line.startswith(" "):
-                    kind = _mlsx_kind(_facts(line.strip().split(" ", 1)[0]))
-                    return "dir" if kind in ("cdir", "pdir") else kind
-            raise ftplib.error_proto(f"MLST {path}: no facts in the answer")
+        if not self._features.mlsd:
+            return {path: self._listed_kind(client, path) for path in paths}
+        answers = client.pipeline([f"MLST {path}".rstrip() for path in paths])
+        return {path: _mlst_kind(path, answer) for path, answer in zip(paths, answers)}
+
+    def _listed_kind(self, client: _Client, path: str) -> str | None:
         folder, base = posixpath.split(path)
         try:
             entries = self._folder_entries(client, folder)
@@ -1156,21 +1192,36 @@ class FTPBackend(Backend):
         except BaseException:
             self._folders.discard(folder)  # it may be gone: the retry looks again
             raise
+        # What is left goes out in as few round trips as the server allows:
+        # the size and time of the temporary file with the look-ups of the
+        # names to take (when no read-back comes between), then the renames.
+        looks = [final] if not overwrite or old is not None else []
+        looks += [old] if old is not None else []
+        stamp = _mfmt_time(mtime) if mtime is not None and self._features and self._features.mfmt else None
+        first = [f"SIZE {temp}"] if self.settings.verify_upload else []
+        first += [f"MFMT {stamp} {temp}"] if stamp is not None else []
+        if self.settings.upload_delay:
+            time.sleep(self.settings.upload_delay)
+        early = check is None and self._features is not None and self._features.mlsd
+        answers = client.pipeline(first + ([f"MLST {p}" for p in looks] if early else []))
         if self.settings.verify_upload:
-            self._verify_size(client, temp, sent)
+            self._verify_size(sent, answers.pop(0))
+        if stamp is not None:
+            self._check_mtime_set(answers.pop(0))
         if check is not None:
             check(self._retrieve(client, temp))
-        if mtime is not None and self._features and self._features.mfmt:
-            self._set_mtime(client, temp, mtime)
-        if not overwrite:
-            self._refuse_taken(client, final)
-            client.rename(temp, final)
-            return
+        kinds = {p: _mlst_kind(p, a) for p, a in zip(looks, answers)} if early else self._kinds(client, looks)
         if old is not None:
-            self._refuse_taken(client, old)
-            if self._kind(client, final) is not None:
+            self._refuse_taken(old, kinds[old])
+            if kinds[final] is not None:
+                self._refuse_taken_by_folder(final, kinds[final])
                 client.rename(final, old)
-        self._move(client, temp, final)
+            client.rename(temp, final)
+        elif not overwrite:
+            self._refuse_taken(final, kinds[final])
+            client.rename(temp, final)
+        else:
+            self._move(client, temp, final)
 
     def _store(self, client: _Client, path: str, chunks: Iterable[bytes]) -> int:
         """STOR ``chunks`` as ``path``; the number of bytes sent."""
@@ -1204,40 +1255,37 @@ class FTPBackend(Backend):
         client.finish_transfer()
         return sent
 
-    def _verify_size(self, client: _Client, path: str, sent: int) -> None:
+    @staticmethod
+    def _verify_size(sent: int, answer: str | ftplib.Error) -> None:
         """Duplicati's upload check: the server holds as many bytes as were sent."""
-        if self.settings.upload_delay:
-            time.sleep(self.settings.upload_delay)
-        try:
-            stored = client.size(path)
-        except ftplib.error_perm as exc:
-            if _reply_code(exc) in ("500", "502", "504"):
+        if isinstance(answer, ftplib.Error):
+            if _reply_code(answer) in ("500", "502", "504"):
                 return  # no SIZE here: the read-back check, if asked for, still compares
-            raise
+            raise answer
+        stored = int(answer[3:].strip()) if answer.startswith("213") else None
         if stored is not None and stored != sent:
             raise BackendError(f"the server holds {stored} bytes of the {sent} sent")
 
-    def _set_mtime(self, client: _Client, path: str, mtime: float) -> None:
-        stamp = _mfmt_time(mtime)
-        if stamp is None:
-            return
-        try:
-            client.voidcmd(f"MFMT {stamp} {path}")
-        except ftplib.error_perm as exc:
+    def _check_mtime_set(self, answer: str | ftplib.Error) -> None:
+        if isinstance(answer, ftplib.error_perm) and not self._mfmt_warned:
             # The content is right; only the time is the upload's.
-            if not self._mfmt_warned:
-                self._mfmt_warned = True
-                log.warning("%s refused to set a file's time (MFMT: %s): files keep their upload time",
-                            self.settings.address, str(exc).strip())  # fmt: skip
+            self._mfmt_warned = True
+            log.warning("%s refused to set a file's time (MFMT: %s): files keep their upload time",
+                        self.settings.address, str(answer).strip())  # fmt: skip
+        elif isinstance(answer, ftplib.error_temp):
+            raise answer
 
-    def _refuse_taken(self, client: _Client, path: str) -> None:
-        kind = self._kind(client, path)
+    def _refuse_taken(self, path: str, kind: str | None) -> None:
+        """Raise unless nothing is at ``path``, whose look-up found ``kind``."""
         if kind is None:
             return
+        self._refuse_taken_by_folder(path, kind)
         shown = self._name_of(path)
-        if kind == "dir":
-            raise FatalBackendError(f"writing {shown} failed: a folder of that name is in the way")
         raise AlreadyExists(f"{shown} exists already, and was not replaced", shown)
+
+    def _refuse_taken_by_folder(self, path: str, kind: str | None) -> None:
+        if kind == "dir":
+            raise FatalBackendError(f"writing {self._name_of(path)} failed: a folder of that name is in the way")
 
     def _name_of(self, path: str) -> str:
         return path if self.settings.cwd_names else path[len(self._top().rstrip("/")) + 1 :]
