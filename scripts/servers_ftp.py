@@ -26,6 +26,7 @@ import ipaddress
 import os
 import random
 import secrets
+import shutil
 import socket
 import ssl
 import subprocess
@@ -336,6 +337,10 @@ def serve_pyftpdlib(argv: list[str] | None = None) -> None:
             self.fs.cwd = folder
 
         attributes["on_login"] = on_login
+    # AVBL (free bytes), as FileZilla Server and others answer it.
+    attributes["proto_cmds"] = {**attributes.get("proto_cmds", handler.proto_cmds),
+                                "AVBL": {"perm": "l", "auth": True, "arg": None, "help": "Syntax: AVBL [<SP> path]"}}  # fmt: skip
+    attributes["ftp_AVBL"] = lambda self, path: self.respond(f"213 {shutil.disk_usage(path).free}")
     handler = type("Handler", (handler,), attributes)
     server = Server((LOOPBACK, args.port), handler)
     server.serve_forever()

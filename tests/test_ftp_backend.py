@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import pickle
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
@@ -336,3 +337,15 @@ def test_a_source_that_fails_mid_write_is_raised_as_itself(ftp_server, ftp_folde
 
 def _temps(root) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob(".synctool-*.tmp"))
+
+
+def test_free_space_where_the_server_tells(pyftpdlib_server, rclone_ftp_server, ftp_folder):
+    """pyftpdlib here answers AVBL, as FileZilla Server does; rclone does not."""
+    with open_backend(spec(pyftpdlib_server, ftp_folder)) as b:
+        b.prepare(create=True)
+        free = b.free_bytes()
+    assert free is not None and abs(free - shutil.disk_usage(pyftpdlib_server.root).free) < 64 << 20
+    with open_backend(spec(rclone_ftp_server, ftp_folder)) as b:
+        b.prepare(create=True)
+        assert b.free_bytes() is None
+        assert b.free_bytes() is None  # not asked again

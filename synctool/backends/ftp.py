@@ -19,9 +19,10 @@ operation raises a retryable :class:`BackendError`; the next lease logs in
 anew. Data connections are passive by default: EPSV, else PASV.
 
 Writes, all or nothing. STOR to a temporary name in the target folder
-(``base.temp_name``); SIZE checks that the server holds every byte sent; the
-read-back ``check`` runs on the temporary file; MFMT gives it the source's
-mtime; RNFR/RNTO moves it into place. Nothing shows under the final name
+(``base.temp_name``), streamed from the source; SIZE checks that the server
+holds every byte sent; the read-back ``check`` runs on the temporary file;
+MFMT gives it the source's mtime; RNFR/RNTO moves it into place. After the
+upload, commands that need no answer before the next go out together. Nothing shows under the final name
 until it is complete, and a write that fails deletes its temporary file (or
 the next connection does, or the next run, which lists it).
 
@@ -44,8 +45,12 @@ dated in the future at the source, though, looks newer than its copy at every
 run and nothing on the server records that the copy holds it: it is copied
 again at each run until its date has passed (with ``--retention``, each run
 keeps the copy it replaces). Servers without MLSD are listed with LIST (the
-common Unix format, times to the minute, read as UTC); there a write's MFMT
-time is read back with MDTM where a listing cannot show it.
+common Unix format, which shows minutes, or only the day for older files),
+each file's time to the second then asked with MDTM (in batches: the
+commands of a batch go out together).
+
+Free space: AVBL, where the server has it. A full disk is recognized where
+the server says so (452, 552, or "no space" in its answer) and not retried.
 
 FTP shows no symbolic links: a server that follows them lists their targets.
 
