@@ -1160,7 +1160,6 @@ class FTPBackend(Backend):
         overwrite: bool = True,
         check: Callable[[Iterator[bytes]], None] | None = None,
     ) -> None:
-        self._connections()
         try:
             with self._session(f"writing {name}") as client:
                 final = self._path(name)
@@ -1343,7 +1342,6 @@ class FTPBackend(Backend):
                     raise
 
     def rename(self, old: str, new: str) -> None:
-        self._connections()
         with self._session(f"renaming {old} to {new}") as client:
             src, dst = self._path(old), self._path(new)
             if self._kind(client, dst) is not None:
@@ -1358,7 +1356,6 @@ class FTPBackend(Backend):
                 raise
 
     def delete(self, names: Sequence[str]) -> None:
-        self._connections()
         failures: dict[str, str] = {}
         folders: set[str] = set()
         with self._session("deleting files") as client:
