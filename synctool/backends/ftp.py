@@ -889,11 +889,11 @@ class FTPBackend(Backend):
             client = _connect(s)
         except (OSError, EOFError, ftplib.Error) as exc:
             raise BackendError(f"connecting to {s.address} failed ({str(exc).strip() or type(exc).__name__})") from exc
-        if s.accept_any:
-            log.warning("not checking the TLS certificate of %s (accept-any-ssl-certificate)", s.address)
         try:
             with self._lock:
-                if self._features is None:
+                if self._features is None:  # the first connection of this process
+                    if s.accept_any:
+                        log.warning("not checking the TLS certificate of %s (accept-any-ssl-certificate)", s.address)
                     self._features = Features.ask(client)
                     self.keeps_mtime = self._features.mfmt and self._features.exact_times
                     if not self._features.exact_times:
