@@ -5,7 +5,7 @@
     python scripts/bench.py --quick                 # small workloads: checks the script
     python scripts/bench.py --routes local-s3 --workloads small --cases full,noop --repeat 5
 
-For each route (local-local, local-s3, local-sftp, s3-sftp), workload (small,
+For each route (local-local, local-s3, local-sftp, s3-sftp, local-ftp), workload (small,
 large, mixed) and case (full: first sync into a fresh destination; noop: the
 same sync again, nothing changed; verify: first sync with
 --verify-get-after-put), it runs synctool and rclone alternately, each into a
@@ -49,6 +49,7 @@ sys.path.insert(0, str(HERE))  # scripts/servers.py
 sys.path.insert(1, str(REPO))  # synctool, when not installed
 
 from servers import S3Server, SSHServer, openssh_sftp, rclone_s3, real_executable  # noqa: E402
+from servers_ftp import FTPServer, rclone_ftp  # noqa: E402
 
 from synctool.backends.base import BackendSpec  # noqa: E402
 from synctool.backends.registry import open_backend  # noqa: E402
@@ -62,7 +63,7 @@ SOURCE_MTIME = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc).times
 GENERATOR = 2
 
 ROUTES = {"local-local": ("local", "local"), "local-s3": ("local", "s3"),
-          "local-sftp": ("local", "sftp"), "s3-sftp": ("s3", "sftp")}  # fmt: skip
+          "local-sftp": ("local", "sftp"), "s3-sftp": ("s3", "sftp"), "local-ftp": ("local", "ftp")}  # fmt: skip
 WORKLOADS = ("small", "large", "mixed")
 CASES = ("full", "noop", "verify")
 SRC_BUCKET = "benchsrc"
@@ -277,10 +278,10 @@ class Side:
 
 
 class Bench:
-    def __init__(self, args, run_dir: Path, s3: S3Server | None, ssh: SSHServer | None):
+    def __init__(self, args, run_dir: Path, s3: S3Server | None, ssh: SSHServer | None, ftp: FTPServer | None = None):
         self.args = args
         self.run_dir = run_dir
-        self.s3, self.ssh = s3, ssh
+        self.s3, self.ssh, self.ftp = s3, ssh, ftp
         self.synctool = real_executable("synctool")
         self.rclone = real_executable("rclone")
         self.counter = 0
@@ -291,6 +292,8 @@ class Bench:
             self.env.update(s3.rclone_env("benchs3"))
         if ssh:
             self.env.update(ssh.rclone_env("benchsftp"))
+        if ftp:
+            self.env.update(ftp.rclone_env("benchftp"))
         self.results: dict[tuple[str, str, str, str], list[Run]] = {}
         self.transfers: dict[str, int] = {}
 
@@ -315,6 +318,10 @@ class Bench:
             self.s3.create_bucket(bucket)  # for both tools alike, outside the timing
             return Side(f"s3://{bucket}/mirror", self.s3.synctool_options(), f"benchs3:{bucket}/mirror",
                         self.s3.root / bucket / "mirror")  # fmt: skip
+        if kind == "ftp":
+            assert self.ftp
+            return Side(self.ftp.url(f"d{n:04d}"), self.ftp.synctool_options(), f"benchftp:d{n:04d}",
+                        self.ftp.root / f"d{n:04d}")  # fmt: skip
         assert self.ssh
         path = self.run_dir / "sftp" / f"d{n:04d}"
         return Side(self.ssh.url(str(path)), self.ssh.synctool_options(), f"benchsftp:{path}", path)
@@ -598,8 +605,9 @@ def write_report(path: Path, bench: Bench, workloads: dict[str, Workload], comma
         "(`/dev/shm`). The disk under /tmp here is ext4 whose metadata speed swings between runs "
         "(deletes trigger discards); on tmpfs both tools see the same steady storage, so the figures "
         "measure the tools and the protocols, not the disk.",
-        "- **Servers**: `rclone serve s3` (S3) and OpenSSH's sshd with `internal-sftp` (SFTP), on "
-        "127.0.0.1, started by `scripts/servers.py`. Both tools talk to the same server processes, "
+        "- **Servers**: `rclone serve s3` (S3), OpenSSH's sshd with `internal-sftp` (SFTP) and "
+        "`rclone serve ftp` (FTP, which has no MFMT: copies keep their upload time), on "
+        "127.0.0.1, started by `scripts/servers.py` and `scripts/servers_ftp.py`. Both tools talk to the same server processes, "
         "whose memory is not counted in either tool's peak. The S3 source of s3-sftp is loaded once, "
         "with `rclone copy`, before any timing.",
         "- **Executables**: the real `synctool` console script and rclone binary beside the Python "
@@ -608,7 +616,8 @@ def write_report(path: Path, bench: Bench, workloads: dict[str, Workload], comma
         "plus the backends' options (S3 keys; SSH key file, pinned host key, agent off).",
         "- **rclone**: `rclone sync SRC DST --config /dev/null -q --transfers N --checkers N`, the "
         "remotes defined by environment variables (SFTP: key file, known_hosts file with the host "
-        "key, shell type and hash commands given as a saved config holds them). N = what synctool "
+        "key, shell type and hash commands given as a saved config holds them; FTP: host, port, "
+        "user and the password obscured by `rclone obscure`). N = what synctool "
         "keeps in flight: workers × max(source, destination) jobs per worker "
         f"({transfers}). On local-local synctool copies inline (one job per worker), and rclone keeps "
         "its defaults (4 transfers, 8 checkers).",
@@ -689,10 +698,12 @@ def main() -> int:
         byte_compile()
         needs_s3 = any("s3" in ROUTES[r] for r in args.routes)
         needs_ssh = any("sftp" in ROUTES[r] for r in args.routes)
+        needs_ftp = any("ftp" in ROUTES[r] for r in args.routes)
         with contextlib.ExitStack() as stack:
             s3 = stack.enter_context(rclone_s3(run_dir / "s3")) if needs_s3 else None
             ssh = stack.enter_context(openssh_sftp(run_dir / "sshd")) if needs_ssh else None
-            bench = Bench(args, run_dir, s3, ssh)
+            ftp = stack.enter_context(rclone_ftp(run_dir / "ftp")) if needs_ftp else None
+            bench = Bench(args, run_dir, s3, ssh, ftp)
             if s3_source:
                 load_s3_source(bench, workloads.values())
             for route in args.routes:

@@ -107,6 +107,22 @@ def temp_debris(root: pathlib.Path) -> list[pathlib.Path]:
     return sorted(root.rglob(".synctool-*.tmp"))
 
 
+def a_temp_file_grew(root: pathlib.Path, size: int) -> bool:
+    """Whether a temporary file below ``root`` holds more than ``size`` bytes
+    (while a run renames and removes them under our eyes)."""
+    try:
+        debris = temp_debris(root)
+    except OSError:
+        return False
+    for path in debris:
+        try:
+            if path.stat().st_size > size:
+                return True
+        except OSError:
+            pass  # renamed into place or removed while we looked
+    return False
+
+
 def write_big_file(path: pathlib.Path, size: int, seed: int = 0, block: int = 1 << 20) -> None:
     """Write ``size`` bytes fast: one random block, each copy stamped with its index and ``seed``.
 
@@ -131,3 +147,27 @@ def tree_digests(root: pathlib.Path) -> dict[str, str]:
                     digest.update(chunk)
             out[path.relative_to(root).as_posix()] = digest.hexdigest()
     return out
+
+
+def roundtrip(spec, name: str = "f.txt", data: bytes = b"hello") -> list[str]:
+    """Log in, write a file (dated OLD), read it back; the names listed afterwards."""
+    from synctool.backends import open_backend
+
+    with open_backend(spec) as b:
+        b.prepare(create=True)
+        b.write(name, iter([data]), len(data), mtime=OLD)
+        assert b"".join(b.read(name)) == data
+        return sorted(e.name for e in b.list())
+
+
+def refused(spec) -> str:
+    """The message of the FatalBackendError that connecting to ``spec`` raises."""
+    import pytest
+
+    from synctool.backends import open_backend
+    from synctool.backends.base import FatalBackendError
+
+    with pytest.raises(FatalBackendError) as info:
+        with open_backend(spec) as b:
+            b.prepare(create=True)
+    return str(info.value)

@@ -433,3 +433,66 @@ def test_a_secret_in_any_synctool_log_record_is_masked_for_the_caller(library_lo
     lines = [line for line in library_log if "connecting with" in line or "refused" in line or "endpoint" in line]
     assert len(lines) == 3 and all("***" in line for line in lines), lines
     assert_no_secret({"caller's log": "\n".join(lines)}, [secret, "hunter2-not-registered"])
+
+
+# -- FTP: hostile listings and secrets ------------------------------------------------------
+def test_a_line_break_in_an_ftp_name_forges_no_entry_that_leaves_the_mirror(pyftpdlib_server, ftp_folder, tmp_path):
+    """pyftpdlib lists names as they are: a name with CR LF in it adds a line
+    of the file's choosing to the listing (a "file" called "..", a "folder"
+    called ".."). Those are refused by name; nothing outside is read or written."""
+    server = pyftpdlib_server
+    server.put(ftp_folder, FILES)
+    folder = server.root / ftp_folder
+    (folder / "x\r\ntype=file;size=5;modify=20200101000000; ..").write_bytes(b"forged")
+    (folder / "y\r\ntype=dir;modify=20200101000000; ..").write_bytes(b"forged")
+    (server.root / "outside.txt").write_bytes(b"one level up")
+    jail = tmp_path / "jail"
+    dst = jail / "dst"
+    jail.mkdir()
+    outside = _outside(dst)
+    options = [f"{k}={v}" for k, v in server.synctool_options().items()]
+    run = run_cli(tmp_path, server.url(ftp_folder), str(dst), "--src-options", *options, level="Debug")
+    assert run.code == ExitCode.PARTIAL, run.texts
+    assert read_tree(dst) == FILES
+    assert _outside(dst) == outside
+    failed = {f["name"] for f in json.loads(run.texts["report"])["failed"]}
+    # The forged file, refused by name, and the two real files, whose names
+    # the listing cut at the line break; nothing from the folder above.
+    assert failed == {"..", "x", "y"}, failed
+    assert "skipping folder with an unusable name '..'" in run.texts["stderr"]
+
+
+@LEVELS
+def test_ftp_password_in_the_url_and_in_the_options(ftp_server, ftp_folder, tmp_path, src, level):
+    url = ftp_server.url(ftp_folder).replace(f"{ftp_server.user}@", f"{ftp_server.user}:{quote(ftp_server.password, safe='')}@")
+    dialog = ["ftp-log-to-console=true", "ftp-log-diagnostics=true"]
+    options = [f"{k}={v}" for k, v in ftp_server.synctool_options().items() if k != "auth-password"]
+    run = run_cli(tmp_path, str(src), url, "--dst-options", *options, *dialog, level=level)
+    assert run.code == ExitCode.SUCCESS, run.texts
+    assert "> PASS ***" in run.texts["log file"]  # the dialog was logged, the password masked
+    assert read_tree(ftp_server.root / ftp_folder) == FILES
+    assert_no_secret(run.texts, [ftp_server.password])
+    again = tmp_path / "again"
+    again.mkdir()
+    options = [f"{k}={v}" for k, v in ftp_server.synctool_options().items()]
+    run = run_cli(again, str(src), ftp_server.url(ftp_folder + "-2"), "--dst-options", *options, *dialog, level=level)
+    assert run.code == ExitCode.SUCCESS, run.texts
+    assert_no_secret(run.texts, [ftp_server.password])
+
+
+@LEVELS
+def test_failing_ftp_connections(ftp_server, ftp_folder, tmp_path, src, level):
+    cases = {
+        "wrong-password-in-url": (ftp_server.url(ftp_folder).replace("@", f":{quote(WRONG, safe='')}@", 1), {}, [WRONG]),
+        "wrong-auth-password": (ftp_server.url(ftp_folder), {"auth-password": WRONG}, [WRONG]),
+        "wrong-port": (ftp_server.url(ftp_folder).replace(f":{ftp_server.port}/", f":{free_port()}/"), {}, [ftp_server.password]),
+    }
+    for case, (url, extra, secrets) in cases.items():
+        folder = tmp_path / case
+        folder.mkdir()
+        options = {**ftp_server.synctool_options(), "ftp-log-to-console": "true", **extra}
+        run = run_cli(folder, str(src), url, "--dst-options", *[f"{k}={v}" for k, v in options.items()], level=level)
+        assert run.code == ExitCode.FATAL, (case, run.texts)
+        assert run.texts["stderr"].strip(), case
+        assert_no_secret(run.texts, secrets)
+    assert not (ftp_server.root / ftp_folder).exists()

@@ -18,6 +18,7 @@ from synctool.backends import BackendSpec, NotFound, open_backend
 from synctool.backends.base import BackendError, FatalBackendError
 from synctool.backends.sftp import MAX_CHANNELS, fingerprint_matches, fingerprints, parse_settings
 from tests.backend_contract import BackendContract
+from tests.helpers import refused, roundtrip
 
 
 @pytest.fixture(autouse=True)
@@ -29,23 +30,6 @@ class TestSFTPBackend(BackendContract):
     @pytest.fixture
     def spec(self, sftp_server, sftp_folder):
         return sftp_server.spec(sftp_folder)
-
-
-def roundtrip(spec: BackendSpec, name: str = "f.txt", data: bytes = b"hello") -> list[str]:
-    """Log in, write a file, read it back; the names listed afterwards."""
-    with open_backend(spec) as b:
-        b.prepare(create=True)
-        b.write(name, iter([data]), len(data))
-        assert b"".join(b.read(name)) == data
-        return sorted(e.name for e in b.list())
-
-
-def refused(spec: BackendSpec) -> str:
-    """The message of the FatalBackendError that connecting to ``spec`` raises."""
-    with pytest.raises(FatalBackendError) as info:
-        with open_backend(spec) as b:
-            b.prepare(create=True)
-    return str(info.value)
 
 
 def password_spec(server, folder: str, **options: str) -> BackendSpec:

@@ -21,6 +21,7 @@ from tests.helpers import (
     OLD,
     RETAINED,
     SAMPLE_FILES,
+    a_temp_file_grew,
     make_tree,
     ok,
     read_tree,
@@ -146,25 +147,11 @@ class _Cutter(threading.Thread):
     def run(self) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if any(_size(p) > (1 << 20) for p in _quiet_debris(self.folder)):
+            if a_temp_file_grew(self.folder, 1 << 20):
                 self.server.cut()
                 self.did_cut = True
                 return
             time.sleep(0.002)
-
-
-def _size(path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:  # renamed into place or removed while we looked
-        return 0
-
-
-def _quiet_debris(folder):
-    try:
-        return temp_debris(folder)
-    except OSError:
-        return []
 
 
 def _cut_when_a_temp_file_grows(server, folder) -> _Cutter:

@@ -20,6 +20,9 @@ BUILTIN: dict[str, str] = {
     "s3s": "synctool.backends.s3:S3Backend",
     "ssh": "synctool.backends.sftp:SFTPBackend",
     "sftp": "synctool.backends.sftp:SFTPBackend",
+    "ftp": "synctool.backends.ftp:FTPBackend",
+    "ftps": "synctool.backends.ftp:FTPBackend",
+    "aftp": "synctool.backends.ftp:AlternativeFTPBackend",
 }
 
 #: What to install when a backend's module fails to import.
