@@ -208,7 +208,8 @@ def wsgidav(workdir: Path, *, tls: bool = False, honor_mtime: bool = True) -> It
             "port": port,
             "provider_mapping": {"/dav": str(root)},
             "simple_dc": {"user_mapping": {"*": {user: {"password": password}}}},
-            "http_authenticator": {"accept_basic": True, "accept_digest": True, "default_to_digest": False},
+            # Its own defaults: it asks for Digest, and takes Basic as well.
+            "http_authenticator": {"accept_basic": True, "accept_digest": True, "default_to_digest": True},
             "honor_mtime_header": honor_mtime,
             "dir_browser": {"enable": False},
             "server_args": {"numthreads": 32},

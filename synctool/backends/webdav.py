@@ -223,6 +223,9 @@ class WebDAVBackend(Backend):
         # Temporary files a lost connection kept us from removing.
         self._orphans: set[str] = set()
         self._debug_file: Any = None
+        # Whether the server reads '?', '#' and ';' in a Destination header
+        # right; None until a name needs it (see _check_destination).
+        self._destination_ok: bool | None = None
 
     def _settings(self) -> Settings:
         loc, v = self.location, self.values
@@ -293,6 +296,7 @@ class WebDAVBackend(Backend):
                         _INHERITED.append(self._client_obj)
                     self._client_obj = self._new_client()
                     self._folders = {""}
+                    self._destination_ok = None
                     self._pid = os.getpid()
         assert self._client_obj is not None
         return self._client_obj
@@ -597,6 +601,8 @@ class WebDAVBackend(Backend):
         folder = name.rpartition("/")[0]
         self._remove_orphans()
         self._ensure_folder(folder)
+        for target in (name, keep_old_as):
+            self._check_destination(target, folder)
         temp = temp_name(folder)
         temp_url = self._url(temp)
         self._put(temp_url, chunks, size, mtime, f"writing {name}")
@@ -643,6 +649,40 @@ class WebDAVBackend(Backend):
             self._remove(url, None)  # complete, so the server is done with it
             raise body.failed
 
+    def _check_destination(self, name: str | None, folder: str) -> None:
+        """Refuse to move a file to ``name`` where the server would take it elsewhere.
+
+        A MOVE names its target in the Destination header. Some servers
+        (wsgidav) decode that header before taking it apart, so a '?', '#'
+        or ';' in a name cuts it short: "a?b" lands on "a", replacing it. Once
+        per process, before the first such name, a probe in ``folder`` shows
+        whether this server is one of them; if so such names are refused.
+        """
+        if name is None or not any(c in self.settings.root_path + "/" + name for c in "?#;"):
+            return
+        if self._destination_ok is None:
+            self._destination_ok = self._probe_destination(folder)
+        if not self._destination_ok:
+            raise FatalBackendError(
+                f"{name}: this server misreads a '?', '#' or ';' in the target of a move (it would put "
+                "the file under another name), so no file of such a name is written or renamed there"
+            )
+
+    def _probe_destination(self, folder: str) -> bool:
+        """Move an empty temporary file to a name with '?', '#' and ';': is it there?"""
+        probe, target = temp_name(folder), temp_name(folder)
+        odd = target + "?#;"
+        try:
+            self._request("PUT", self._url(probe), "probing the server", content=b"", timeout=self._short())
+            self._move(self._url(probe), self._url(odd), False, "probing the server")
+            return self._kind(odd) == "file"
+        except (_Taken, _NoFolder, NotFound):
+            return False
+        finally:
+            # Where a misreading server put it: a temporary name all the same.
+            for leftover in (probe, odd, target):
+                self._remove(self._url(leftover), leftover)
+
     def _keep_old(self, name: str, keep_old_as: str, keep: str) -> None:
         """Move the old version of ``name`` to ``keep_old_as``, never over anything."""
         keep_folder = keep_old_as.rpartition("/")[0]
@@ -688,6 +728,7 @@ class WebDAVBackend(Backend):
     def rename(self, old: str, new: str) -> None:
         src, dst = self._file_url(old), self._file_url(new)
         what = f"renaming {old} to {new}"
+        self._check_destination(new, old.rpartition("/")[0])
         try:
             try:
                 self._move(src, dst, False, what)
@@ -781,6 +822,8 @@ class _Body:
             for chunk in self.chunks:
                 sent += len(chunk)
                 yield chunk
+        except GeneratorExit:
+            raise  # the client stopped sending: the connection broke
         except BaseException as exc:
             left = self.size - sent
             if not 0 <= left <= PAD_LIMIT:
