@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ import synctool
 from scripts.servers_webdav import rclone_webdav, wsgidav
 from synctool.errors import ExitCode
 from tests.fixtures.webdav import DAV
-from tests.helpers import make_tree, ok, read_tree, temp_debris, write_big_file
+from tests.helpers import kill_when, make_tree, ok, read_tree, temp_debris, write_big_file
 
 MiB = 1 << 20
 SERVERS = {"rclone": rclone_webdav, "wsgidav": wsgidav}
@@ -56,20 +55,7 @@ def kill_while_writing(server: DAV, folder: Path, restart_after: float | None):
                     return True
         return False
 
-    def watch() -> None:
-        deadline = time.monotonic() + 30
-        while not grown():
-            assert time.monotonic() < deadline, "no write was ever seen under way"
-            time.sleep(0.002)
-        server.kill()
-        if restart_after is not None:
-            time.sleep(restart_after)
-            server.start()
-
-    executor = ThreadPoolExecutor(1)
-    future = executor.submit(watch)
-    executor.shutdown(wait=False)
-    return future
+    return kill_when(grown, server, restart_after, "no write was ever seen under way")
 
 
 def sync_to(server: DAV, tree: Path, **options):
