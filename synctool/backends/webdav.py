@@ -45,6 +45,7 @@ import importlib.util
 import logging
 import math
 import os
+import socket
 import ssl
 import threading
 import xml.etree.ElementTree as ET
@@ -207,9 +208,10 @@ class WebDAVBackend(Backend):
         Option("list-timeout", "duration", 600.0, "longest wait for the answer to one folder's listing"),
         Option("read-write-timeout", "duration", 30.0, "longest pause while file content is sent or received"),
     )  # fmt: skip
-    # Measured against rclone serve webdav: more jobs in flight per process
-    # stop paying once the client's CPU is the limit.
-    concurrency = 8
+    # Jobs one process runs at once. Small files are bound by the client's
+    # CPU (HTTP in Python): against rclone serve webdav, 600 files of 4 KiB
+    # went as fast with 4 threads as with 8, and slower with 16.
+    concurrency = 4
     mtime_precision = 1.0  # getlastmodified carries whole seconds
     max_segment_bytes = 255  # NAME_MAX of the file systems behind common servers
 
@@ -308,13 +310,20 @@ class WebDAVBackend(Backend):
         auth: httpx.Auth | None = None
         if s.user:
             auth = (_digest_auth_class() if s.digest else httpx.BasicAuth)(s.user, s.password or "")
-        client = httpx.Client(
-            auth=auth,
+        transport = httpx.HTTPTransport(
             # A context of our own: httpx's default loads certifi's bundle,
             # a tenth of a second of CPU in every process, even for http.
             verify=self._tls_context() if s.tls else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT),
-            timeout=httpx.Timeout(v["short-timeout"], read=v["read-write-timeout"], write=v["read-write-timeout"], pool=None),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=self.concurrency + LIST_THREADS),
+            # A request's headers and its body go out in separate sends: with
+            # Nagle's algorithm a small body would wait for the server to
+            # acknowledge the headers, which it may delay by 40 ms.
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+        )
+        client = httpx.Client(
+            auth=auth,
+            transport=transport,
+            timeout=httpx.Timeout(v["short-timeout"], read=v["read-write-timeout"], write=v["read-write-timeout"], pool=None),
             follow_redirects=False,
             # No compression: the content is passed on as it is, and CPU is the limit.
             headers={"Accept-Encoding": "identity", "User-Agent": "synctool"},
@@ -328,16 +337,18 @@ class WebDAVBackend(Backend):
 
     def _tls_context(self) -> ssl.SSLContext:
         s = self.settings
-        if s.accept_any or s.pins:
-            context: ssl.SSLContext = _PinnedContext(ssl.PROTOCOL_TLS_CLIENT) if s.pins and not s.accept_any else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-            if isinstance(context, _PinnedContext):
-                context.pins = s.pins
-            else:
-                log.warning("not checking the certificate of %s (accept-any-ssl-certificate)", s.address)
-            return context
-        return ssl.create_default_context()
+        if not (s.accept_any or s.pins):
+            return ssl.create_default_context()
+        if s.accept_any:
+            log.warning("not checking the certificate of %s (accept-any-ssl-certificate)", s.address)
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        else:
+            context = _PinnedContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.pins = s.pins
+        # The pins decide (or nothing does): neither the chain nor the host name is checked.
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
 
     def close(self) -> None:
         if self._pid != os.getpid() or self._client_obj is None:
@@ -459,11 +470,10 @@ class WebDAVBackend(Backend):
                 url = self.settings.origin + "".join("/" + quote(p, safe="") for p in parts[:depth]) + "/"
             else:
                 url = self._url("/".join(parts[:depth]), folder=True)
-            response = self._request("MKCOL", url, f"creating folder {'/'.join(parts[:depth])}",
-                                     ok=(200, 201, 204, 405), timeout=self._short())  # fmt: skip
+            self._request("MKCOL", url, f"creating folder {'/'.join(parts[:depth])}", ok=(200, 201, 204, 405),
+                          timeout=self._short())  # fmt: skip
             if not top:
                 self._folders.add("/".join(parts[:depth]))
-            del response
 
     def _ensure_folder(self, folder: str) -> None:
         """Make sure ``folder`` (below the root) exists, once per process.
@@ -526,19 +536,15 @@ class WebDAVBackend(Backend):
                 if response.status_code not in (200, 207):
                     response.read()
                     raise self._status_error(response, what)
-                for element in _responses(self._debug_copy(response.iter_bytes())):
+                answer: list[bytes] | None = [] if self._debug_file is not None else None
+                for element in _responses(_kept(response.iter_bytes(), answer)):
                     self._entry(element, folder, files, folders)
+                if answer is not None:
+                    with self._lock:  # one folder's answer whole, never mixed with another's
+                        self._debug_file.write(b"".join(answer) + b"\n")
 
         self._transport(run, what)
         return files, folders
-
-    def _debug_copy(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
-        out = self._debug_file
-        for chunk in chunks:
-            if out is not None:
-                with self._lock:
-                    out.write(chunk)
-            yield chunk
 
     def _entry(self, element: ET.Element, folder: str, files: list[Entry], folders: list[str]) -> None:
         """Sort one <response> of a listing of ``folder`` into ``files`` or ``folders``."""
@@ -874,13 +880,19 @@ def _fetch_certificate(s: Settings) -> bytes | None:
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     try:
-        import socket
-
         with socket.create_connection((s.host, s.port), timeout=10) as sock:
             with context.wrap_socket(sock, server_hostname=s.host) as tls:
                 return tls.getpeercert(binary_form=True)
     except OSError:
         return None
+
+
+def _kept(chunks: Iterable[bytes], into: list[bytes] | None) -> Iterator[bytes]:
+    """``chunks`` passed on, each also appended to ``into`` (unless None)."""
+    for chunk in chunks:
+        if into is not None:
+            into.append(chunk)
+        yield chunk
 
 
 def _responses(chunks: Iterable[bytes]) -> Iterator[ET.Element]:
