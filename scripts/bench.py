@@ -5,7 +5,7 @@
     python scripts/bench.py --quick                 # small workloads: checks the script
     python scripts/bench.py --routes local-s3 --workloads small --cases full,noop --repeat 5
 
-For each route (local-local, local-s3, local-sftp, s3-sftp, local-ftp), workload (small,
+For each route (local-local, local-s3, local-sftp, s3-sftp, local-ftp, local-webdav), workload (small,
 large, mixed) and case (full: first sync into a fresh destination; noop: the
 same sync again, nothing changed; verify: first sync with
 --verify-get-after-put), it runs synctool and rclone alternately, each into a
@@ -50,6 +50,7 @@ sys.path.insert(1, str(REPO))  # synctool, when not installed
 
 from servers import S3Server, SSHServer, openssh_sftp, rclone_s3, real_executable  # noqa: E402
 from servers_ftp import FTPServer, rclone_ftp  # noqa: E402
+from servers_webdav import WebDAVServer, rclone_webdav  # noqa: E402
 
 from synctool.backends.base import BackendSpec  # noqa: E402
 from synctool.backends.registry import open_backend  # noqa: E402
@@ -63,7 +64,8 @@ SOURCE_MTIME = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc).times
 GENERATOR = 2
 
 ROUTES = {"local-local": ("local", "local"), "local-s3": ("local", "s3"),
-          "local-sftp": ("local", "sftp"), "s3-sftp": ("s3", "sftp"), "local-ftp": ("local", "ftp")}  # fmt: skip
+          "local-sftp": ("local", "sftp"), "s3-sftp": ("s3", "sftp"), "local-ftp": ("local", "ftp"),
+          "local-webdav": ("local", "webdav")}  # fmt: skip
 WORKLOADS = ("small", "large", "mixed")
 CASES = ("full", "noop", "verify")
 SRC_BUCKET = "benchsrc"
@@ -278,10 +280,18 @@ class Side:
 
 
 class Bench:
-    def __init__(self, args, run_dir: Path, s3: S3Server | None, ssh: SSHServer | None, ftp: FTPServer | None = None):
+    def __init__(
+        self,
+        args,
+        run_dir: Path,
+        s3: S3Server | None,
+        ssh: SSHServer | None,
+        ftp: FTPServer | None = None,
+        dav: WebDAVServer | None = None,
+    ):
         self.args = args
         self.run_dir = run_dir
-        self.s3, self.ssh, self.ftp = s3, ssh, ftp
+        self.s3, self.ssh, self.ftp, self.dav = s3, ssh, ftp, dav
         self.synctool = real_executable("synctool")
         self.rclone = real_executable("rclone")
         self.counter = 0
@@ -294,6 +304,8 @@ class Bench:
             self.env.update(ssh.rclone_env("benchsftp"))
         if ftp:
             self.env.update(ftp.rclone_env("benchftp"))
+        if dav:
+            self.env.update(dav.rclone_env("benchdav"))
         self.results: dict[tuple[str, str, str, str], list[Run]] = {}
         self.transfers: dict[str, int] = {}
 
@@ -322,6 +334,10 @@ class Bench:
             assert self.ftp
             return Side(self.ftp.url(f"d{n:04d}"), self.ftp.synctool_options(), f"benchftp:d{n:04d}",
                         self.ftp.root / f"d{n:04d}")  # fmt: skip
+        if kind == "webdav":
+            assert self.dav
+            folder = f"d{n:04d}"
+            return Side(self.dav.url(folder), self.dav.synctool_options(), f"benchdav:{folder}", self.dav.root / folder)
         assert self.ssh
         path = self.run_dir / "sftp" / f"d{n:04d}"
         return Side(self.ssh.url(str(path)), self.ssh.synctool_options(), f"benchsftp:{path}", path)
@@ -699,11 +715,13 @@ def main() -> int:
         needs_s3 = any("s3" in ROUTES[r] for r in args.routes)
         needs_ssh = any("sftp" in ROUTES[r] for r in args.routes)
         needs_ftp = any("ftp" in ROUTES[r] for r in args.routes)
+        needs_dav = any("webdav" in ROUTES[r] for r in args.routes)
         with contextlib.ExitStack() as stack:
             s3 = stack.enter_context(rclone_s3(run_dir / "s3")) if needs_s3 else None
             ssh = stack.enter_context(openssh_sftp(run_dir / "sshd")) if needs_ssh else None
             ftp = stack.enter_context(rclone_ftp(run_dir / "ftp")) if needs_ftp else None
-            bench = Bench(args, run_dir, s3, ssh, ftp)
+            dav = stack.enter_context(rclone_webdav(run_dir / "webdav")) if needs_dav else None
+            bench = Bench(args, run_dir, s3, ssh, ftp, dav)
             if s3_source:
                 load_s3_source(bench, workloads.values())
             for route in args.routes:

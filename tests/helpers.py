@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 
@@ -81,6 +82,27 @@ def sync_losing_a_worker(under_way, *args) -> psutil.Process:
     assert proc.returncode == 0, (out, err)
     assert f"(process {victim.pid}) died (signal {int(signal.SIGKILL)})" in err
     return victim
+
+
+def kill_when(moment, server, restart_after: float | None, never: str):
+    """In the background: kill ``server`` once ``moment()`` holds, and start it
+    again ``restart_after`` seconds later (None: leave it down). The future
+    fails with ``never`` if that moment does not come within 30 s."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + 30
+        while not moment():
+            assert time.monotonic() < deadline, never
+            time.sleep(0.002)
+        server.kill()
+        if restart_after is not None:
+            time.sleep(restart_after)
+            server.start()
+
+    executor = ThreadPoolExecutor(1)
+    future = executor.submit(watch)
+    executor.shutdown(wait=False)
+    return future
 
 
 def make_tree(root: pathlib.Path, files: dict[str, bytes], mtime: float | None = None) -> None:

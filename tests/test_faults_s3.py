@@ -16,7 +16,6 @@ import json
 import os
 import signal
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 import pytest
@@ -26,6 +25,7 @@ from scripts.servers import rclone_s3
 from synctool.errors import ExitCode
 from tests.helpers import (
     FAST_CLI,
+    kill_when,
     make_tree,
     ok,
     read_tree,
@@ -104,21 +104,8 @@ def tree(tmp_path):
 def kill_while_uploading(server, restart_after: float | None):
     """In the background: kill ``server`` once a multipart upload is open, and
     start it again ``restart_after`` seconds later (None: leave it down)."""
-
-    def watch() -> None:
-        deadline = time.monotonic() + 20
-        while not open_uploads(server.client(), BUCKET):
-            assert time.monotonic() < deadline, "no multipart upload was ever seen"
-            time.sleep(0.005)
-        server.kill()
-        if restart_after is not None:
-            time.sleep(restart_after)
-            server.start()
-
-    executor = ThreadPoolExecutor(1)
-    future = executor.submit(watch)
-    executor.shutdown(wait=False)
-    return future
+    return kill_when(lambda: bool(open_uploads(server.client(), BUCKET)), server, restart_after,
+                     "no multipart upload was ever seen")  # fmt: skip
 
 
 def sync_to(server, tree, **options):

@@ -496,3 +496,74 @@ def test_failing_ftp_connections(ftp_server, ftp_folder, tmp_path, src, level):
         assert run.texts["stderr"].strip(), case
         assert_no_secret(run.texts, secrets)
     assert not (ftp_server.root / ftp_folder).exists()
+
+
+# -- WebDAV -------------------------------------------------------------------------------
+@LEVELS
+def test_webdav_passwords_never_show(webdav_server, webdavs_server, webdav_folder, tmp_path, src, level):
+    dav, davs = webdav_server, webdavs_server
+    good = {
+        "in-the-url": (dav.url(webdav_folder, user=dav.user, password=dav.password), [], dav),
+        "as-an-option": (dav.url(webdav_folder + "-o"), [f"{k}={v}" for k, v in dav.synctool_options().items()], dav),
+        "over-tls": (davs.url(webdav_folder, user=davs.user, password=davs.password),
+                     [f"accept-specified-ssl-hash={davs.sha1}"], davs),
+    }  # fmt: skip
+    for case, (url, options, server) in good.items():
+        run = run_cli(tmp_path / case, str(src), url, *(["--dst-options", *options] if options else []), level=level)
+        assert run.code == ExitCode.SUCCESS, (case, run.texts)
+        assert_no_secret(run.texts, [dav.password, davs.password])
+    assert read_tree(dav.local(webdav_folder)) == FILES and read_tree(davs.local(webdav_folder)) == FILES
+    failing = {
+        "wrong-password-in-url": (dav.url(webdav_folder + "-w", user=dav.user, password=WRONG), []),
+        "wrong-auth-password": (dav.url(webdav_folder + "-w", user=dav.user), [f"auth-password={WRONG}"]),
+        "nothing-listening": (dav.url(webdav_folder, user=dav.user, password=dav.password).replace(
+            f":{dav.port}/", f":{free_port()}/"), []),
+        "unknown-certificate": (davs.url(webdav_folder, user=davs.user, password=davs.password), []),
+    }  # fmt: skip
+    for case, (url, options) in failing.items():
+        (tmp_path / case).mkdir()
+        run = run_cli(tmp_path / case, str(src), url, *(["--dst-options", *options] if options else []), level=level)
+        assert run.code == ExitCode.FATAL, (case, run.texts)
+        assert run.texts["stderr"].strip(), case
+        assert_no_secret(run.texts, [dav.password, davs.password, WRONG])
+    assert not dav.local(webdav_folder + "-w").exists()
+
+
+def test_webdav_parse_arguments_only_masks_the_password(src):
+    password = odd_secret()
+    url = f"webdavs://me:{quote(password, safe='')}@127.0.0.1:1/x?auth-password={quote(WRONG, safe='')}"
+    p = subprocess.run([sys.executable, "-m", "synctool", str(src), url, "--parse-arguments-only"],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "destination url: https://127.0.0.1:1/x" in p.stdout and "destination user: me" in p.stdout
+    assert_no_secret({"stdout": p.stdout, "stderr": p.stderr}, [password, WRONG])
+
+
+# Hrefs a hostile WebDAV server lists below /dav, and the names they come to.
+HOSTILE_HREFS = {"/dav/../escape": "../escape", "/dav/%2E%2E/x": "../x", "/dav//abs": "/abs",
+                 "/dav/a//b": "a//b", "/dav/nul%00byte": "nul\x00byte", "/etc/passwd": "/etc/passwd"}  # fmt: skip
+
+
+def test_hostile_webdav_names_are_refused_by_name_and_the_rest_is_copied(tmp_path):
+    from tests.fixtures.webdav import hostile_webdav
+
+    listings = {
+        "/dav": [("/dav/", True, 0), ("/dav/a.txt", False, 5), ("http://elsewhere.example/dav/sub/", True, 0),
+                 ("/dav/..", True, 0), ("/dav/sub/../../", True, 0),
+                 *((href, False, 3) for href in HOSTILE_HREFS)],
+        "/dav/sub": [("/dav/sub/", True, 0), ("/dav/sub/b.bin", False, 3)],
+    }  # fmt: skip
+    files = {"/dav/a.txt": b"alpha", "/dav/sub/b.bin": b"bbb", "/dav/../escape": b"bad", "/etc/passwd": b"bad"}
+    (tmp_path / "jail").mkdir()
+    dst = tmp_path / "jail" / "dst"
+    outside = _outside(dst)
+    with hostile_webdav(listings, files) as address:
+        run = run_cli(tmp_path, f"webdav://{address}/dav", str(dst), level="Debug")
+    assert run.code == ExitCode.PARTIAL, run.texts
+    assert read_tree(dst) == {"a.txt": b"alpha", "sub/b.bin": b"bbb"}
+    assert _outside(dst) == outside and temp_debris(dst) == []
+    failed = json.loads(run.texts["report"])["failed"]
+    assert sorted(f["name"] for f in failed) == sorted(HOSTILE_HREFS.values())
+    assert "skipping folder with an unusable name '..'" in run.texts["stderr"]
+    for where in ("stdout", "stderr"):
+        assert "\x00" not in run.texts[where], where

@@ -23,12 +23,15 @@ BUILTIN: dict[str, str] = {
     "ftp": "synctool.backends.ftp:FTPBackend",
     "ftps": "synctool.backends.ftp:FTPBackend",
     "aftp": "synctool.backends.ftp:AlternativeFTPBackend",
+    "webdav": "synctool.backends.webdav:WebDAVBackend",
+    "webdavs": "synctool.backends.webdav:WebDAVBackend",
 }
 
 #: What to install when a backend's module fails to import.
 EXTRAS: dict[str, str] = {
     "synctool.backends.s3": "boto3",
     "synctool.backends.sftp": "paramiko",
+    "synctool.backends.webdav": "'synctool[webdav]'",
 }
 
 
