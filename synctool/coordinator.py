@@ -34,7 +34,7 @@ from synctool.errors import Declined, ExitCode, Interrupted, SyncError, UsageErr
 from synctool.interrupts import deferred_interrupts
 from synctool.logs import DRYRUN, FILES, OUTPUT, RETRY, printable
 from synctool.options import SyncOptions
-from synctool.plan import JOURNAL_RE, TEMP_RE, Copy, DestinationTraits, Plan, basename, blocked_copies, make_plan
+from synctool.plan import JOURNAL_RE, Copy, DestinationTraits, Plan, blocked_copies, make_plan
 from synctool.progress import Progress
 from synctool.report import Report, human_bytes
 from synctool.shards import make_shards
@@ -78,9 +78,10 @@ def _isatty(stream: TextIO | None) -> bool:
         return False
 
 
-def register_secrets(spec: BackendSpec, cls: type[Backend]) -> None:
+def register_secrets(spec: BackendSpec) -> None:
+    """Mask the secrets of ``spec``: its URL's password and the values of secret keys."""
     secrets.register(spec.location.password)
-    secrets.register_options(spec.options, cls.secret_options)
+    secrets.register_options(spec.options)
 
 
 def open_side(spec: BackendSpec, side: str) -> Backend:
@@ -89,7 +90,7 @@ def open_side(spec: BackendSpec, side: str) -> Backend:
         cls = backend_class(spec.location.scheme)
     except BackendError as exc:
         raise UsageError(f"{side}: {exc}") from None
-    register_secrets(spec, cls)
+    register_secrets(spec)
     try:
         return cls(spec)
     except BackendError as exc:
@@ -188,8 +189,9 @@ class Coordinator:
             verify_contents=opts.verify_contents and not opts.force,
             mtime_window=window,
             now=self.started_at,
-            target=DestinationTraits(self.dst.keeps_mtime, self.dst.max_segment_bytes),
+            target=DestinationTraits.of(self.dst),
             recheck=self._unverified(dst_entries),
+            source_is_temporary=self.src.is_temporary,
         )
         self.plan = plan
         del src_entries, dst_entries
@@ -203,7 +205,7 @@ class Coordinator:
     def _open(self, spec: BackendSpec, side: str) -> Backend:
         backend = open_side(spec, side)
         for key in sorted(spec.options):
-            if key not in backend.options:
+            if not backend.declares(key):
                 msg = f"option {key!r} is not known to the {spec.location.scheme}:// backend ({side}); ignored"
                 log.warning("%s", msg)
                 self.report.warnings.append(msg)
@@ -433,7 +435,7 @@ class Coordinator:
         """
         assert self.pool is not None
         try:
-            debris = [e.name for e in self.dst.list() if TEMP_RE.match(basename(e.name))]
+            debris = [e.name for e in self.dst.list() if self.dst.is_temporary(e.name)]
             if debris:
                 self.dst.delete(debris)
             self.dst.abort_unfinished_writes(sorted(self.pool.lost))

@@ -15,17 +15,17 @@ import dataclasses
 import hashlib
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
-from synctool.backends.base import JOURNAL_RE, TEMP_RE, Entry, UnsafeName, check_name, is_internal
+from synctool.backends.base import JOURNAL_RE, Backend, Entry, UnsafeName, check_name, is_journal
 
 #: ``20261128043100.old.name``: a version kept by --retention.
 RETENTION_RE = re.compile(r"^\d{14}\.old\.")
 STAMP_FORMAT = "%Y%m%d%H%M%S"
 #: A source dated further than this ahead of the clock gets a warning.
 FUTURE_SLACK_SECONDS = 60.0
-__all__ = ["TEMP_RE", "JOURNAL_RE", "RETENTION_RE", "Copy", "Compare", "Plan", "RetentionNames", "make_plan", "retention_name"]
+__all__ = ["JOURNAL_RE", "RETENTION_RE", "Copy", "Compare", "Plan", "RetentionNames", "make_plan", "retention_name"]
 
 
 def basename(name: str) -> str:
@@ -170,6 +170,13 @@ class DestinationTraits:
 
     keeps_mtime: bool = True  # the listing shows the mtime a write was given
     max_segment_bytes: int | None = None
+    #: Whether a name is one of the backend's temporary names: the debris of
+    #: a killed run, removed, never taken for a user's file.
+    is_temporary: Callable[[str], bool] = Backend.is_temporary
+
+    @classmethod
+    def of(cls, backend: Backend | type[Backend]) -> "DestinationTraits":
+        return cls(backend.keeps_mtime, backend.max_segment_bytes, backend.is_temporary)
 
 
 def make_plan(
@@ -184,6 +191,7 @@ def make_plan(
     now: float | None = None,
     target: DestinationTraits = DestinationTraits(),
     recheck: frozenset[str] = frozenset(),
+    source_is_temporary: Callable[[str], bool] = Backend.is_temporary,
 ) -> Plan:
     """Merge the two listings into a :class:`Plan`.
 
@@ -192,8 +200,10 @@ def make_plan(
     start) finds source files dated in the future. ``recheck`` names files
     whose copy at the destination was never read back (an interrupted
     --verify-get-after-put run): their contents are compared.
+    ``source_is_temporary`` tells the source backend's temporary names,
+    which are never copied.
     """
-    src = sorted((e for e in source if not is_internal(e.name)), key=lambda e: e.name)
+    src = sorted((e for e in source if not (source_is_temporary(e.name) or is_journal(e.name))), key=lambda e: e.name)
     dst = sorted(destination, key=lambda e: e.name)
     plan = Plan()
     plan.retention = RetentionNames(
@@ -277,9 +287,9 @@ class _Context:
         except UnsafeName:
             plan.ignored.append(d.name)  # never act on a name that could point outside the root
             return
-        if TEMP_RE.match(basename(d.name)):
+        if self.target.is_temporary(d.name):
             plan.deletes.append(d.name)  # debris of a killed run, never user data
-        elif is_internal(d.name):
+        elif is_journal(d.name):
             plan.journals.append(d.name)
         elif is_retention_name(d.name):
             plan.kept += 1  # a kept version is never deleted nor renamed again
