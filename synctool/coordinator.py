@@ -123,6 +123,25 @@ def refuse_overlap(src: Backend, dst: Backend) -> None:
         )
 
 
+def refuse_without_room(dst: Backend, plan: Plan, opts: SyncOptions) -> None:
+    """Duplicati's free-space check: stop before anything is written when the
+    destination says it has less room than the copies need.
+
+    Conservative and simple: the bytes of every copy, with nothing taken off
+    for what the plan removes, since removals come after the copies (and
+    with --retention free nothing), and a replaced file keeps its old
+    content until the new one is complete. quota-disable=true skips it.
+    """
+    if opts.quota_disable or not plan.copies:
+        return
+    free = dst.free_bytes()
+    if free is not None and plan.copy_bytes > free:
+        raise SyncError(
+            f"not enough free space at the destination: the copies need {human_bytes(plan.copy_bytes)}, "
+            f"{human_bytes(free)} is free; nothing was written (quota-disable=true skips this check)"
+        )
+
+
 class Coordinator:
     def __init__(self, opts: SyncOptions, env: Env | None = None):
         self.opts = opts
@@ -196,6 +215,7 @@ class Coordinator:
         self.plan = plan
         del src_entries, dst_entries
         self._account_plan(plan)
+        refuse_without_room(self.dst, plan, opts)
         if opts.dry_run:
             self._describe_dry_run(plan)
         else:
