@@ -21,9 +21,8 @@ from click.core import ParameterSource
 from synctool import __version__, secrets
 from synctool import logs
 from synctool.api import run
-from synctool.backends import BackendError, Location, backend_class
+from synctool.backends import BackendError, Location, backend_class, optiontable
 from synctool.backends.registry import backend_classes
-from synctool.backends import optiontable
 from synctool.cli.args import expand_bool_options, expand_option_lists
 from synctool.cli.helptext import COMMANDS, help_command, schemes_line
 from synctool.coordinator import Env, open_side, refuse_overlap
