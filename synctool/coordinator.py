@@ -34,7 +34,7 @@ from synctool.errors import Declined, ExitCode, Interrupted, SyncError, UsageErr
 from synctool.interrupts import deferred_interrupts
 from synctool.logs import DRYRUN, FILES, OUTPUT, RETRY, printable
 from synctool.options import SyncOptions
-from synctool.plan import JOURNAL_RE, TEMP_RE, Copy, DestinationTraits, Plan, basename, blocked_copies, make_plan
+from synctool.plan import JOURNAL_RE, Copy, DestinationTraits, Plan, blocked_copies, make_plan
 from synctool.progress import Progress
 from synctool.report import Report, human_bytes
 from synctool.shards import make_shards
@@ -78,9 +78,10 @@ def _isatty(stream: TextIO | None) -> bool:
         return False
 
 
-def register_secrets(spec: BackendSpec, cls: type[Backend]) -> None:
+def register_secrets(spec: BackendSpec) -> None:
+    """Mask the secrets of ``spec``: its URL's password and the values of secret keys."""
     secrets.register(spec.location.password)
-    secrets.register_options(spec.options, cls.secret_options)
+    secrets.register_options(spec.options)
 
 
 def open_side(spec: BackendSpec, side: str) -> Backend:
@@ -90,7 +91,7 @@ def open_side(spec: BackendSpec, side: str) -> Backend:
             cls = backend_class(spec.location.scheme)
     except BackendError as exc:
         raise UsageError(f"{side}: {exc}") from None
-    register_secrets(spec, cls)
+    register_secrets(spec)
     try:
         return cls(spec)
     except BackendError as exc:
@@ -120,6 +121,25 @@ def refuse_overlap(src: Backend, dst: Backend) -> None:
         raise UsageError(
             f"the source {a.shown} is inside the destination {b.shown}: the mirror would delete everything "
             "around it; choose a destination that does not hold the source"
+        )
+
+
+def refuse_without_room(dst: Backend, plan: Plan, opts: SyncOptions) -> None:
+    """Duplicati's free-space check: stop before anything is written when the
+    destination says it has less room than the copies need.
+
+    Conservative and simple: the bytes of every copy, with nothing taken off
+    for what the plan removes, since removals come after the copies (and
+    with --retention free nothing), and a replaced file keeps its old
+    content until the new one is complete. quota-disable=true skips it.
+    """
+    if opts.quota_disable or not plan.copies:
+        return
+    free = dst.free_bytes()
+    if free is not None and plan.copy_bytes > free:
+        raise SyncError(
+            f"not enough free space at the destination: the copies need {human_bytes(plan.copy_bytes)}, "
+            f"{human_bytes(free)} is free; nothing was written (quota-disable=true skips this check)"
         )
 
 
@@ -189,13 +209,15 @@ class Coordinator:
             verify_contents=opts.verify_contents and not opts.force,
             mtime_window=window,
             now=self.started_at,
-            target=DestinationTraits(self.dst.keeps_mtime, self.dst.max_segment_bytes),
+            target=DestinationTraits.of(self.dst),
             recheck=self._unverified(dst_entries),
             ordered=True,  # every backend lists in name order
+            source_is_temporary=self.src.is_temporary,
         )
         self.plan = plan
         del src_entries, dst_entries
         self._account_plan(plan)
+        refuse_without_room(self.dst, plan, opts)
         if opts.dry_run:
             self._describe_dry_run(plan)
         else:
@@ -205,7 +227,7 @@ class Coordinator:
     def _open(self, spec: BackendSpec, side: str) -> Backend:
         backend = open_side(spec, side)
         for key in sorted(spec.options):
-            if key not in backend.options:
+            if not backend.declares(key):
                 msg = f"option {key!r} is not known to the {spec.location.scheme}:// backend ({side}); ignored"
                 log.warning("%s", msg)
                 self.report.warnings.append(msg)
@@ -435,7 +457,7 @@ class Coordinator:
         """
         assert self.pool is not None
         try:
-            debris = [e.name for e in self.dst.list() if TEMP_RE.match(basename(e.name))]
+            debris = [e.name for e in self.dst.list() if self.dst.is_temporary(e.name)]
             if debris:
                 self.dst.delete(debris)
             self.dst.abort_unfinished_writes(sorted(self.pool.lost))

@@ -11,12 +11,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
 from collections.abc import Iterable, Mapping
+from typing import Any
 
-from synctool.backends.base import BackendError, BackendSpec, Location, parse_bool
+from synctool.backends.base import BackendError, BackendSpec, Location
+from synctool.backends.optiontable import Option, OptionError, table
+from synctool.backends.registry import backend_classes
 from synctool.errors import UsageError
-from synctool.secrets import SECRET_KEYS
+from synctool.secrets import is_secret_key
 
 # Duplicati's log levels, mapped onto Python logging numbers.
 LOG_LEVELS: dict[str, int] = {
@@ -33,19 +35,32 @@ LOG_LEVELS: dict[str, int] = {
 }
 
 #: Keys of --global-options (or a side's list) that the tool reads itself and
-#: never hands to a backend as unknown.
-TOOL_KEYS = frozenset(
-    {
-        "dry-run",
-        "log-file",
-        "log-level",
-        "max-delete",
-        "backend-retries",
-        "backend-retry-delay",
-        "backend-retry-with-exponential-backoff",
-        "auto-create-folders",
-    }
+#: never hands to a backend as unknown, parsed as backend options are.
+#: quota-disable is the destination's, as in Duplicati: read from
+#: --global-options and --dst-options.
+TOOL_OPTIONS = table(
+    Option("dry-run", "bool", False, "List and plan, but write, delete and read no file content."),
+    Option("log-file", "text", None, "Append log lines to this file."),
+    Option("log-level", "text", "Information", "Duplicati's level names, or Python's (Debug, Info)."),
+    Option("max-delete", "int", None, "Delete or rename nothing when the plan would remove more files.", minimum=0),
+    Option("backend-retries", "int", 3, "Times to retry a failed file (Duplicati's name for --retry).", minimum=0),
+    Option("backend-retry-delay", "duration", 1.0, "Base delay between retries; as in Duplicati a plain number is in milliseconds.",
+           unit="ms", minimum=0),  # fmt: skip
+    Option("backend-retry-with-exponential-backoff", "bool", True, "Double the delay at each retry."),
+    Option("auto-create-folders", "bool", True, "Create a missing destination folder or bucket."),
+    Option("quota-disable", "bool", False, "Skip the check that the destination has room for the copies (destination only)."),
 )
+TOOL_KEYS = frozenset(TOOL_OPTIONS)
+
+
+def read_tool_option(key: str, value: str | bool) -> Any:
+    """The typed value of one of :data:`TOOL_OPTIONS`; a bad value is a usage error."""
+    if isinstance(value, bool):
+        return value
+    try:
+        return TOOL_OPTIONS[key].parse(value)
+    except OptionError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def default_workers() -> int:
@@ -65,40 +80,6 @@ def parse_log_level(text: str) -> int:
         ) from None
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
-
-
-def parse_duration(text: str, what: str) -> float:
-    """``10s``, ``500ms``, ``2m``, ``1.5`` (seconds) or Duplicati's ``hh:mm:ss``."""
-    m = _DURATION.match(str(text))
-    if m:
-        unit = m.group(2).lower() if m.group(2) else None
-        return float(m.group(1)) * _UNIT_SECONDS[unit]
-    parts = str(text).strip().split(":")
-    if len(parts) == 3 and all(p.replace(".", "", 1).isdigit() for p in parts):
-        h, mi, s = (float(p) for p in parts)
-        return h * 3600 + mi * 60 + s
-    raise UsageError(f"{what}: {text!r} is not a duration (for example 10s, 500ms, 2m)")
-
-
-def parse_int(text: str | int, what: str, minimum: int = 0) -> int:
-    try:
-        value = int(text)
-    except (TypeError, ValueError):
-        raise UsageError(f"{what}: {text!r} is not a whole number") from None
-    if value < minimum:
-        raise UsageError(f"{what}: must be at least {minimum}, not {value}")
-    return value
-
-
-def parse_flag(text: str | bool, what: str) -> bool:
-    try:
-        return parse_bool(text)
-    except ValueError:
-        raise UsageError(f"{what}: {text!r} is not true or false") from None
-
-
 def parse_option_list(tokens: Iterable[str], list_name: str) -> dict[str, str]:
     """``["a=1", "b=x=y"]`` -> ``{"a": "1", "b": "x=y"}``; bad tokens name the list."""
     out: dict[str, str] = {}
@@ -107,7 +88,7 @@ def parse_option_list(tokens: Iterable[str], list_name: str) -> dict[str, str]:
         key, sep, value = token.partition("=")
         key = key.strip().lstrip("-")
         if not sep or not key:
-            if previous.lower() in SECRET_KEYS and not out[previous]:
+            if not out.get(previous) and _secret_key(previous):
                 # "aws-secret-access-key= SECRET": the token is most likely the
                 # secret itself, split off by a space. It is not echoed.
                 raise UsageError(
@@ -120,6 +101,12 @@ def parse_option_list(tokens: Iterable[str], list_name: str) -> dict[str, str]:
         out[key] = value
         previous = key
     return out
+
+
+def _secret_key(key: str) -> bool:
+    """Whether any backend that can be loaded flags ``key`` as a secret."""
+    backend_classes()  # loads every table: this is an error path, its cost does not matter
+    return is_secret_key(key)
 
 
 @dataclasses.dataclass
@@ -147,6 +134,7 @@ class SyncOptions:
     workers: int = dataclasses.field(default_factory=default_workers)
     max_delete: int | None = None
     report_file: str | None = None
+    quota_disable: bool = False
 
     def apply_global_keys(self, explicit: set[str]) -> None:
         """Read tool settings carried in --global-options, unless set explicitly.
@@ -155,22 +143,23 @@ class SyncOptions:
         keyword argument); those win.
         """
         g = self.global_options
-        readers = {
-            "dry_run": ("dry-run", lambda v: parse_flag(v, "dry-run")),
-            "log_file": ("log-file", str),
-            "log_level": ("log-level", parse_log_level),
-            "max_delete": ("max-delete", lambda v: parse_int(v, "max-delete")),
-            "retry": ("backend-retries", lambda v: parse_int(v, "backend-retries")),
-            "retry_delay": ("backend-retry-delay", lambda v: parse_duration(v, "backend-retry-delay")),
-            "exponential_backoff": (
-                "backend-retry-with-exponential-backoff",
-                lambda v: parse_flag(v, "backend-retry-with-exponential-backoff"),
-            ),
-            "auto_create_folders": ("auto-create-folders", lambda v: parse_flag(v, "auto-create-folders")),
+        fields = {
+            "dry_run": "dry-run",
+            "log_file": "log-file",
+            "log_level": "log-level",
+            "max_delete": "max-delete",
+            "retry": "backend-retries",
+            "retry_delay": "backend-retry-delay",
+            "exponential_backoff": "backend-retry-with-exponential-backoff",
+            "auto_create_folders": "auto-create-folders",
         }
-        for field, (key, read) in readers.items():
+        for field, key in fields.items():
             if key in g and field not in explicit:
-                setattr(self, field, read(g[key]))
+                value = read_tool_option(key, g[key])
+                setattr(self, field, parse_log_level(value) if key == "log-level" else value)
+        dst = merge_options(g, self.dst_options)
+        if "quota-disable" in dst and "quota_disable" not in explicit:
+            self.quota_disable = read_tool_option("quota-disable", dst["quota-disable"])
         if self.workers < 1:
             raise UsageError("--workers must be at least 1")
 

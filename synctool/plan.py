@@ -15,10 +15,10 @@ import dataclasses
 import hashlib
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
-from synctool.backends.base import JOURNAL_RE, TEMP_RE, Entry, UnsafeName, check_name, is_internal
+from synctool.backends.base import JOURNAL_RE, Backend, Entry, UnsafeName, check_name, is_journal
 from synctool.march import march
 
 #: ``20261128043100.old.name``: a version kept by --retention.
@@ -26,7 +26,7 @@ RETENTION_RE = re.compile(r"^\d{14}\.old\.")
 STAMP_FORMAT = "%Y%m%d%H%M%S"
 #: A source dated further than this ahead of the clock gets a warning.
 FUTURE_SLACK_SECONDS = 60.0
-__all__ = ["TEMP_RE", "JOURNAL_RE", "RETENTION_RE", "Copy", "Compare", "Plan", "RetentionNames", "make_plan", "retention_name"]
+__all__ = ["JOURNAL_RE", "RETENTION_RE", "Copy", "Compare", "Plan", "RetentionNames", "make_plan", "retention_name"]
 
 
 def basename(name: str) -> str:
@@ -166,6 +166,13 @@ class DestinationTraits:
 
     keeps_mtime: bool = True  # the listing shows the mtime a write was given
     max_segment_bytes: int | None = None
+    #: Whether a name is one of the backend's temporary names: the debris of
+    #: a killed run, removed, never taken for a user's file.
+    is_temporary: Callable[[str], bool] = Backend.is_temporary
+
+    @classmethod
+    def of(cls, backend: Backend | type[Backend]) -> "DestinationTraits":
+        return cls(backend.keeps_mtime, backend.max_segment_bytes, backend.is_temporary)
 
 
 def make_plan(
@@ -181,6 +188,7 @@ def make_plan(
     target: DestinationTraits = DestinationTraits(),
     recheck: frozenset[str] = frozenset(),
     ordered: bool = False,
+    source_is_temporary: Callable[[str], bool] = Backend.is_temporary,
 ) -> Plan:
     """Merge the two listings into a :class:`Plan`.
 
@@ -189,6 +197,8 @@ def make_plan(
     start) finds source files dated in the future. ``recheck`` names files
     whose copy at the destination was never read back (an interrupted
     --verify-get-after-put run): their contents are compared.
+    ``source_is_temporary`` tells the source backend's temporary names,
+    which are never copied.
 
     ``ordered`` listings (every backend's, see synctool/backends/walk.py)
     are merged as they come; others are sorted first. Names are decided in
@@ -200,7 +210,8 @@ def make_plan(
     plan = Plan()
     plan.retention = RetentionNames(stamp, (), target.max_segment_bytes)
     ctx = _Context(plan, force, retention, verify_contents, mtime_window, target, recheck, now)
-    for s, d in march((e for e in source if not is_internal(e.name)), destination):
+    own = (e for e in source if not (source_is_temporary(e.name) or is_journal(e.name)))
+    for s, d in march(own, destination):
         ctx.step(s, d)
     ctx.finish()
     return plan
@@ -327,10 +338,10 @@ class _Context:
         except UnsafeName:
             plan.ignored.append(d.name)  # never act on a name that could point outside the root
             return
-        if TEMP_RE.match(basename(d.name)):
+        if self.target.is_temporary(d.name):
             plan.deletes.append(d.name)  # debris of a killed run, never user data
             self._removing(d.name)
-        elif is_internal(d.name):
+        elif is_journal(d.name):
             plan.journals.append(d.name)
         elif is_retention_name(d.name):
             plan.kept += 1  # a kept version is never deleted nor renamed again

@@ -12,24 +12,16 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Iterable, Mapping
 from urllib.parse import quote, quote_plus
 
 MASK = "***"
 
-#: Option keys that hold secrets, whatever backend they are for.
-SECRET_KEYS = frozenset(
-    {
-        "auth-password",
-        "aws-secret-access-key",
-        "aws-session-token",
-        "ssh-key",
-        "passphrase",
-        "password",
-        "secret",
-    }
-)
-
 _lock = threading.Lock()
+#: Option keys whose values are secrets, whichever backend they are given
+#: to: the ``secret`` flags of every backend's option table, added as each
+#: backend class is defined (see ``Backend.__init_subclass__``).
+_secret_keys: set[str] = set()
 _secrets: set[str] = set()
 _pattern: re.Pattern[str] | None = None
 # A password in a URL: scheme://user:PASSWORD@host
@@ -54,9 +46,20 @@ def register(value: str | None) -> None:
         _pattern = re.compile("|".join(re.escape(s) for s in ordered))
 
 
-def register_options(options: dict[str, str], extra_keys: frozenset[str] = frozenset()) -> None:
+def add_secret_keys(keys: Iterable[str]) -> None:
+    with _lock:
+        _secret_keys.update(key.lower() for key in keys)
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a backend that is loaded flags ``key`` as a secret."""
+    return key.lower() in _secret_keys
+
+
+def register_options(options: Mapping[str, str]) -> None:
+    """Mask the values of every secret key in ``options``."""
     for key, value in options.items():
-        if key.lower() in SECRET_KEYS or key.lower() in extra_keys:
+        if is_secret_key(key):
             register(value)
 
 

@@ -180,10 +180,11 @@ ROWS: dict[str, Row] = {
     "workers-0": Row(lambda w: [w.src, w.dst, "--workers", "0"], USAGE, r"'--workers': 0 is not in the range x>=1"),
     "max-delete-negative": Row(lambda w: [w.src, w.dst, "--max-delete", "-1"], USAGE, r"'--max-delete': -1 is not in the range x>=0"),
     "global-max-delete-negative": Row(lambda w: [w.src, w.dst, "--global-options", "max-delete=-3"], USAGE,
-                                      r"max-delete: must be at least 0, not -3"),
+                                      r"option max-delete must be at least 0, not '-3'"),
     "retry-delay-not-a-duration": Row(lambda w: [w.src, w.dst, "--backend-retry-delay", "soon"], USAGE,
-                                      r"'soon' is not a duration \(for example 10s, 500ms, 2m\)"),
-    "auto-create-folders-not-a-flag": Row(lambda w: [w.src, w.dst, "--auto-create-folders", "sometimes"], USAGE,
+                                      r"option backend-retry-delay takes a time span such as 30s, 500ms or 1h30m \(a plain number "
+                                      r"is in milliseconds\), not 'soon'"),
+    "auto-create-folders-not-a-flag": Row(lambda w: [w.src, w.dst, "--auto-create-folders=sometimes"], USAGE,
                                           r"'sometimes' is not true or false"),
     "log-level-unknown": Row(lambda w: [w.src, w.dst, "--log-level", "Loud"], USAGE,
                              r"unknown log level 'Loud'; use one of: ExplicitOnly"),
@@ -203,10 +204,10 @@ ROWS: dict[str, Row] = {
     "s3-part-size-too-small": Row(lambda w: [w.src, f"s3://{w.bucket}/p", "--dst-options", *w.s3_options(**{"s3-part-size": "1MiB"})],
                                   USAGE, r"s3-part-size must be at least 5MiB"),
     "ssh-keepalive-x": Row(lambda w: [w.src, w.sshd.url(w.sftp_folder), "--dst-options", *w.sftp_options(**{"ssh-keepalive": "x"})],
-                           USAGE, r"option ssh-keepalive: expected a time span like 30s or 5m, got 'x'"),
+                           USAGE, r"option ssh-keepalive takes a time span such as 30s, 500ms or 1h30m .*, not 'x'"),
     "ssh-accept-any-perhaps": Row(lambda w: [w.sshd.url(w.sftp_folder), w.dst, "--src-options",
                                              *w.sftp_options(**{"ssh-accept-any-fingerprints": "perhaps"})],
-                                  USAGE, r"option ssh-accept-any-fingerprints: expected true or false, got 'perhaps'"),
+                                  USAGE, r"option ssh-accept-any-fingerprints takes true or false, not 'perhaps'"),
     # -- URL syntax that would change the target --------------------------------------------------
     # A '#' cut the URL short: s3://b/p#2 mirrored into p/ and deleted what was there.
     "hash-in-s3-url": Row(lambda w: [w.src, f"s3://{w.bucket}/p#2", "--dst-options", *w.s3_options()], USAGE,

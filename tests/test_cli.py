@@ -10,7 +10,8 @@ from click.testing import CliRunner
 from synctool.cli.args import expand_option_lists
 from synctool.cli.main import command
 from synctool.errors import UsageError
-from synctool.options import LOG_LEVELS, parse_duration, parse_log_level
+from synctool.backends.optiontable import parse_duration
+from synctool.options import LOG_LEVELS, parse_log_level
 from tests.helpers import make_tree, read_tree
 
 
@@ -49,7 +50,7 @@ def test_values_may_contain_equals_signs():
         (["--src-options", "a=1", "a=2"], "--src-options: the key 'a' is given twice"),
         (["--global-options", "=x"], "--global-options"),
         (["--log-level", "chatty"], "unknown log level 'chatty'"),
-        (["--backend-retry-delay", "soon"], "not a duration"),
+        (["--backend-retry-delay", "soon"], "option backend-retry-delay takes a time span"),
         (["--auto-create-folders=maybe"], "not true or false"),
         (["--retry", "many"], "many"),
     ],
@@ -131,8 +132,8 @@ def test_log_levels_map_onto_python_logging():
 
 
 def test_durations():
-    assert parse_duration("10s", "x") == 10 and parse_duration("500ms", "x") == 0.5
-    assert parse_duration("2m", "x") == 120 and parse_duration("00:01:30", "x") == 90
+    assert parse_duration("10s") == 10 and parse_duration("500ms") == 0.5
+    assert parse_duration("2m") == 120 and parse_duration("00:01:30") == 90
 
 
 def test_real_sync_through_the_runner(tmp_path):

@@ -15,7 +15,8 @@ import pytest
 from scripts.servers import free_port, rclone_s3
 from synctool.backends import BackendError, BackendSpec, DeleteError, FatalBackendError, NotFound, open_backend
 from synctool.backends import s3_native
-from synctool.backends.s3 import MiB, S3Backend, _delete_failures, _size, _speaks_plain_http_only
+from synctool.backends.optiontable import parse_size
+from synctool.backends.s3 import MiB, S3Backend, _delete_failures, _speaks_plain_http_only
 from tests.backend_contract import BackendContract, _chunks, _content
 
 SMALL_PART = {"s3-part-size": "5MiB"}  # S3's smallest: multipart tests stay quick
@@ -358,7 +359,7 @@ def test_bad_option_values_say_which_option():
 
 def test_size_parsing():
     for text, expected in (("5MiB", 5 * MiB), ("8MB", 8 * MiB), ("16m", 16 * MiB), ("1048576", MiB), ("1g", 1 << 30)):
-        assert _size({"k": text}, "k", 0) == expected
+        assert parse_size(text) == expected
 
 
 # -- the native path (awscrt) ------------------------------------------------------

@@ -16,7 +16,7 @@ import pytest
 
 from synctool.backends import BackendSpec, NotFound, open_backend
 from synctool.backends.base import BackendError, FatalBackendError
-from synctool.backends.sftp import MAX_CHANNELS, fingerprint_matches, fingerprints, parse_settings
+from synctool.backends.sftp import MAX_CHANNELS, SFTPBackend, fingerprint_matches, fingerprints
 from tests.backend_contract import BackendContract
 from tests.helpers import refused, roundtrip
 
@@ -188,9 +188,9 @@ def test_missing_source_folder(sftp_server, sftp_folder):
 def test_bad_option_values():
     for key, value in (("ssh-keepalive", "often"), ("ssh-relative-path", "maybe")):
         with pytest.raises(FatalBackendError, match=key):
-            parse_settings(BackendSpec("ssh://u@h/x", {key: value}))
-    assert parse_settings(BackendSpec("ssh://u@h/x", {"ssh-keepalive": "1m30s"})).keepalive == 90
-    assert parse_settings(BackendSpec("ssh://u@h/x?ssh-keepalive=45")).keepalive == 45
+            SFTPBackend(BackendSpec("ssh://u@h/x", {key: value}))
+    assert SFTPBackend(BackendSpec("ssh://u@h/x", {"ssh-keepalive": "1m30s"})).settings.keepalive == 90
+    assert SFTPBackend(BackendSpec("ssh://u@h/x?ssh-keepalive=45")).settings.keepalive == 45
 
 
 # -- listing, concurrency, connections ---------------------------------------------------

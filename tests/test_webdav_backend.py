@@ -15,7 +15,7 @@ import pytest
 from scripts.servers import free_port
 from scripts.servers_webdav import wsgidav
 from synctool.backends import AlreadyExists, BackendSpec, DeleteError, NotFound, open_backend
-from synctool.backends.base import BackendError, FatalBackendError, is_internal
+from synctool.backends.base import BackendError, FatalBackendError, is_journal
 from tests.backend_contract import BackendContract
 from tests.fixtures.webdav import DAV
 from tests.helpers import read_tree, temp_debris
@@ -279,7 +279,7 @@ def test_server_restarted_mid_write(webdav_server, webdav_folder):
         with pytest.raises(BackendError) as info:
             b.write("big.bin", chunks(), 65 << 20)
         assert info.value.retryable
-        assert sorted(e.name for e in b.list() if not is_internal(e.name)) == ["big.bin"]
+        assert sorted(e.name for e in b.list() if not (b.is_temporary(e.name) or is_journal(e.name))) == ["big.bin"]
         assert b"".join(b.read("big.bin")) == b"old"
         b.write("big.bin", iter([b"new"]), 3)
         assert b"".join(b.read("big.bin")) == b"new"

@@ -10,7 +10,6 @@ from synctool.backends.base import (
     FatalBackendError,
     Location,
     NotFound,
-    parse_bool,
 )
 from synctool.backends.registry import backend_class, open_backend, schemes
 
@@ -26,6 +25,5 @@ __all__ = [
     "NotFound",
     "backend_class",
     "open_backend",
-    "parse_bool",
     "schemes",
 ]

@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import ClassVar
 from urllib.parse import unquote, urlsplit
 
-from synctool.backends import optiontable
-from synctool.backends.optiontable import Option, OptionError, read_options, secrets_of
+from synctool import secrets
+from synctool.backends.optiontable import Option, OptionError, declares, read_options, secrets_of
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -40,28 +40,22 @@ class Entry:
 #: Every name synctool itself creates at a destination starts with this; the
 #: plan never takes one of the forms below for a user's file.
 INTERNAL_PREFIX = ".synctool-"
-#: A temporary file: the content of a write that is not complete yet.
+#: A temporary file, the content of a write that is not complete yet, as
+#: :meth:`Backend.temp_name` names it by default.
 TEMP_RE = re.compile(r"^\.synctool-[0-9a-f]+\.tmp$")
 #: A list of files written but not yet read back (--verify-get-after-put on
 #: a backend that cannot verify before a name becomes visible): at the root.
 JOURNAL_RE = re.compile(r"^\.synctool-unverified-[0-9a-f]+\.json$")
 
 
-def temp_name(folder: str) -> str:
-    """A fresh temporary name in ``folder`` ('/'-separated; "" is the root)."""
-    return f"{folder}{'/' if folder else ''}{INTERNAL_PREFIX}{os.urandom(6).hex()}.tmp"
-
-
 def journal_name() -> str:
     return f"{INTERNAL_PREFIX}unverified-{os.urandom(6).hex()}.json"
 
 
-def is_internal(name: str) -> bool:
-    """Whether ``name`` is one of synctool's own files: a temporary file
-    anywhere, a journal at the root. Other names are the user's, even those
-    that start like ours."""
-    folder, _, base = name.rpartition("/")
-    return bool(TEMP_RE.match(base) or (not folder and JOURNAL_RE.match(base)))
+def is_journal(name: str) -> bool:
+    """Whether ``name`` is one of synctool's journals: at the root only; elsewhere
+    the same form is a user's file."""
+    return "/" not in name and bool(JOURNAL_RE.match(name))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,16 +258,6 @@ def check_name(name: str) -> str:
     return name
 
 
-def parse_bool(value: str | bool | None, default: bool = False) -> bool:
-    """Duplicati-style boolean option value: an empty value (``--flag``) means true."""
-    if value is None:
-        return default
-    try:
-        return optiontable.parse_bool(value)
-    except ValueError:
-        raise ValueError(f"not a boolean: {value!r}") from None
-
-
 class Backend(abc.ABC):
     """One storage location, opened once per process and reused for every job.
 
@@ -284,6 +268,8 @@ class Backend(abc.ABC):
 
     #: URL schemes served by this class, e.g. ("s3", "s3s").
     schemes: ClassVar[tuple[str, ...]] = ()
+    #: What it is and its URL form, one line, for ``synctool backends``.
+    description: ClassVar[str] = ""
     #: The options this backend understands, declared once (see
     #: :mod:`synctool.backends.optiontable`): ``table(Option(...), ...)``.
     #: Their parsed values are in ``self.values`` once constructed. A key it
@@ -291,7 +277,7 @@ class Backend(abc.ABC):
     #: URL's query.
     options: ClassVar[dict[str, Option]] = {}
     #: Option keys whose values are secrets, shown as *** everywhere:
-    #: derived from the table's ``secret`` flags.
+    #: derived from the table's ``secret`` flags, never set by hand.
     secret_options: ClassVar[frozenset[str]] = frozenset()
     #: How many jobs one worker process may run against this backend at once.
     concurrency: ClassVar[int] = 4
@@ -319,16 +305,18 @@ class Backend(abc.ABC):
         """
         self.spec = spec
         self.location = spec.location
-        declared = {k: v for k, v in self.options.items() if isinstance(v, Option)}
+        secrets.register(self.location.password)
+        given = {**spec.options, **self.location.query}
+        secrets.register_options(given)
         try:
-            self.values = read_options(declared, {**spec.options, **self.location.query})
+            self.values = read_options(self.options, given)
         except OptionError as exc:
             raise FatalBackendError(str(exc)) from None
         for key in self.location.query:
             # In an option list an unknown key is only a warning (Duplicati
             # scripts hand one set to every backend); in a URL it is likelier
             # part of a name, and ignoring it would mirror somewhere else.
-            if key not in self.options:
+            if not self.declares(key):
                 raise FatalBackendError(
                     f"the {self.location.scheme}:// backend knows no option {key!r}, named in the URL's "
                     f"query: {_LITERAL_QUESTION_MARK}"
@@ -336,8 +324,33 @@ class Backend(abc.ABC):
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
-        if "options" in cls.__dict__ and "secret_options" not in cls.__dict__:
-            cls.secret_options = secrets_of({k: v for k, v in cls.options.items() if isinstance(v, Option)})
+        if "options" in cls.__dict__:
+            if not all(isinstance(o, Option) and o.name == k for k, o in cls.options.items()):
+                raise TypeError(f"{cls.__name__}.options must be a table of Option: optiontable.table(Option(...), ...)")
+            cls.secret_options = secrets_of(cls.options)
+            # Known from the moment the class exists, before any of its
+            # options is parsed or printed.
+            secrets.add_secret_keys(cls.secret_options)
+
+    @classmethod
+    def declares(cls, key: str) -> bool:
+        """Whether ``key`` is one of this backend's options (case-blind)."""
+        return declares(cls.options, key)
+
+    # -- synctool's temporary names -----------------------------------------
+    # A write goes to a temporary name first. The plan removes what a killed
+    # run left under such names and never takes them for a user's files
+    # (nor copies them from a source), so a backend that names its
+    # temporaries otherwise overrides both methods together.
+    @classmethod
+    def temp_name(cls, folder: str) -> str:
+        """A fresh temporary name in ``folder`` ('/'-separated; "" is the root)."""
+        return f"{folder}{'/' if folder else ''}{INTERNAL_PREFIX}{os.urandom(6).hex()}.tmp"
+
+    @classmethod
+    def is_temporary(cls, name: str) -> bool:
+        """Whether ``name`` (anywhere below the root) is one that :meth:`temp_name` gives."""
+        return bool(TEMP_RE.match(name.rpartition("/")[2]))
 
     # -- required -------------------------------------------------------
     @abc.abstractmethod
@@ -454,9 +467,7 @@ class Backend(abc.ABC):
     # -- helpers --------------------------------------------------------
     def display_url(self) -> str:
         """The URL with its secrets masked, for messages."""
-        from synctool.secrets import redact
-
-        return redact(self.spec.url)
+        return secrets.redact(self.spec.url)
 
     def __enter__(self) -> "Backend":
         return self

@@ -19,7 +19,7 @@ operation raises a retryable :class:`BackendError`; the next lease logs in
 anew. Data connections are passive by default: EPSV, else PASV.
 
 Writes, all or nothing. STOR to a temporary name in the target folder
-(``base.temp_name``), streamed from the source; SIZE checks that the server
+(``Backend.temp_name``), streamed from the source; SIZE checks that the server
 holds every byte sent; the read-back ``check`` runs on the temporary file;
 MFMT gives it the source's mtime; RNFR/RNTO moves it into place. After the
 upload, commands that need no answer before the next go out together. Nothing shows under the final name
@@ -95,7 +95,6 @@ from synctool.backends.base import (
     Place,
     UnsafeName,
     check_name,
-    temp_name,
 )
 from synctool.backends.optiontable import Option, table
 from synctool.backends.walk import ordered_walk
@@ -1164,7 +1163,7 @@ class FTPBackend(Backend):
             with self._session(f"writing {name}") as client:
                 final = self._path(name)
                 old = self._path(keep_old_as) if keep_old_as is not None else None
-                temp = posixpath.join(posixpath.dirname(final), temp_name(""))
+                temp = posixpath.join(posixpath.dirname(final), self.temp_name(""))
                 try:
                     self._write(client, temp, final, chunks, mtime, old, overwrite, check)
                 except BaseException:

@@ -30,8 +30,8 @@ from synctool.backends.base import (
     NotFound,
     Place,
     check_name,
-    temp_name,
 )
+from synctool.backends.optiontable import table
 
 log = logging.getLogger("synctool.backends.local")
 
@@ -110,7 +110,8 @@ def _exists(folder: int, name: str) -> bool:
 
 class LocalBackend(Backend):
     schemes = ("file",)
-    options: dict[str, str] = {}
+    description = "A local folder: a plain path, or file:///abs/path"
+    options = table()  # none: the folder is the whole setting
     concurrency = 1
     mtime_precision = 1e-6
     waits_on_network = False
@@ -165,8 +166,12 @@ class LocalBackend(Backend):
 
     # -- Backend ---------------------------------------------------------
     def free_bytes(self) -> int | None:
+        # A root still to be created gets its room from the nearest folder that exists.
+        folder = self.root
+        while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+            folder = os.path.dirname(folder)
         try:
-            st = os.statvfs(self.root)
+            st = os.statvfs(folder)
         except OSError:
             return None
         return st.f_bavail * st.f_frsize
@@ -235,7 +240,7 @@ class LocalBackend(Backend):
     ) -> None:
         try:
             with self._folder(name, create=True) as (folder, base):
-                temp = temp_name("")
+                temp = self.temp_name("")
                 # Inside the cleanup's reach: a stop signal (SystemExit) can land
                 # right after os.open has created the file, before `fd` is set.
                 try:

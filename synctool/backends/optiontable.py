@@ -5,13 +5,19 @@ A backend lists its options as a table of :class:`Option` (built with
 spec into typed values, with one parser per type, so every backend reads
 booleans, sizes and time spans alike. The same table feeds
 ``synctool help SCHEME``, the masking of secrets, and the check for unknown
-keys.
+keys. The tool's own settings (``--backend-retry-delay``, ``dry-run=...`` in
+``--global-options``) are read by the same parsers.
+
+An option whose name ends in ``*`` stands for every key that starts with the
+rest (Duplicati's ``s3-ext-*``, the settings of its S3 library): such keys are
+known, so they raise no warning, and are not read.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+import textwrap
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -22,6 +28,7 @@ _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _SPAN_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?", re.IGNORECASE)
 _SPAN_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_UNIT_WORDS = {"ms": "milliseconds", "s": "seconds"}
 
 
 class OptionError(ValueError):
@@ -48,16 +55,21 @@ class Option:
         except (ValueError, KeyError):
             raise OptionError(f"option {self.name} takes {self.describe_kind()}, not {value!r}") from None
         if self.minimum is not None and parsed < self.minimum:
-            raise OptionError(f"option {self.name} must be at least {self.minimum:g}, not {value!r}")
+            raise OptionError(f"option {self.name} must be at least {_shown(self, self.minimum)}, not {value!r}")
         return parsed
+
+    @property
+    def family(self) -> bool:
+        """Whether this option stands for every key that starts with its name less the ``*``."""
+        return self.name.endswith("*")
 
     def describe_kind(self) -> str:
         return {
             "text": "text",
             "bool": "true or false",
             "int": "a whole number",
-            "size": "a size such as 5MiB or 1048576",
-            "duration": f"a time span such as 30s, 500ms or 1h30m (a plain number is in {self.unit})",
+            "size": "a size such as 8MiB",
+            "duration": f"a time span such as 30s, 500ms or 1h30m (a plain number is in {_UNIT_WORDS[self.unit]})",
             "choice": " or ".join(self.choices),
         }[self.kind]
 
@@ -120,21 +132,49 @@ _READERS = {
 }
 
 
+#: How the description of an option that Duplicati declares, and that means
+#: nothing here, starts; the reason follows.
+NO_EFFECT = "No effect here (accepted for Duplicati's scripts):"
+
+#: Duplicati's time limits, which its S3 and SSH backends (and others) take.
+TIMEOUT_OPTIONS = tuple(
+    Option(name, "text", None, f"{NO_EFFECT} synctool's own time limits apply, and a stalled request "
+           "fails and is retried (--retry).")  # fmt: skip
+    for name in ("short-timeout", "list-timeout", "read-write-timeout")
+)
+
+
 def table(*options: Option) -> dict[str, Option]:
     """A backend's options by name (names are compared in lower case)."""
+    for option in options:
+        if not isinstance(option, Option) or option.name != option.name.lower():
+            raise TypeError(f"an option table holds Option objects with lower-case names, not {option!r}")
     return {option.name: option for option in options}
+
+
+def declares(declared: Mapping[str, Option], key: str) -> bool:
+    """Whether ``key`` (case-blind) is one of ``declared`` or of a family among them."""
+    key = key.lower()
+    return key in declared or any(o.family and key.startswith(o.name[:-1]) for o in declared.values())
 
 
 def read_options(declared: Mapping[str, Option], given: Mapping[str, str]) -> dict[str, Any]:
     """Every declared option's value: parsed from ``given`` (keys case-blind),
-    else its default. Keys not declared are skipped (the caller warns).
+    else its default. An empty value is the default too, except for a
+    boolean (where it means true, as ``--flag`` does) and for text. Keys not
+    declared are skipped (the caller warns), and so are families.
     Raises :class:`OptionError` for a value that does not parse.
     """
     lowered = {key.lower(): value for key, value in given.items()}
     values = {}
     for name, option in declared.items():
+        if option.family:
+            continue
         raw = lowered.get(name)
-        values[name] = option.default if raw is None else option.parse(raw)
+        if raw is None or (not raw.strip() and option.kind not in ("bool", "text")):
+            values[name] = option.default
+        else:
+            values[name] = option.parse(raw)
     return values
 
 
@@ -142,13 +182,14 @@ def secrets_of(declared: Mapping[str, Option]) -> frozenset[str]:
     return frozenset(name for name, option in declared.items() if option.secret)
 
 
-def describe(declared: Iterable[Option]) -> list[str]:
-    """One line per option, for ``synctool help SCHEME``."""
+def describe(declared: Iterable[Option], width: int = 100) -> list[str]:
+    """Each option's usage, then its description wrapped below it, for ``synctool help SCHEME``."""
     lines = []
     for option in declared:
         default = "" if option.default in (None, "") else f" [default: {_shown(option)}]"
-        secret = " (secret)" if option.secret else ""
-        lines.append(f"  {option.name}={_placeholder(option)}{secret}\n      {option.help}{default}")
+        secret = " (secret: masked in every output)" if option.secret else ""
+        lines.append(f"  {option.name}={_placeholder(option)}{secret}")
+        lines += textwrap.wrap(option.help + default, width, initial_indent=" " * 6, subsequent_indent=" " * 6)
     return lines
 
 
@@ -157,12 +198,13 @@ def _placeholder(option: Option) -> str:
             "choice": "|".join(option.choices)}.get(option.kind, "VALUE")  # fmt: skip
 
 
-def _shown(option: Option) -> str:
-    value = option.default
+def _shown(option: Option, value: Any = None) -> str:
+    """``value`` (by default the option's default) as a user would write it."""
+    value = option.default if value is None else value
     if option.kind == "bool":
         return "true" if value else "false"
     if option.kind == "size" and value and value % (1 << 20) == 0:
-        return f"{value >> 20}MiB"
+        return f"{int(value) >> 20}MiB"
     if option.kind == "duration":
-        return f"{value:g}s"
+        return f"{value * 1000:g}ms" if 0 < value < 1 else f"{value:g}s"
     return str(value)

@@ -70,6 +70,20 @@ def backend_class(scheme: str) -> type[Backend]:
     return getattr(module, class_name)
 
 
+def backend_classes() -> dict[str, type[Backend] | UnknownScheme]:
+    """Every scheme's class, imported now; the error instead for one whose module does not import.
+
+    Loading every class also makes every table's secret keys known.
+    """
+    found: dict[str, type[Backend] | UnknownScheme] = {}
+    for scheme in schemes():
+        try:
+            found[scheme] = backend_class(scheme)
+        except UnknownScheme as exc:
+            found[scheme] = exc
+    return found
+
+
 def open_backend(spec: BackendSpec) -> Backend:
     """Instantiate the backend for ``spec``; connections open lazily or in ``prepare``."""
     return backend_class(spec.location.scheme)(spec)

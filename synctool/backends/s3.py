@@ -60,7 +60,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import blake3
@@ -77,9 +77,9 @@ from synctool.backends.base import (
     NotFound,
     Place,
     check_name,
-    parse_bool,
 )
 from synctool.backends.budget import ByteBudget
+from synctool.backends.optiontable import NO_EFFECT, TIMEOUT_OPTIONS, Option, table
 
 log = logging.getLogger("synctool.backends.s3")
 
@@ -148,26 +148,38 @@ os.register_at_fork(after_in_child=_new_open_lock)
 
 class S3Backend(Backend):
     schemes = ("s3", "s3s")
-    options = {
-        "aws-access-key-id": "S3 access key id (default: boto3's credential chain)",
-        "aws-secret-access-key": "S3 secret access key",
-        "auth-username": "alias of aws-access-key-id",
-        "auth-password": "alias of aws-secret-access-key",
-        "aws-session-token": "session token for temporary credentials",
-        "s3-server-name": "endpoint: host[:port], or a URL whose http/https sets TLS (default: AWS)",
-        "use-ssl": "use TLS with a host[:port] s3-server-name (s3s:// implies it)",
-        "s3-location-constraint": "region, also used when creating the bucket",
-        "s3-storage-class": "storage class of new objects, e.g. STANDARD_IA",
-        "s3-ext-forcepathstyle": "path-style addressing (default: on for endpoints that are not AWS)",
-        "auto-create-folders": "create a missing destination bucket (default true)",
-        "s3-part-size": "multipart part size, at least 5MiB (default 5MiB; grows to stay under 10,000 parts)",
-        "s3-parts-in-flight": "parts one process uploads at once (default 4)",
-        "s3-multipart-blake3": "add x-amz-meta-blake3 to multipart objects up to 5 GiB (default true)",
-        "s3-native": "send small objects through awscrt's native client (default true when awscrt is installed)",
-        "s3-concurrency": "jobs one worker process runs at once (default 32 with s3-native, else 8)",
-        "s3-sign-payload": "SHA-256 every request body into the signature (default false: TLS and BLAKE3 guard the bytes)",
-    }
-    secret_options = frozenset({"aws-secret-access-key", "auth-password", "aws-session-token"})
+    description = "S3-compatible object storage (AWS, MinIO, Wasabi, B2, Ceph, rclone): s3://BUCKET/PREFIX, s3s:// for TLS"
+    options = table(
+        Option("aws-access-key-id", "text", None, "S3 access key id (default: boto3's credential chain: environment, profile, instance role)."),
+        Option("aws-secret-access-key", "text", None, "S3 secret access key.", secret=True),
+        Option("auth-username", "text", None, "Alias of aws-access-key-id (also the user of s3://KEY:SECRET@bucket)."),
+        Option("auth-password", "text", None, "Alias of aws-secret-access-key.", secret=True),
+        Option("aws-session-token", "text", None, "Session token of temporary credentials.", secret=True),
+        Option("s3-server-name", "text", None, "Endpoint: host[:port], or a URL whose http:// or https:// sets TLS (default: AWS)."),
+        Option("use-ssl", "bool", None, "Use TLS with a host[:port] s3-server-name (default: off, as in Duplicati; on for AWS hosts and s3s://)."),
+        Option("s3-location-constraint", "text", None, "Region; also the region of a bucket this run creates."),
+        Option("s3-authentication-region", "text", None, "Region the requests are signed for, where it differs from s3-location-constraint."),
+        Option("s3-storage-class", "text", None, "Storage class of new objects, e.g. STANDARD_IA."),
+        Option("s3-ext-forcepathstyle", "bool", None, "Path-style addressing (default: on for endpoints that are not AWS)."),
+        Option("auto-create-folders", "bool", True, "Create a missing destination bucket."),
+        Option("s3-part-size", "size", 5 * MiB, "Multipart part size, at least 5MiB; grows to stay under 10,000 parts.", minimum=MIN_PART),
+        Option("s3-parts-in-flight", "int", 4, "Parts one process uploads at once."),
+        Option("s3-multipart-blake3", "bool", True, "Add x-amz-meta-blake3 to multipart objects up to 5 GiB (one server-side copy each)."),
+        Option("s3-native", "bool", True, "Send small objects through awscrt's native client, when awscrt is installed."),
+        Option("s3-concurrency", "int", None, "Jobs one worker process runs at once (default: 32 with s3-native, else 8)."),
+        Option("s3-sign-payload", "bool", None, "SHA-256 every request body into the signature (default: false; TLS and BLAKE3 guard the bytes)."),
+        Option("s3-disable-payload-signing", "bool", None, "Duplicati's inverse of s3-sign-payload, which wins over it: false signs every body, true does not."),
+        Option("s3-disable-chunk-encoding", "bool", False, "Send no aws-chunked bodies (botocore's trailing checksums), for servers that refuse them; always so on endpoints that are not AWS."),
+        # Duplicati's options that have no counterpart here: accepted, so a
+        # Duplicati script runs unchanged, and said to do nothing.
+        Option("s3-client", "text", None, f"{NO_EFFECT} synctool talks to S3 through botocore and awscrt, not Duplicati's choice of .NET library."),
+        Option("s3-list-api-version", "text", None, f"{NO_EFFECT} the listing always uses ListObjectsV2."),
+        Option("s3-recursive-list", "text", None, f"{NO_EFFECT} a mirror lists the whole prefix, always recursively."),
+        Option("s3-archive-classes", "text", None, f"{NO_EFFECT} every object is listed and read alike; one in an archive class must be restored before a run reads it."),
+        Option("s3-lock-mode", "text", None, f"{NO_EFFECT} synctool sets no object lock (Duplicati locks its backup volumes)."),
+        *TIMEOUT_OPTIONS,
+        Option("s3-ext-*", "text", None, f"{NO_EFFECT} settings of the AWS .NET SDK's client (all but s3-ext-forcepathstyle), which synctool does not use."),
+    )
     # Small objects cost one round trip each: overlap several per process.
     # An instance sets its own from s3-concurrency (see __init__).
     concurrency = 8
@@ -182,33 +194,34 @@ class S3Backend(Backend):
 
     def __init__(self, spec: BackendSpec):
         super().__init__(spec)
-        opts = {**spec.options, **self.location.query}
+        v = self.values
         self.bucket = _bucket_name(spec.url)
         self.prefix = _prefix(self.location.path)
-        self.endpoint, self.is_aws = _endpoint(opts, tls_default=self.location.scheme == "s3s")
+        self.endpoint, self.is_aws = _endpoint(v, tls_default=self.location.scheme == "s3s")
         self.storage_name = "aws" if self.endpoint is None or self.is_aws else _storage_name(self.endpoint)
-        self.region = opts.get("s3-location-constraint") or None
-        self.storage_class = opts.get("s3-storage-class") or None
-        self.auto_create = _bool(opts, "auto-create-folders", True)
+        self.region = v["s3-location-constraint"] or None
+        self.signing_region = v["s3-authentication-region"] or self.region
+        self.storage_class = v["s3-storage-class"] or None
+        self.auto_create = v["auto-create-folders"]
         # 5 MiB (S3's smallest, rclone's default) measured as fast as 8 MiB on
         # 4 x 256 MiB, with ~40 MiB less peak memory per worker.
-        self.part_size = _size(opts, "s3-part-size", 5 * MiB)
-        if self.part_size < MIN_PART:
-            raise FatalBackendError("s3-part-size must be at least 5MiB (S3's smallest part)")
-        self.parts_in_flight = max(1, _int(opts, "s3-parts-in-flight", 4))
-        self.multipart_blake3 = _bool(opts, "s3-multipart-blake3", True)
-        self.sign_payload = _bool(opts, "s3-sign-payload", False)
-        self._credentials = _credentials(opts, self.location)
-        self.path_style = _bool(opts, "s3-ext-forcepathstyle", not self.is_aws)
+        self.part_size = v["s3-part-size"]
+        self.parts_in_flight = max(1, v["s3-parts-in-flight"])
+        self.multipart_blake3 = v["s3-multipart-blake3"]
+        sign, unsigned = v["s3-sign-payload"], v["s3-disable-payload-signing"]
+        self.sign_payload = sign if sign is not None else unsigned is False
+        self.chunk_encoding = not v["s3-disable-chunk-encoding"]
+        self._credentials = _credentials(v, self.location)
+        path_style = v["s3-ext-forcepathstyle"]
+        self.path_style = not self.is_aws if path_style is None else path_style
         # On AWS without a region, boto3 finds a bucket's region by following
         # its redirects; the native client does not, so it stays out there.
-        self.native = (
-            _bool(opts, "s3-native", True) and s3_native.AVAILABLE and (not self.is_aws or self.region is not None)
-        )
+        self.native = v["s3-native"] and s3_native.AVAILABLE and (not self.is_aws or self.region is not None)
         # Measured on 2 cores, 5,000 x 4 KiB: the native client keeps gaining
         # up to ~32 jobs in flight per process; botocore's CPU cost flattens
         # out at ~8 threads, and more only add contention for the GIL.
-        self.concurrency = max(1, _int(opts, "s3-concurrency", 32 if self.native else 8))
+        concurrency = v["s3-concurrency"]
+        self.concurrency = max(1, (32 if self.native else 8) if concurrency is None else concurrency)
         self._config_obj: Config | None = None
         self._pid = -1  # the process that opened the client, pool and slots below
         self._client_obj = None
@@ -229,12 +242,13 @@ class S3Backend(Backend):
         from botocore.config import Config
 
         extra = {}
-        if not self.is_aws:
-            # botocore >= 1.36 sends CRC checksums by default, which many
-            # S3-compatible servers reject; they ask only when required.
+        if not self.is_aws or not self.chunk_encoding:
+            # botocore >= 1.36 sends CRC checksums by default, as a trailer of
+            # an aws-chunked body, which many S3-compatible servers reject;
+            # they ask only when required.
             extra = {"request_checksum_calculation": "when_required", "response_checksum_validation": "when_required"}
         return Config(
-            region_name=self.region or ("us-east-1" if not self.is_aws else None),
+            region_name=self.signing_region or ("us-east-1" if not self.is_aws else None),
             signature_version="s3v4",
             s3={
                 "addressing_style": "path" if path_style else "auto",
@@ -335,7 +349,7 @@ class S3Backend(Backend):
                 frozen = chain.get_frozen_credentials()
                 return frozen.access_key, frozen.secret_key, frozen.token
 
-        endpoint, region = self.endpoint, self.region
+        endpoint, region = self.endpoint, self.signing_region
         if endpoint is None:
             meta = self._client.meta
             endpoint, region = meta.endpoint_url, region or meta.region_name
@@ -947,7 +961,7 @@ class S3Backend(Backend):
         # tells that case apart.
         if self.endpoint and self.endpoint.startswith("https://") and _speaks_plain_http_only(self.endpoint):
             host = self.endpoint.removeprefix("https://")
-            server_name = {**self.spec.options, **self.location.query}.get("s3-server-name", "")
+            server_name = self.values["s3-server-name"] or ""
             fix = (
                 f"write s3-server-name=http://{host} (use-ssl=false does not change a URL's https://)"
                 if "://" in server_name
@@ -1139,9 +1153,9 @@ def _speaks_plain_http_only(endpoint: str) -> bool:
         return False
 
 
-def _endpoint(opts: dict[str, str], tls_default: bool) -> tuple[str | None, bool]:
+def _endpoint(values: dict[str, Any], tls_default: bool) -> tuple[str | None, bool]:
     """(endpoint URL or None for AWS's own, whether it is AWS)."""
-    server = (opts.get("s3-server-name") or "").strip()
+    server = (values["s3-server-name"] or "").strip()
     if not server:
         return None, True
     if "://" in server:
@@ -1153,7 +1167,9 @@ def _endpoint(opts: dict[str, str], tls_default: bool) -> tuple[str | None, bool
         host = server.rstrip("/")
         is_aws = _is_aws_host(host)
         # Duplicati leaves TLS off unless asked; AWS hosts get it anyway.
-        tls = _bool(opts, "use-ssl", tls_default or is_aws)
+        tls = values["use-ssl"]
+        if tls is None:
+            tls = tls_default or is_aws
         url = f"{'https' if tls else 'http'}://{host}"
     return url, _is_aws_host(host)
 
@@ -1182,11 +1198,11 @@ def _is_aws_host(host: str) -> bool:
     return name == "amazonaws.com" or name.endswith(".amazonaws.com")
 
 
-def _credentials(opts: dict[str, str], location) -> dict[str, str]:
+def _credentials(values: dict[str, Any], location) -> dict[str, str]:
     """Keys for boto3's Session; empty means boto3's own credential chain."""
-    key = opts.get("aws-access-key-id") or opts.get("auth-username") or location.user
-    secret = opts.get("aws-secret-access-key") or opts.get("auth-password") or location.password
-    token = opts.get("aws-session-token")
+    key = values["aws-access-key-id"] or values["auth-username"] or location.user
+    secret = values["aws-secret-access-key"] or values["auth-password"] or location.password
+    token = values["aws-session-token"]
     if bool(key) != bool(secret):
         raise FatalBackendError("give both aws-access-key-id and aws-secret-access-key, or neither")
     if not key:
@@ -1195,34 +1211,3 @@ def _credentials(opts: dict[str, str], location) -> dict[str, str]:
     if token:
         creds["aws_session_token"] = token
     return creds
-
-
-def _bool(opts: dict[str, str], key: str, default: bool) -> bool:
-    try:
-        return parse_bool(opts.get(key), default)
-    except ValueError:
-        raise FatalBackendError(f"option {key} takes true or false, not {opts[key]!r}") from None
-
-
-def _int(opts: dict[str, str], key: str, default: int) -> int:
-    value = opts.get(key)
-    if value is None or value == "":
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise FatalBackendError(f"option {key} takes a whole number, not {value!r}") from None
-
-
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-
-
-def _size(opts: dict[str, str], key: str, default: int) -> int:
-    """A size like 5MiB, 8MB, 16m or 1048576 (K/M/G are powers of 1024, as in Duplicati)."""
-    value = opts.get(key)
-    if value is None or value.strip() == "":
-        return default
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]?)(?:i?b)?\s*", value.lower())
-    if not match:
-        raise FatalBackendError(f"option {key} takes a size such as 8MiB, not {value!r}")
-    return int(float(match.group(1)) * _UNITS[match.group(2)])

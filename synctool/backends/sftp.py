@@ -29,6 +29,7 @@ import stat
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 from urllib.parse import unquote
 
 # paramiko imports invoke only to run the "Match exec" lines of ssh_config
@@ -66,14 +67,14 @@ from synctool.backends.base import (
     DeleteError,
     Entry,
     FatalBackendError,
+    Location,
     NotFound,
     Place,
     check_name,
-    parse_bool,
-    temp_name,
 )
 from synctool.backends.local import default_file_mode
 from synctool.backends.walk import ordered_walk
+from synctool.backends.optiontable import NO_EFFECT, TIMEOUT_OPTIONS, Option, table
 
 log = logging.getLogger("synctool.backends.sftp")
 
@@ -118,39 +119,38 @@ class Settings:
         return f"{self.host}:{self.port}"
 
 
-def parse_settings(spec: BackendSpec) -> Settings:
-    loc = spec.location
-    opts = {k.lower(): v for k, v in {**spec.options, **loc.query}.items()}
-    _register_secrets(loc.password, opts)
-    if not loc.host:
+def parse_settings(location: Location, values: dict[str, Any]) -> Settings:
+    """The settings of an ssh:// URL, with the values read from :attr:`SFTPBackend.options`."""
+    _register_secrets(values)
+    if not location.host:
         raise FatalBackendError("an ssh:// URL needs a host: ssh://user@host[:port]/path")
-    user = opts.get("auth-username") or loc.user
+    user = values["auth-username"] or location.user
     if not user:
         raise FatalBackendError(
-            f"no user name for ssh://{loc.host}: give one in the URL (ssh://user@{loc.host}/...) "
+            f"no user name for ssh://{location.host}: give one in the URL (ssh://user@{location.host}/...) "
             "or with the auth-username option"
         )
     return Settings(
-        host=loc.host,
-        port=loc.port or DEFAULT_PORT,
+        host=location.host,
+        port=location.port or DEFAULT_PORT,
         user=user,
-        password=opts.get("auth-password") or loc.password,
-        keyfile=opts.get("ssh-keyfile") or None,
-        key_text=_inline_key(opts.get("ssh-key")),
-        fingerprint=opts.get("ssh-fingerprint") or None,
-        accept_any=_bool_option(opts, "ssh-accept-any-fingerprints"),
-        disable_agent=_bool_option(opts, "ssh-disable-agent"),
-        keepalive=_seconds_option(opts, "ssh-keepalive"),
-        relative=_bool_option(opts, "ssh-relative-path"),
-        path=loc.path,
+        password=values["auth-password"] or location.password,
+        keyfile=values["ssh-keyfile"] or None,
+        key_text=_inline_key(values["ssh-key"]),
+        fingerprint=values["ssh-fingerprint"] or None,
+        accept_any=values["ssh-accept-any-fingerprints"],
+        disable_agent=values["ssh-disable-agent"],
+        keepalive=values["ssh-keepalive"],
+        relative=values["ssh-relative-path"],
+        path=location.path,
     )
 
 
-def _register_secrets(url_password: str | None, opts: dict[str, str]) -> None:
-    secret_store.register(url_password)
-    secret_store.register(opts.get("auth-password"))
-    secret_store.register(opts.get("ssh-key"))
-    secret_store.register(_inline_key(opts.get("ssh-key")))
+def _register_secrets(values: dict[str, Any]) -> None:
+    # The values of the table's secret keys are masked as given (see
+    # Backend.__init__); this is the form an inline key takes on its way
+    # to paramiko.
+    secret_store.register(_inline_key(values["ssh-key"]))
 
 
 def _inline_key(value: str | None) -> str | None:
@@ -160,26 +160,6 @@ def _inline_key(value: str | None) -> str | None:
     if value.startswith("sshkey://"):
         return unquote(value[len("sshkey://") :])
     return value
-
-
-def _bool_option(opts: dict[str, str], key: str) -> bool:
-    try:
-        return parse_bool(opts.get(key))
-    except ValueError:
-        raise FatalBackendError(f"option {key}: expected true or false, got {opts[key]!r}") from None
-
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)", re.IGNORECASE)
-_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def _seconds_option(opts: dict[str, str], key: str) -> float:
-    """A Duplicati time span such as ``30``, ``30s``, ``5m`` or ``1h30m``; 0 when absent."""
-    text = (opts.get(key) or "0").strip()
-    parts = _DURATION.findall(text)
-    if not parts or _DURATION.sub("", text).strip():
-        raise FatalBackendError(f"option {key}: expected a time span like 30s or 5m, got {text!r}")
-    return sum(float(n) * _UNIT[u.lower()] for n, u in parts)
 
 
 # -- host keys ----------------------------------------------------------------
@@ -586,25 +566,29 @@ def _pull(chunks: Iterable[bytes]) -> Iterator[bytes]:
 # -- the backend -------------------------------------------------------------
 class SFTPBackend(Backend):
     schemes = ("ssh", "sftp")
-    options = {
-        "auth-username": "user name (instead of user@ in the URL)",
-        "auth-password": "password, or the passphrase of the private key",
-        "ssh-keyfile": "path of a private key file",
-        "ssh-key": "a private key inline (also sshkey://URL-encoded)",
-        "ssh-fingerprint": "pinned host key: 'ssh-ed25519 256 aa:bb:..' or 'SHA256:...'",
-        "ssh-accept-any-fingerprints": "do not check the host key (unsafe)",
-        "ssh-disable-agent": "do not try the keys of the SSH agent",
-        "ssh-keepalive": "send a keepalive this often (e.g. 30s); 0 disables",
-        "ssh-relative-path": "the path is relative to the login folder",
-    }
-    secret_options = frozenset({"auth-password", "ssh-key"})
+    description = "SFTP over SSH: ssh://[user[:password]@]host[:port]/path (sftp:// alike)"
+    options = table(
+        Option("auth-username", "text", None, "User name (instead of user@ in the URL)."),
+        Option("auth-password", "text", None, "Password, or the passphrase of the private key.", secret=True),
+        Option("ssh-keyfile", "text", None, "Path of a private key file."),
+        Option("ssh-key", "text", None, "A private key inline (also sshkey:// and the key URL-encoded, as Duplicati writes it).",
+               secret=True),  # fmt: skip
+        Option("ssh-fingerprint", "text", None, "Pinned host key: 'ssh-ed25519 256 aa:bb:..' or 'SHA256:...'."),
+        Option("ssh-accept-any-fingerprints", "bool", False, "Do not check the host key (unsafe)."),
+        Option("ssh-disable-agent", "bool", False, "Do not try the keys of the SSH agent."),
+        Option("ssh-keepalive", "duration", 0.0, "Send a keepalive this often (e.g. 30s); 0 sends none."),
+        Option("ssh-relative-path", "bool", False, "The path is relative to the login folder."),
+        Option("ssh-operation-timeout", "text", None, f"{NO_EFFECT} deprecated in Duplicati too; synctool's own "
+               "time limits apply, and a stalled request fails and is retried (--retry)."),  # fmt: skip
+        *TIMEOUT_OPTIONS,
+    )
     concurrency = 4
     mtime_precision = 1.0  # SFTP v3 carries whole seconds
     max_segment_bytes = 255  # NAME_MAX of the file systems behind common servers
 
     def __init__(self, spec: BackendSpec):
         super().__init__(spec)
-        self.settings = parse_settings(spec)
+        self.settings = parse_settings(self.location, self.values)
         self.file_mode = default_file_mode()  # of a finished copy; 0600 until then
         self._lock = threading.Lock()
         self._conn: Connection | None = None
@@ -831,7 +815,7 @@ class SFTPBackend(Backend):
         check: Callable[[Iterator[bytes]], None] | None,
     ) -> None:
         sftp = lease.sftp
-        temp = temp_name(posixpath.dirname(final))
+        temp = self.temp_name(posixpath.dirname(final))
         with _piped(lease) as pipe:
             try:
                 handle = self._create_temp(pipe, temp)

@@ -66,7 +66,6 @@ from synctool.backends.base import (
     NotFound,
     Place,
     check_name,
-    temp_name,
 )
 from synctool.backends.optiontable import Option, table
 
@@ -607,7 +606,7 @@ class WebDAVBackend(Backend):
         self._ensure_folder(folder)
         for target in (name, keep_old_as):
             self._check_destination(target, folder)
-        temp = temp_name(folder)
+        temp = self.temp_name(folder)
         temp_url = self._url(temp)
         self._put(temp_url, chunks, size, mtime, f"writing {name}")
         try:
@@ -674,7 +673,7 @@ class WebDAVBackend(Backend):
 
     def _probe_destination(self, folder: str) -> bool:
         """Move an empty temporary file to a name with '?', '#' and ';': is it there?"""
-        probe, target = temp_name(folder), temp_name(folder)
+        probe, target = self.temp_name(folder), self.temp_name(folder)
         odd = target + "?#;"
         try:
             self._request("PUT", self._url(probe), "probing the server", content=b"", timeout=self._short())

@@ -6,6 +6,7 @@ every exception becomes an exit code here and nowhere else.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -19,19 +20,14 @@ from click.core import ParameterSource
 from synctool import __version__, secrets
 from synctool import logs
 from synctool.api import run
-from synctool.backends import Location
-from synctool.cli.args import expand_option_lists
+from synctool.backends import BackendError, Location, backend_class, optiontable
+from synctool.backends.registry import backend_classes
+from synctool.cli.args import expand_bool_options, expand_option_lists
+from synctool.cli.helptext import COMMANDS, help_command, schemes_line
 from synctool.cli.console import entry  # noqa: F401 - what console scripts installed before synctool.cli.console run
 from synctool.coordinator import Env, open_side, refuse_overlap
 from synctool.errors import ExitCode, SyncError, UsageError
-from synctool.options import (
-    SyncOptions,
-    default_workers,
-    parse_duration,
-    parse_flag,
-    parse_log_level,
-    parse_option_list,
-)
+from synctool.options import SyncOptions, default_workers, parse_log_level, parse_option_list, read_tool_option
 
 EXIT_CODES_HELP = """\b
 Exit codes:
@@ -50,6 +46,7 @@ Backends: a folder path or file:///path, s3://bucket/prefix,
 ssh://user@host:port/path; in a URL, write a '#' or '?' of a name
 as %23 or %3F. Option lists take key=value tokens:
   --dst-options aws-access-key-id=KEY aws-secret-access-key=SECRET
+Boolean options take a value too: --dry-run=false, --force false.
 """
 
 class _Count(click.IntRange):
@@ -58,34 +55,47 @@ class _Count(click.IntRange):
     name = "integer"
 
 
-# Options whose value is "true"/"false" but which may also stand alone, as in
-# Duplicati: --auto-create-folders means --auto-create-folders=true.
-_OPTIONAL_BOOL = {"is_flag": False, "flag_value": "true", "default": None, "metavar": "[true|false]"}
+class _Bool(click.ParamType):
+    """true or false, read as backend options are; args.expand_bool_options
+    gives a bare flag its value (--force is --force=true)."""
+
+    name = "boolean"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> bool:
+        try:
+            return optiontable.parse_bool(value)  # type: ignore[arg-type]
+        except ValueError:
+            self.fail(f"{value!r} is not true or false", param, ctx)
+
+
+# Boolean options, as in Duplicati: alone they mean true, and they take an
+# explicit value (--auto-create-folders=false).
+_BOOL = {"type": _Bool(), "default": None, "metavar": "[true|false]"}
 
 
 def _tool_options(f):
     options = [
-        click.option("-y", "--confirm", "--yes", "confirm", is_flag=True, help="Run without asking for confirmation."),
-        click.option("-d", "--dry-run", is_flag=True, help="List and plan, but write, delete and read no file content."),
-        click.option("-f", "--force", is_flag=True, help="Copy every source file and delete every extra destination file, without comparing."),
+        click.option("-y", "--confirm", "--yes", "confirm", **_BOOL, help="Run without asking for confirmation."),
+        click.option("-d", "--dry-run", **_BOOL, help="List and plan, but write, delete and read no file content."),
+        click.option("-f", "--force", **_BOOL, help="Copy every source file and delete every extra destination file, without comparing."),
         click.option("--src-options", multiple=True, metavar="KEY=VALUE...", help="Options for the source backend."),
         click.option("--dst-options", multiple=True, metavar="KEY=VALUE...", help="Options for the destination backend."),
         click.option("--global-options", multiple=True, metavar="KEY=VALUE...", help="Options for both backends (and dry-run, log-file, log-level, max-delete); backend lists and URL query parameters win."),
         click.option("--log-file", type=str, default=None, help="Append log lines to this file."),
         click.option("--log-level", type=str, default="Information", show_default=True, help="ExplicitOnly, Profiling, Verbose, Retry, Information, DryRun, Warning, Error (or Debug, Info)."),
-        click.option("--parse-arguments-only", is_flag=True, help="Only parse the arguments, print the result and exit."),
-        click.option("--progress", is_flag=True, help="Show progress on stdout."),
-        click.option("--retention", is_flag=True, help="Rename instead of delete: keep old files as <UTC yyyyMMddHHmmss>.old.<name>."),
+        click.option("--parse-arguments-only", **_BOOL, help="Only parse the arguments, print the result and exit."),
+        click.option("--progress", **_BOOL, help="Show progress on stdout."),
+        click.option("--retention", **_BOOL, help="Rename instead of delete: keep old files as <UTC yyyyMMddHHmmss>.old.<name>."),
         click.option("--retry", type=_Count(min=0), default=3, show_default=True, help="Times to retry a failed file."),
-        click.option("--verify-contents", is_flag=True, help="Hash both sides of seemingly equal files and copy those that differ."),
-        click.option("--verify-get-after-put", is_flag=True, help="Read every copied file back and compare its BLAKE3 hash."),
+        click.option("--verify-contents", **_BOOL, help="Hash both sides of seemingly equal files and copy those that differ."),
+        click.option("--verify-get-after-put", **_BOOL, help="Read every copied file back and compare its BLAKE3 hash."),
         click.option("--workers", type=_Count(min=1), default=None, help=f"Worker processes [default: CPUs, at least 2; here {default_workers()}]."),
         click.option("--max-delete", type=_Count(min=0), default=None, help="Delete or rename nothing when the plan would remove more than this many files."),
         click.option("--report", "report_file", type=str, default=None, help="Write the run's figures as JSON to this file."),
         click.option("--backend-retries", type=_Count(min=0), default=None, help="Duplicati name for --retry."),
-        click.option("--backend-retry-delay", type=str, default=None, help="Base delay between retries (10s, 500ms) [default: 1s]."),
-        click.option("--backend-retry-with-exponential-backoff", **_OPTIONAL_BOOL, help="Double the delay at each retry [default: true]."),
-        click.option("--auto-create-folders", **_OPTIONAL_BOOL, help="Create a missing destination folder or bucket [default: true]."),
+        click.option("--backend-retry-delay", type=str, default=None, help="Base delay between retries: a plain number is milliseconds, as in Duplicati (1000), or with a unit (500ms, 5s, 1m) [default: 1s]."),
+        click.option("--backend-retry-with-exponential-backoff", **_BOOL, help="Double the delay at each retry [default: true]."),
+        click.option("--auto-create-folders", **_BOOL, help="Create a missing destination folder or bucket [default: true]."),
         click.version_option(__version__, "--version", prog_name="synctool", message="%(prog)s %(version)s"),
     ]
     for option in reversed(options):
@@ -94,14 +104,24 @@ def _tool_options(f):
 
 
 class SyncCommand(click.Command):
-    """Expands the multi-token option lists before click parses the line."""
+    """Answers ``synctool help ...`` and ``synctool backends``, and expands the
+    multi-token option lists and the boolean options, before click parses the line."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] in COMMANDS:
+            # The first word only: a folder named help is ./help.
+            click.echo(help_command(ctx, args))
+            ctx.exit(ExitCode.SUCCESS)
         try:
-            args = expand_option_lists(args)
+            args = expand_bool_options(expand_option_lists(args))
         except UsageError as exc:
             raise click.UsageError(str(exc), ctx) from None
         return super().parse_args(ctx, args)
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_epilog(ctx, formatter)
+        with formatter.indentation():
+            formatter.write_text("\b\n" + schemes_line())
 
 
 class ExitError(click.ClickException):
@@ -209,9 +229,13 @@ def build_options(ctx: click.Context, source: str, destination: str, kw: dict) -
 
     for side, url in (("source", source), ("destination", destination)):
         try:
-            Location.parse(url)
+            scheme = Location.parse(url).scheme
         except Exception as exc:
             raise UsageError(f"{side}: {exc}") from None
+        # Loaded now, so that their option tables' secret keys are known
+        # before the option lists are read; an unknown scheme is told later.
+        with contextlib.suppress(BackendError):
+            backend_class(scheme)
     opts = SyncOptions(
         source=source,
         destination=destination,
@@ -238,13 +262,13 @@ def build_options(ctx: click.Context, source: str, destination: str, kw: dict) -
         opts.retry = kw["backend_retries"] if not explicit("retry") else opts.retry
         chosen.add("retry")
     if kw["backend_retry_delay"] is not None:
-        opts.retry_delay = parse_duration(kw["backend_retry_delay"], "--backend-retry-delay")
+        opts.retry_delay = read_tool_option("backend-retry-delay", kw["backend_retry_delay"])
         chosen.add("retry_delay")
     if kw["backend_retry_with_exponential_backoff"] is not None:
-        opts.exponential_backoff = parse_flag(kw["backend_retry_with_exponential_backoff"], "--backend-retry-with-exponential-backoff")
+        opts.exponential_backoff = kw["backend_retry_with_exponential_backoff"]
         chosen.add("exponential_backoff")
     if kw["auto_create_folders"] is not None:
-        opts.auto_create_folders = parse_flag(kw["auto_create_folders"], "--auto-create-folders")
+        opts.auto_create_folders = kw["auto_create_folders"]
         chosen.add("auto_create_folders")
     opts.apply_global_keys(explicit=chosen)
     # Secrets must be known before anything can print them: the merged
@@ -263,19 +287,22 @@ def describe(opts: SyncOptions) -> str:
     overlap are refused here already where that is known without connecting.
     """
     lines = [f"source: {opts.source}", f"destination: {opts.destination}"]
+    # Every backend's secret keys, so that one given to a side that does not
+    # know it is masked too.
+    backend_classes()
     backends = {side: open_side(opts.spec(side), side) for side in ("source", "destination")}
     try:
         refuse_overlap(backends["source"], backends["destination"])
         for side, backend in backends.items():
             lines += [f"{side} {key}: {value}" for key, value in backend.details().items()]
             for key, value in sorted(backend.spec.options.items()):
-                secret = key.lower() in secrets.SECRET_KEYS or key in backend.secret_options
+                secret = secrets.is_secret_key(key)
                 lines.append(f"{side} option: {key}={secrets.MASK if secret else value}")
     finally:
         for backend in backends.values():
             backend.close()
     for field in ("dry_run", "force", "retention", "retry", "retry_delay", "verify_contents",
-                  "verify_get_after_put", "workers", "max_delete", "log_file", "report_file"):
+                  "verify_get_after_put", "workers", "max_delete", "log_file", "report_file", "quota_disable"):
         lines.append(f"{field.replace('_', '-')}: {getattr(opts, field)}")
     lines.append(f"log-level: {logging.getLevelName(opts.log_level)}")
     return "\n".join(lines)
