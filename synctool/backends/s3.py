@@ -58,7 +58,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
@@ -78,7 +78,7 @@ from synctool.backends.base import (
     check_name,
     parse_bool,
 )
-from synctool.backends.budget import ByteBudget
+from synctool.backends.budget import ByteBudget, regroup, send_blocks
 
 log = logging.getLogger("synctool.backends.s3")
 
@@ -582,7 +582,7 @@ class S3Backend(Backend):
     def _store(self, put: "_Put", chunks: Iterable[bytes], size: int) -> None:
         part_size = self._part_size_for(size)
         hasher = blake3.blake3(max_threads=1)
-        blocks = _blocks(chunks, part_size, hasher)
+        blocks = regroup(chunks, part_size, hasher)
         held = self._budget.take(min(size, part_size))  # before a byte is read: the memory bound
         try:
             first = next(blocks, b"")
@@ -746,7 +746,9 @@ class S3Backend(Backend):
             raise self._error(exc, put.name) from exc
         upload_id = created["UploadId"]
         try:
-            parts, size = self._upload_parts(key, upload_id, first, blocks)
+            parts, size = send_blocks(
+                first, blocks, self._budget, self._pool, functools.partial(self._upload_part, key, upload_id), MAX_PARTS
+            )
             self._keep_old(put)
             self._client.complete_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, **put.conditions
@@ -758,66 +760,6 @@ class S3Backend(Backend):
                 raise self._refused(exc, put) from exc
             raise  # the caller's own exception (it aborted us): hand it back unchanged
         self._add_blake3(key, hasher.hexdigest(), size, put.metadata)
-
-    def _upload_parts(
-        self, key, upload_id, first: tuple[list[bytes], int], blocks: Iterator[bytes]
-    ) -> tuple[list[dict], int]:
-        """Upload blocks as they arrive, several at once, within the process's memory budget.
-
-        ``first`` is the first block, in a list this empties, and the budget
-        it holds. Returns the part list for CompleteMultipartUpload and the
-        object's size.
-        """
-        futures: list[Future] = []
-        failed: list[BaseException] = []
-        size = 0
-        block: bytes | None = first[0].pop()
-        held = first[1]
-        share = len(block)  # what each further block takes: the part size, or a chunk more
-        try:
-            while block is not None:
-                if len(futures) == MAX_PARTS:
-                    self._budget.give(held)
-                    raise BackendError(f"more than {MAX_PARTS} parts: the file grew while being copied")
-                size += len(block)
-                futures.append(self._submit_part(key, upload_id, len(futures) + 1, block, held, failed))
-                del block  # the pool holds it now; let it go once uploaded
-                if failed:
-                    raise failed[0]
-                # Take the next part's share before filling it, not after:
-                # backpressure, and parts being filled count against the budget too.
-                held = self._budget.take(share)
-                try:
-                    block = next(blocks, None)
-                except BaseException:
-                    self._budget.give(held)
-                    raise
-            self._budget.give(held)  # the share taken for a part that never came
-            return [f.result() for f in futures], size
-        except BaseException:
-            # Parts still running must finish before the abort, or they outlive it.
-            for f in futures:
-                f.cancel()
-            for f in futures:
-                if not f.cancelled():
-                    f.exception()
-            raise
-
-    def _submit_part(self, key, upload_id, number: int, block: bytes, held: int, failed: list) -> Future:
-        """Upload one part in the pool; the ``held`` budget goes back when it is done."""
-        try:
-            future = self._pool.submit(self._upload_part, key, upload_id, number, block)
-        except BaseException:
-            self._budget.give(held)
-            raise
-
-        def done(f: Future) -> None:
-            self._budget.give(held)
-            if not f.cancelled() and f.exception() is not None:
-                failed.append(f.exception())  # seen by the feeding loop: stop early
-
-        future.add_done_callback(done)
-        return future
 
     def _upload_part(self, key: str, upload_id: str, number: int, block: bytearray) -> dict:
         answer = self._client.upload_part(
@@ -1002,36 +944,6 @@ def without_expect_continue(client):
 
     client.meta.events.register("before-send.s3.PutObject", drop)
     return client
-
-
-def _blocks(chunks: Iterable[bytes], part_size: int, hasher) -> Iterator[bytearray]:
-    """Regroup chunks into blocks of at least ``part_size`` (only the last is shorter).
-
-    Chunks are never split: S3 parts need not be equal, only 5 MiB or more.
-    Each chunk is copied into its block as it comes and let go, so a block
-    never exists twice (as its chunks and joined). The iterator is drained
-    to its end before the last block is yielded.
-    """
-    box = [bytearray()]
-    yielded = False
-    for chunk in chunks:
-        hasher.update(chunk)
-        box[0] += chunk
-        if len(box[0]) >= part_size:
-            yielded = True
-            yield _take(box)
-    if box[0] or not yielded:
-        yield _take(box)  # the tail, or the one empty block of an empty file
-
-
-def _take(box: list[bytearray]) -> bytearray:
-    """The block in ``box``, an empty one put in its place.
-
-    A generator suspended at ``yield block`` keeps ``block`` alive while the
-    caller uploads it, and after: the block must pass through no local name.
-    """
-    block, box[0] = box[0], bytearray()
-    return block
 
 
 def _delete_failures(answer: dict, names: dict[str, str]) -> dict[str, str]:
