@@ -20,12 +20,14 @@ BUILTIN: dict[str, str] = {
     "s3s": "synctool.backends.s3:S3Backend",
     "ssh": "synctool.backends.sftp:SFTPBackend",
     "sftp": "synctool.backends.sftp:SFTPBackend",
+    "azure": "synctool.backends.azure:AzureBackend",
 }
 
 #: What to install when a backend's module fails to import.
 EXTRAS: dict[str, str] = {
     "synctool.backends.s3": "boto3",
     "synctool.backends.sftp": "paramiko",
+    "synctool.backends.azure": "'synctool[azure]'",
 }
 
 
