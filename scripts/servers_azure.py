@@ -47,9 +47,10 @@ class AzuriteServer:
     log: Path
     _service: object = None
 
-    def synctool_options(self) -> dict[str, str]:
+    def synctool_options(self, **extra: str) -> dict[str, str]:
         """Options that point synctool's azure:// backend at this server."""
-        return {"azure-endpoint": self.endpoint, "azure-account-name": self.account, "azure-access-key": self.key}
+        return {"azure-endpoint": self.endpoint, "azure-account-name": self.account, "azure-access-key": self.key,
+                **extra}  # fmt: skip
 
     def rclone_env(self, name: str = "benchaz") -> dict[str, str]:
         """Environment variables that define rclone remote ``name:`` for this server
