@@ -78,7 +78,7 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
-from azure.storage.blob import BlobBlock, ContainerClient, ExponentialRetry
+from azure.storage.blob import BlobBlock, ContainerClient, LinearRetry
 
 from synctool.backends.base import (
     AlreadyExists,
@@ -205,13 +205,12 @@ class AzureBackend(Backend):
             self.container,
             credential=credential,
             session=session,
-            # The client's default waits 15 s before its first retry; a short
-            # blip is bridged in about a second, and a longer outage is for
-            # the coordinator's --retry and its delay.
-            retry_policy=ExponentialRetry(
-                initial_backoff=0.2, increment_base=2, retry_total=self.values["azure-internal-retries"],
-                random_jitter_range=0,
-            ),
+            # The client's default backs off from 15 s: each request to a dead
+            # server would take minutes. Half a second between tries bridges a
+            # blip such as a dropped keep-alive connection; a longer outage is
+            # for the coordinator's --retry and its delay.
+            retry_policy=LinearRetry(backoff=0.5, random_jitter_range=0,
+                                     retry_total=self.values["azure-internal-retries"]),
             connection_timeout=self.values["short-timeout"],
             read_timeout=self.values["read-write-timeout"],
             # One request for whatever a block holds, and reads in blocks of
