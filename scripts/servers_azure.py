@@ -81,6 +81,20 @@ class AzuriteServer:
         return {b.name[len(prefix) :]: client.download_blob(b.name).readall()
                 for b in client.list_blobs(name_starts_with=prefix)}  # fmt: skip
 
+    def stamps(self, container: str, prefix: str = "") -> dict[str, tuple[int, str]]:
+        """Every blob under ``prefix`` as name (without the prefix) -> (size, ETag): a new ETag, a new write."""
+        return {b.name[len(prefix) :]: (b.size, b.etag)
+                for b in self.container(container).list_blobs(name_starts_with=prefix)}  # fmt: skip
+
+    def blake3(self, container: str, name: str) -> str:
+        """The BLAKE3 of a blob's content, read in chunks."""
+        import blake3
+
+        hasher = blake3.blake3()
+        for chunk in self.container(container).download_blob(name).chunks():
+            hasher.update(chunk)
+        return hasher.hexdigest()
+
     def put(self, container: str, blobs: dict[str, bytes]) -> None:
         client = self.container(container)
         for name, data in blobs.items():

@@ -167,6 +167,7 @@ def test_sas_token_reads_and_writes(azure_server, azure_container):
         ("azure://cont/a/../b", {}, "'..' segment"),
         ("azure://cont/x", {"azure-account-name": ""}, "no Azure storage account name"),
         ("azure://cont/x", {"azure-access-key": ""}, "no Azure access key or SAS token"),
+        ("azure://cont/x", {"azure-access-key": "not base64!"}, "azure-access-key is no Azure access key"),
         ("azure://cont/x", {"azure-endpoint": "ftp://host/acct"}, "azure-endpoint takes"),
         ("azure://cont/x", {"azure-block-size": "1KiB"}, "azure-block-size must be at least"),
         ("azure://cont/x", {"azure-access-tier": "Warm"}, "azure-access-tier takes Hot or Cool"),

@@ -53,6 +53,7 @@ have no effect here (synctool locks no file and lists every tier).
 
 from __future__ import annotations
 
+import base64
 import calendar
 import contextlib
 import functools
@@ -67,18 +68,19 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 import blake3
-import requests
-from azure.core import MatchConditions
+import urllib3
+
+# azure-core comes with azure-storage-blob: without it, the registry's message
+# names the extra to install. The storage library itself (0.3 s to import) is
+# imported where blocks, copies or deletes first need it.
 from azure.core.exceptions import (
     AzureError,
     HttpResponseError,
     ResourceExistsError,
     ResourceModifiedError,
-    ResourceNotFoundError,
     ServiceRequestError,
     ServiceResponseError,
 )
-from azure.storage.blob import BlobBlock, ContainerClient, LinearRetry
 
 from synctool.backends.base import (
     AlreadyExists,
@@ -92,12 +94,14 @@ from synctool.backends.base import (
     Place,
     check_name,
 )
+from synctool.backends.azure_rest import BlobREST, RESTError
 from synctool.backends.budget import ByteBudget, regroup, send_blocks
 from synctool.backends.optiontable import Option, table
 
 log = logging.getLogger("synctool.backends.azure")
 
 MiB = 1 << 20
+READ_CHUNK = MiB
 MAX_BLOCKS = 50_000  # Azure's most committed blocks in one blob
 BLOCK_HEADROOM = 45_000  # size blocks for this many, in case the file grew since listing
 MAX_BLOCK = 4000 * MiB  # Azure's largest block
@@ -114,12 +118,12 @@ _RFC3339 = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:
 
 # Guards opening a backend's client; a child process gets a fresh one, since a
 # fork may copy it locked by a thread that does not exist in the child.
-_open_lock = threading.Lock()
+_open_lock = threading.RLock()
 
 
 def _new_open_lock() -> None:
     global _open_lock
-    _open_lock = threading.Lock()
+    _open_lock = threading.RLock()
 
 
 os.register_at_fork(after_in_child=_new_open_lock)
@@ -181,19 +185,64 @@ class AzureBackend(Backend):
         self.sas_token = (v["azure-access-sas-token"] or "").lstrip("?") or None
         if not self.key and not self.sas_token:
             raise FatalBackendError("no Azure access key or SAS token: give azure-access-key or azure-access-sas-token")
+        if self.key and not self.sas_token:
+            try:
+                base64.b64decode(self.key, validate=True)
+            except ValueError:
+                raise FatalBackendError("azure-access-key is no Azure access key: those are base64 text") from None
         self.endpoint = _endpoint(v["azure-endpoint"], self.account)
         self.block_size = min(v["azure-block-size"], MAX_BLOCK)
         self.blocks_in_flight = v["azure-blocks-in-flight"]
         self.concurrency = v["azure-concurrency"]
         self.tier = v["azure-access-tier"]
-        self._pid = -1  # the process that opened the client, pool and budget below
-        self._container_obj = None
+        self._pid = -1  # the process that opened the clients, pool and budget below
+        self._rest_obj: BlobREST | None = None
+        self._sdk_obj = None
         self._pool_obj: ThreadPoolExecutor | None = None
         self._budget_obj: ByteBudget | None = None
 
     # -- connection ------------------------------------------------------
-    def _new_container_client(self, connections: int):
+    def _ensure_open(self) -> None:
+        """Open the HTTP pool, block pool and budget once per process.
+
+        A forked child opens its own: the parent's connections and threads
+        mean nothing there.
+        """
+        if self._pid == os.getpid():
+            return
+        with _open_lock:
+            if self._pid != os.getpid():
+                self._rest_obj = BlobREST(
+                    self.endpoint, self.account, self.container, key=self.key, sas_token=self.sas_token,
+                    connections=self.concurrency + 2, retries=self.values["azure-internal-retries"],
+                    timeout=urllib3.Timeout(connect=self.values["short-timeout"],
+                                            read=self.values["read-write-timeout"]),
+                )  # fmt: skip
+                self._sdk_obj = None
+                self._pool_obj = ThreadPoolExecutor(self.blocks_in_flight, thread_name_prefix="azure-block")
+                self._budget_obj = ByteBudget(self.blocks_in_flight * self.block_size)
+                self._pid = os.getpid()
+
+    @property
+    def _rest(self) -> BlobREST:
+        self._ensure_open()
+        assert self._rest_obj is not None
+        return self._rest_obj
+
+    @property
+    def _sdk(self):
+        """The client library's client for the container: blocks, copies, batch deletes; made on first use."""
+        self._ensure_open()
+        if self._sdk_obj is None:
+            with _open_lock:
+                if self._sdk_obj is None:
+                    self._sdk_obj = self._new_sdk_client(self.blocks_in_flight + 4)
+        return self._sdk_obj
+
+    def _new_sdk_client(self, connections: int):
         """A client for the container with its own connection pool, big enough for ``connections``."""
+        import requests
+        from azure.storage.blob import ContainerClient, LinearRetry
 
         session = requests.Session()
         adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=connections)
@@ -213,32 +262,7 @@ class AzureBackend(Backend):
                                      retry_total=self.values["azure-internal-retries"]),
             connection_timeout=self.values["short-timeout"],
             read_timeout=self.values["read-write-timeout"],
-            # One request for whatever a block holds, and reads in blocks of
-            # the same size: the memory a job holds stays that of one block.
-            max_single_put_size=MAX_BLOCK,
-            max_single_get_size=self.block_size,
-            max_chunk_get_size=self.block_size,
         )  # fmt: skip
-
-    def _ensure_open(self) -> None:
-        """Open the client, block pool and budget once per process.
-
-        A forked child opens its own: the parent's connections and threads
-        mean nothing there.
-        """
-        if self._pid == os.getpid():
-            return
-        with _open_lock:
-            if self._pid != os.getpid():
-                self._container_obj = self._new_container_client(self.concurrency + self.blocks_in_flight + 2)
-                self._pool_obj = ThreadPoolExecutor(self.blocks_in_flight, thread_name_prefix="azure-block")
-                self._budget_obj = ByteBudget(self.blocks_in_flight * self.block_size)
-                self._pid = os.getpid()
-
-    @property
-    def _container(self):
-        self._ensure_open()
-        return self._container_obj
 
     @property
     def _pool(self) -> ThreadPoolExecutor:
@@ -257,9 +281,11 @@ class AzureBackend(Backend):
             return  # never touch a parent's connections from a forked child
         if self._pool_obj is not None:
             self._pool_obj.shutdown(wait=True)
-        if self._container_obj is not None:
-            self._container_obj.close()
-        self._container_obj = self._pool_obj = self._budget_obj = None
+        if self._sdk_obj is not None:
+            self._sdk_obj.close()
+        if self._rest_obj is not None:
+            self._rest_obj.close()
+        self._rest_obj = self._sdk_obj = self._pool_obj = self._budget_obj = None
         self._pid = -1
 
     def display_url(self) -> str:
@@ -271,31 +297,26 @@ class AzureBackend(Backend):
                      f"{self.display_url()} at {self.endpoint}")  # fmt: skip
 
     def details(self) -> dict[str, str]:
-        auth = "SAS token" if self.sas_token and not self.key else "access key"
         return {"scheme": "azure", "endpoint": self.endpoint, "account": self.account, "container": self.container,
-                "prefix": self.prefix, "authentication": auth}  # fmt: skip
+                "prefix": self.prefix, "authentication": "SAS token" if self.sas_token else "access key"}  # fmt: skip
 
-    def _blob(self, name: str):
-        return self._container.get_blob_client(self.prefix + check_name(name))
+    def _key(self, name: str) -> str:
+        return self.prefix + check_name(name)
 
     # -- Backend ---------------------------------------------------------
     def prepare(self, create: bool) -> None:
-
-        what = f"container {self.container}"
         try:
-            # Fail fast on a wrong endpoint: one retry, not the client's several.
-            self._container.get_container_properties(retry_total=1)
-        except ResourceNotFoundError:
-            self._missing_container(create)
+            exists = self._rest.container_exists()
         except Exception as exc:
-            raise self._error(exc, what, first_contact=True) from exc
-        if not create and self.prefix and not self._prefix_has_blobs():
+            raise self._error(exc, f"container {self.container}", first_contact=True) from exc
+        if not exists:
+            self._missing_container(create)
+        elif not create and self.prefix and not self._prefix_has_blobs():
             raise NotFound(
                 f"nothing under azure://{self.container}/{self.prefix} at {self.endpoint} (empty or mistyped prefix?)"
             )
 
     def _missing_container(self, create: bool) -> None:
-
         missing = f"container {self.container} does not exist at {self.endpoint}"
         if not create:
             # NotFound is the contract's word for a missing root: a dry run
@@ -304,7 +325,7 @@ class AzureBackend(Backend):
         if not self.values["auto-create-folders"]:
             raise FatalBackendError(f"{missing} (and auto-create-folders is off)")
         try:
-            self._container.create_container()
+            self._sdk.create_container()
         except ResourceExistsError:
             return  # created by someone else meanwhile: as good
         except Exception as exc:
@@ -312,53 +333,41 @@ class AzureBackend(Backend):
         log.info("created container %s at %s", self.container, self.endpoint)
 
     def _prefix_has_blobs(self) -> bool:
-        pages = self._container.list_blobs(name_starts_with=self.prefix, results_per_page=1).by_page()
         try:
-            return any(True for _ in next(pages, ()))
+            return bool(self._rest.list_page(self.prefix, None, 1)[0])
         except Exception as exc:
             raise self._error(exc, f"listing {self.display_url()}") from exc
 
     def list(self) -> Iterator[Entry]:
-        pages = self._container.list_blobs(
-            name_starts_with=self.prefix, results_per_page=LIST_PAGE, read_timeout=self.values["list-timeout"]
-        ).by_page()
+        marker: str | None = None
         try:
             # One page at a time: the plan holds the rest.
-            for page in pages:
-                for blob in page:
-                    name = blob.name[len(self.prefix) :]
-                    if not name or (blob.size == 0 and name.endswith("/")):
+            while True:
+                blobs, marker = self._rest.list_page(self.prefix, marker, LIST_PAGE, self.values["list-timeout"])
+                for key, size, mtime in blobs:
+                    name = key[len(self.prefix) :]
+                    if not name or (size == 0 and name.endswith("/")):
                         continue  # the prefix itself, or a folder marker made by other tools
                     # Unsafe names (../x, a//b) are passed on: the plan refuses them by name.
-                    yield Entry(name, blob.size, blob.last_modified.timestamp())
+                    yield Entry(name, size, mtime)
+                if marker is None:
+                    return
         except Exception as exc:
             raise self._error(exc, f"listing {self.display_url()}") from exc
 
     def read(self, name: str) -> Iterator[bytes]:
-        blob = self._blob(name)
         try:
-            # Read in blocks, each pinned (If-Match) to the version the first
-            # one came from: two versions are never spliced into one stream.
-            chunks = blob.download_blob(max_concurrency=1).chunks()
-            yield from chunks
-        except Exception as exc:
-            raise self._error(exc, name) from exc
-
-    def read_small(self, name: str) -> bytes:
-        try:
-            return self._blob(name).download_blob(max_concurrency=1).readall()
+            # One request, streamed: a single answer cannot splice two versions.
+            yield from self._rest.get_blob(self._key(name), READ_CHUNK)
         except Exception as exc:
             raise self._error(exc, name) from exc
 
     def stored_mtime(self, name: str) -> float | None:
         try:
-            props = self._blob(name).get_blob_properties()
+            headers = self._rest.properties(self._key(name))
         except Exception as exc:
-            err = self._error(exc, name)
-            if isinstance(err, NotFound):
-                return None
-            raise err from exc
-        return _parse_mtime({k.lower(): v for k, v in (props.metadata or {}).items()}.get("mtime", ""))
+            raise self._error(exc, name) from exc
+        return None if headers is None else _parse_mtime(headers.get("x-ms-meta-mtime", ""))
 
     def write(
         self,
@@ -371,11 +380,10 @@ class AzureBackend(Backend):
         overwrite: bool = True,
         check: Callable[[Iterator[bytes]], None] | None = None,
     ) -> None:
-        blob = self._blob(name)
         put = _Put(
-            blob,
+            self._key(name),
             name,
-            self._blob(keep_old_as) if keep_old_as is not None else None,
+            self._key(keep_old_as) if keep_old_as is not None else None,
             keep_old_as,
             {"mtime": _format_mtime(mtime)} if mtime is not None else {},
             overwrite,
@@ -390,18 +398,17 @@ class AzureBackend(Backend):
             # version we wrote goes): the old version, if it was to be kept,
             # is already under keep_old_as.
             with contextlib.suppress(Exception):
-                blob.delete_blob(**_pinned(etag))
+                self._sdk.delete_blob(put.key, **_sdk_conditions(etag))
             raise
 
     def rename(self, old: str, new: str) -> None:
-
-        source, target = self._blob(old), self._blob(new)
+        old_key, new_key = self._key(old), self._key(new)
         try:
-            etag = self._copy_to_new(source, target, new)
+            etag = self._copy_to_new(old_key, new_key, new)
             if etag is None:
                 raise NotFound(f"{old}: no such blob")
             try:
-                source.delete_blob(**_pinned(etag))
+                self._sdk.delete_blob(old_key, **_sdk_conditions(etag))
             except ResourceModifiedError:
                 log.warning("%s was replaced while being renamed to %s: the new version stays under %s", old, new, old)
         except BackendError:
@@ -414,7 +421,7 @@ class AzureBackend(Backend):
         keys: dict[str, str] = {}
         for name in names:
             try:
-                keys[self.prefix + check_name(name)] = name
+                keys[self._key(name)] = name
             except BackendError as exc:
                 failures[name] = str(exc)
         batch = list(keys)
@@ -454,69 +461,74 @@ class AzureBackend(Backend):
 
     def _put_whole(self, put: "_Put", data: bytearray, digest: str) -> str:
         try:
-            conditions = self._keep_old(put)
+            condition = self._keep_old(put)
             body = bytes(data)
             data.clear()  # the copy is what goes out
-            answer = put.blob.upload_blob(
-                body, length=len(body), overwrite=put.overwrite, metadata={"blake3": digest, **put.metadata},
-                standard_blob_tier=self.tier, max_concurrency=1, **conditions,
-            )  # fmt: skip
+            headers = {f"x-ms-meta-{k}": v for k, v in {"blake3": digest, **put.metadata}.items()}
+            if self.tier:
+                headers["x-ms-access-tier"] = self.tier
+            return self._rest.put_blob(put.key, body, {**headers, **_rest_conditions(condition)})
         except BackendError:
             raise
         except Exception as exc:
             raise self._refused(exc, put) from exc
-        return answer["etag"]
 
     def _put_blocks(self, put: "_Put", first: tuple[list[bytearray], int], blocks, hasher) -> str:
         """Stage every block, several at once, then commit the list; ``first`` as in :func:`send_blocks`."""
+        from azure.storage.blob import BlobBlock
 
+        blob = self._sdk.get_blob_client(put.key)
         write_id = os.urandom(9).hex()  # a blob's block ids must all be as long: 18 + 6 characters
         try:
             ids, _size = send_blocks(
-                first, blocks, self._budget, self._pool, functools.partial(_stage, put.blob, write_id), MAX_BLOCKS
+                first, blocks, self._budget, self._pool, functools.partial(_stage, blob, write_id), MAX_BLOCKS
             )
-            conditions = self._keep_old(put)
-            if not put.overwrite:
-                conditions = _missing()
-            answer = put.blob.commit_block_list(
+            condition = self._keep_old(put)
+            answer = blob.commit_block_list(
                 [BlobBlock(block_id=i) for i in ids], metadata={"blake3": hasher.hexdigest(), **put.metadata},
-                standard_blob_tier=self.tier, **conditions,
+                standard_blob_tier=self.tier, **_sdk_conditions(condition),
             )  # fmt: skip
         except BackendError:
             raise
         except Exception as exc:
-            if _is_azure_error(exc):
+            if isinstance(exc, AzureError):
                 # Staged blocks that are never committed show nowhere; Azure drops them.
                 raise self._refused(exc, put) from exc
             raise  # the caller's own exception (it aborted us): hand it back unchanged
         return answer["etag"]
 
-    def _keep_old(self, put: "_Put") -> dict:
-        """Copy the blob now under the name to ``keep_old_as``; returns the
-        conditions that pin the write to the version kept (none when there
-        was none to keep)."""
-        if put.old_blob is None:
-            return {}
-        etag = self._copy_to_new(put.blob, put.old_blob, put.old_name)
-        return _pinned(etag) if etag is not None else _missing()
+    def _keep_old(self, put: "_Put") -> str | None:
+        """Copy the blob now under the name to ``keep_old_as``, if asked.
 
-    def _copy_to_new(self, source, target, target_name: str | None) -> str | None:
-        """Copy ``source`` to ``target``, which must not exist (:class:`AlreadyExists`).
+        Returns the condition for the write: the ETag of the version kept
+        (or "*" when there was none) so that nothing written meanwhile is
+        replaced unkept; "*" when the name must be new; None: no condition.
+        """
+        if put.old_key is not None:
+            etag = self._copy_to_new(put.key, put.old_key, put.old_name)
+            return etag if etag is not None else "*"
+        return None if put.overwrite else "*"
 
-        Returns the ETag of the source version copied; None when ``source``
+    def _copy_to_new(self, source_key: str, target_key: str, target_name: str | None) -> str | None:
+        """Copy ``source_key`` to ``target_key``, which must not exist (:class:`AlreadyExists`).
+
+        Returns the ETag of the source version copied; None when the source
         does not exist.
         """
+        from azure.core import MatchConditions
 
-        try:
-            etag = source.get_blob_properties().etag
-        except ResourceNotFoundError:
+        headers = self._rest.properties(source_key)
+        if headers is None:
             return None
+        etag = headers["ETag"]
+        source, target = self._sdk.get_blob_client(source_key), self._sdk.get_blob_client(target_key)
         try:
             answer = target.start_copy_from_url(
-                source.url, source_etag=etag, source_match_condition=MatchConditions.IfNotModified, **_missing()
-            )
+                source.url, source_etag=etag, source_match_condition=MatchConditions.IfNotModified,
+                **_sdk_conditions("*"),
+            )  # fmt: skip
         except ResourceExistsError as exc:
-            raise AlreadyExists(f"{target_name} exists already: not replaced", target_name or target.blob_name) from exc
+            raise AlreadyExists(f"{target_name} exists already: not replaced", target_name or target_key) from exc
         except ResourceModifiedError as exc:
             raise self._changed(target_name or "", "while being copied") from exc
         self._wait_for_copy(target, answer)
@@ -527,8 +539,7 @@ class AzureBackend(Backend):
         status = answer.get("copy_status")
         while status == "pending":
             time.sleep(COPY_POLL)
-            copy = target.get_blob_properties().copy
-            status = copy.status
+            status = target.get_blob_properties().copy.status
         if status not in (None, "success"):
             with contextlib.suppress(Exception):
                 target.delete_blob()
@@ -537,7 +548,7 @@ class AzureBackend(Backend):
     def _delete_batch(self, keys: list[str], names: dict[str, str]) -> dict[str, str]:
         """Delete up to 256 blobs in one batch request; return name -> reason for each failure."""
         try:
-            answers = list(self._container.delete_blobs(*keys, raise_on_any_failure=False))
+            answers = list(self._sdk.delete_blobs(*keys, raise_on_any_failure=False))
         except Exception as exc:
             reason = str(self._error(exc, "delete"))
             return {names[k]: reason for k in keys}
@@ -550,10 +561,10 @@ class AzureBackend(Backend):
     # -- errors ------------------------------------------------------------
     def _refused(self, exc: BaseException, put: "_Put") -> BackendError:
         """The BackendError for a failed Put Blob or Put Block List of ``put``."""
-
-        if isinstance(exc, ResourceExistsError) and getattr(exc, "error_code", None) == "BlobAlreadyExists":
+        code, status = getattr(exc, "error_code", None), getattr(exc, "status_code", None)
+        if status == 409 and code == "BlobAlreadyExists":
             return AlreadyExists(f"{put.name} appeared at the destination during the run: not replaced", put.name)
-        if isinstance(exc, ResourceModifiedError) and put.old_blob is not None:
+        if status == 412 and put.old_key is not None:
             return self._changed(put.name, "after its old version was kept: its new version is not replaced")
         return self._error(exc, put.name)
 
@@ -566,10 +577,9 @@ class AzureBackend(Backend):
         """Turn an Azure error into a BackendError that says what is wrong (never a secret)."""
         if isinstance(exc, BackendError):
             return exc
-
-        if isinstance(exc, HttpResponseError) and exc.status_code:
+        if isinstance(exc, (HttpResponseError, RESTError)) and exc.status_code:
             return self._http_error(exc, what)
-        if isinstance(exc, (ServiceRequestError, ServiceResponseError, ConnectionError, TimeoutError)):
+        if isinstance(exc, (ServiceRequestError, ServiceResponseError, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)):
             # At first contact a dead endpoint is a setting to fix; later, a blip to retry.
             unreachable = FatalBackendError if first_contact else BackendError
             return unreachable(f"cannot reach the Azure endpoint {self.endpoint}: {_describe(exc)}")
@@ -599,9 +609,10 @@ class AzureBackend(Backend):
 class _Put:
     """One blob being written, and what goes with it."""
 
-    def __init__(self, blob, name: str, old_blob, old_name: str | None, metadata: dict[str, str], overwrite: bool):
-        self.blob, self.name = blob, name
-        self.old_blob, self.old_name = old_blob, old_name  # keep the blob now under the name here first
+    def __init__(self, key: str, name: str, old_key: str | None, old_name: str | None, metadata: dict[str, str],
+                 overwrite: bool):  # fmt: skip
+        self.key, self.name = key, name
+        self.old_key, self.old_name = old_key, old_name  # keep the blob now under the name here first
         self.metadata = metadata  # besides blake3
         self.overwrite = overwrite  # False: never over an existing blob (If-None-Match: *)
 
@@ -615,21 +626,23 @@ def _stage(blob, write_id: str, number: int, block: bytearray) -> str:
     return block_id
 
 
-def _pinned(etag: str | None) -> dict:
-    """Conditions that hold a request to the blob version ``etag``."""
+def _sdk_conditions(condition: str | None) -> dict:
+    """A write's condition for the client library: None (none), "*" (no blob
+    holds the name: If-None-Match) or an ETag (that version: If-Match)."""
+    from azure.core import MatchConditions
 
-    return {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
+    if condition is None:
+        return {}
+    if condition == "*":
+        return {"match_condition": MatchConditions.IfMissing}
+    return {"etag": condition, "match_condition": MatchConditions.IfNotModified}
 
 
-def _missing() -> dict:
-    """Conditions that hold a request to a name no blob holds (If-None-Match: *)."""
-
-    return {"match_condition": MatchConditions.IfMissing}
-
-
-def _is_azure_error(exc: BaseException) -> bool:
-
-    return isinstance(exc, AzureError)
+def _rest_conditions(condition: str | None) -> dict[str, str]:
+    """The same condition as request headers."""
+    if condition is None:
+        return {}
+    return {"If-None-Match": "*"} if condition == "*" else {"If-Match": condition}
 
 
 def _describe(exc: BaseException) -> str:
