@@ -184,5 +184,5 @@ def test_details_and_place_name_no_secret():
     backend = open_backend(spec)
     assert backend.details() == {"scheme": "azure", "endpoint": "http://LocalHost:10000/acct", "account": "acct",
                                  "container": "cont", "prefix": "p/", "authentication": "access key"}  # fmt: skip
-    other = open_backend(BackendSpec("azure://acct:x@cont/p/q", {"azure-endpoint": "http://localhost:10000/acct"}))
+    other = open_backend(BackendSpec("azure://acct:eA%3D%3D@cont/p/q", {"azure-endpoint": "http://localhost:10000/acct"}))
     assert backend.root_place().contains(other.root_place())

@@ -3,6 +3,7 @@ hostile names from a listing refused by name. The patterns are tests/test_securi
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
 import re
@@ -91,7 +92,7 @@ def test_failing_azure_connections(azure_server, azure_container, tmp_path, src,
     assert signature(wrong_sas) == WRONG
     base = {"azure-endpoint": azure_server.endpoint, "azure-account-name": azure_server.account}
     cases = {
-        "wrong-key": ({**base, "azure-access-key": "V1JPTkc" + odd_secret()}, []),
+        "wrong-key": ({**base, "azure-access-key": base64.b64encode(odd_secret().encode()).decode()}, []),
         "wrong-sas": ({**base, "azure-access-sas-token": wrong_sas}, [WRONG]),
         "wrong-port": ({**base, "azure-endpoint": f"http://127.0.0.1:{free_port()}/{azure_server.account}",
                         "azure-access-key": azure_server.key}, [azure_server.key]),

@@ -4,8 +4,9 @@ Option names are Duplicati's (azure-account-name, azure-access-key,
 azure-access-sas-token, ...), so its scripts keep working; ``azure-endpoint``
 points at another blob service than ``https://ACCOUNT.blob.core.windows.net``
 (Azurite: ``http://127.0.0.1:10000/ACCOUNT``), and a few ``azure-*`` options of
-our own tune the block upload. The client is azure-storage-blob (the
-``azure`` extra).
+our own tune the block upload. Listing, small writes, reads and look-ups go
+over plain HTTP (:mod:`synctool.backends.azure_rest`); blocks, copies, batch
+deletes and containers through azure-storage-blob (the ``azure`` extra).
 
 Writes: a small file is one Put Blob. A larger one is staged block by block,
 several at once, and becomes visible only when its block list is committed
@@ -14,9 +15,10 @@ and a write that fails leaves only uncommitted blocks, which no listing shows
 and Azure drops after a week (there is no call that removes them sooner).
 Memory: what one process's writes hold is bounded in bytes,
 ``azure-blocks-in-flight x azure-block-size`` (see
-:mod:`synctool.backends.budget`). The BLAKE3 of the content and the source's
-mtime (``mtime``, in rclone's RFC 3339 form) travel as blob metadata; Azure
-lists the upload time, and ``stored_mtime`` reads the source's back.
+:mod:`synctool.backends.budget`); a read holds one chunk of its single
+streamed GET. The BLAKE3 of the content and the source's mtime (``mtime``, in
+rclone's RFC 3339 form) travel as blob metadata; Azure lists the upload
+time, and ``stored_mtime`` reads the source's back.
 
 What is atomic, and what is not:
 
@@ -31,10 +33,10 @@ What is atomic, and what is not:
   our write fails after the copy, the old blob stays as it was and a spare
   copy remains under the retention name.
 * A rename is a copy then a delete, both pinned to the version copied: a
-  blob replaced between the two is left in place. Copies within one account
-  complete at once on Azure and Azurite; one that stays pending is waited
-  for, and a run killed during that wait leaves the new name holding a
-  copy still in progress.
+  blob replaced between the two is left in place. A copy within one account
+  usually completes at once (on Azurite always); one that stays pending is
+  waited for, and a run killed during that wait leaves the new name holding
+  a copy still in progress.
 * ``write``'s ``check`` (--verify-get-after-put) can only read a blob once
   committed: a rejected blob is deleted (only the version we wrote), and the
   worker keeps a journal of what it has written but not yet read back (see
@@ -57,6 +59,7 @@ import base64
 import calendar
 import contextlib
 import functools
+import importlib.util
 import logging
 import math
 import os
@@ -67,27 +70,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
-import blake3
 import urllib3
-
-# azure-core comes with azure-storage-blob: without it, the registry's message
-# names the extra to install. The storage library itself (0.3 s to import) is
-# imported where blocks, copies or deletes first need it.
-from azure.core.exceptions import (
-    AzureError,
-    HttpResponseError,
-    ResourceExistsError,
-    ResourceModifiedError,
-    ServiceRequestError,
-    ServiceResponseError,
-)
 
 from synctool.backends.base import (
     AlreadyExists,
     Backend,
     BackendError,
     BackendSpec,
-    DeleteError,
     Entry,
     FatalBackendError,
     NotFound,
@@ -95,10 +84,17 @@ from synctool.backends.base import (
     check_name,
 )
 from synctool.backends.azure_rest import BlobREST, RESTError
-from synctool.backends.budget import ByteBudget, regroup, send_blocks
+from synctool.backends.budget import ByteBudget, block_size_for, send_blocks, store
+from synctool.backends.objectstore import delete_in_batches, object_prefix, storage_name
 from synctool.backends.optiontable import Option, table
 
 log = logging.getLogger("synctool.backends.azure")
+
+# The client library (0.3 s to import, azure-core included) is imported where
+# blocks, copies, deletes or errors first need it: a sync with nothing to copy
+# never does. Without it the registry's message names the extra to install.
+if importlib.util.find_spec("azure.storage.blob") is None:
+    raise ImportError("No module named 'azure.storage.blob'", name="azure.storage.blob")
 
 MiB = 1 << 20
 READ_CHUNK = MiB
@@ -175,7 +171,7 @@ class AzureBackend(Backend):
         super().__init__(spec)
         v = self.values
         self.container = _container_name(self.location.host)
-        self.prefix = _prefix(self.location.path)
+        self.prefix = object_prefix(self.location.path)
         self.account = v["azure-account-name"] or self.location.user or v["auth-username"]
         if not self.account:
             raise FatalBackendError(
@@ -293,7 +289,7 @@ class AzureBackend(Backend):
 
     def root_place(self) -> Place:
         path = self.prefix[:-1]  # without the '/' that _prefix adds
-        return Place(("azure", _storage_name(self.endpoint), self.container), path,
+        return Place(("azure", storage_name(self.endpoint, "azure-endpoint"), self.container), path,
                      f"{self.display_url()} at {self.endpoint}")  # fmt: skip
 
     def details(self) -> dict[str, str]:
@@ -324,6 +320,8 @@ class AzureBackend(Backend):
             raise NotFound(missing)
         if not self.values["auto-create-folders"]:
             raise FatalBackendError(f"{missing} (and auto-create-folders is off)")
+        from azure.core.exceptions import ResourceExistsError
+
         try:
             self._sdk.create_container()
         except ResourceExistsError:
@@ -402,6 +400,8 @@ class AzureBackend(Backend):
             raise
 
     def rename(self, old: str, new: str) -> None:
+        from azure.core.exceptions import ResourceModifiedError
+
         old_key, new_key = self._key(old), self._key(new)
         try:
             etag = self._copy_to_new(old_key, new_key, new)
@@ -417,47 +417,14 @@ class AzureBackend(Backend):
             raise self._error(exc, old) from exc
 
     def delete(self, names: Sequence[str]) -> None:
-        failures: dict[str, str] = {}
-        keys: dict[str, str] = {}
-        for name in names:
-            try:
-                keys[self._key(name)] = name
-            except BackendError as exc:
-                failures[name] = str(exc)
-        batch = list(keys)
-        for start in range(0, len(batch), DELETE_BATCH):
-            failures.update(self._delete_batch(batch[start : start + DELETE_BATCH], keys))
-        if failures:
-            raise DeleteError(failures)
+        delete_in_batches(names, self._key, DELETE_BATCH, self._delete_batch)
 
     # -- writing ---------------------------------------------------------
-    def _block_size_for(self, size: int) -> int:
-        """The configured block size, grown (in whole MiB) to keep under 50,000 blocks."""
-        needed = math.ceil(max(size, 0) / BLOCK_HEADROOM)
-        return min(MAX_BLOCK, max(self.block_size, math.ceil(needed / MiB) * MiB))
-
     def _store(self, put: "_Put", chunks: Iterable[bytes], size: int) -> str:
         """Write ``put`` from ``chunks``; returns the new blob's ETag."""
-        block_size = self._block_size_for(size)
-        hasher = blake3.blake3(max_threads=1)
-        blocks = regroup(chunks, block_size, hasher)
-        budget = self._budget
-        held = budget.take(min(size, block_size))  # before a byte is read: the memory bound
-        try:
-            first = next(blocks, bytearray())
-        except BaseException:
-            budget.give(held)
-            raise
-        if len(first) < block_size:
-            # A short first block is also the last: the whole content is here.
-            try:
-                return self._put_whole(put, first, hasher.hexdigest())
-            finally:
-                budget.give(held)
-        # Handed over in a list that the block upload empties: a local name
-        # here would keep the block alive until the whole file is sent.
-        handed, first = [first], None
-        return self._put_blocks(put, (handed, held), blocks, hasher)
+        block_size = min(MAX_BLOCK, block_size_for(size, self.block_size, BLOCK_HEADROOM))
+        return store(chunks, size, block_size, self._budget, functools.partial(self._put_whole, put),
+                     functools.partial(self._put_blocks, put))  # fmt: skip
 
     def _put_whole(self, put: "_Put", data: bytearray, digest: str) -> str:
         try:
@@ -475,6 +442,7 @@ class AzureBackend(Backend):
 
     def _put_blocks(self, put: "_Put", first: tuple[list[bytearray], int], blocks, hasher) -> str:
         """Stage every block, several at once, then commit the list; ``first`` as in :func:`send_blocks`."""
+        from azure.core.exceptions import AzureError
         from azure.storage.blob import BlobBlock
 
         blob = self._sdk.get_blob_client(put.key)
@@ -516,6 +484,7 @@ class AzureBackend(Backend):
         does not exist.
         """
         from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
 
         headers = self._rest.properties(source_key)
         if headers is None:
@@ -577,6 +546,8 @@ class AzureBackend(Backend):
         """Turn an Azure error into a BackendError that says what is wrong (never a secret)."""
         if isinstance(exc, BackendError):
             return exc
+        from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
+
         if isinstance(exc, (HttpResponseError, RESTError)) and exc.status_code:
             return self._http_error(exc, what)
         if isinstance(exc, (ServiceRequestError, ServiceResponseError, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)):
@@ -689,16 +660,6 @@ def _container_name(host: str | None) -> str:
     return name
 
 
-def _prefix(path: str) -> str:
-    """``/backup/`` -> ``backup/``: a trailing slash so ``backup`` never matches ``backup2``."""
-    path = path.strip("/")
-    if path and any(part in ("", ".", "..") for part in path.split("/")):
-        # An HTTP client may resolve "a/../b" into another prefix: where the
-        # run writes would not be what the URL (and the overlap check) says.
-        raise FatalBackendError(f"the prefix {path!r} has an empty, '.' or '..' segment: write it without them")
-    return path + "/" if path else ""
-
-
 def _endpoint(given: str | None, account: str) -> str:
     """The blob service URL, without a trailing '/' (and never a user or password in it)."""
     if not given:
@@ -709,16 +670,5 @@ def _endpoint(given: str | None, account: str) -> str:
                                 "http://127.0.0.1:10000/devstoreaccount1")  # fmt: skip
     if "@" in parts.netloc:
         raise FatalBackendError("azure-endpoint takes no user name or password: give them as options")
-    _storage_name(given)  # refuses a bad port
+    storage_name(given, "azure-endpoint")  # refuses a bad port
     return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
-
-
-def _storage_name(endpoint: str) -> str:
-    """One name per blob service, whatever the spelling of its endpoint: host, port, path."""
-    parts = urlsplit(endpoint)
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        raise FatalBackendError(f"the port of azure-endpoint {endpoint} is not a number from 0 to 65535") from None
-    return f"{parts.hostname}:{port}{parts.path.rstrip('/')}"
-

@@ -6,22 +6,27 @@ block's size from the budget before it reads a byte and gives it back once
 the block is sent, so a process never holds more than the budget, whatever
 mix of files it is copying (s3transfer bounds its memory the same way).
 
-:func:`regroup` and :func:`send_blocks` are the two halves of a write in
-blocks (S3's multipart upload, Azure's staged blocks): the source's chunks
-made into blocks, and the blocks sent several at once within the budget.
+:func:`store` writes a file within the budget: in one request when it fits
+one block, else in blocks (S3's multipart upload, Azure's staged blocks),
+the source's chunks made into blocks (:func:`regroup`) and sent several at
+once (:func:`send_blocks`).
 """
 
 from __future__ import annotations
 
 import collections
+import math
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from typing import TypeVar
 
+import blake3
+
 from synctool.backends.base import BackendError
 
 T = TypeVar("T")
+MiB = 1 << 20
 
 
 class ByteBudget:
@@ -156,3 +161,47 @@ def _submit(pool: Executor, budget: ByteBudget, send, number: int, block: bytear
 
     future.add_done_callback(done)
     return future
+
+
+def block_size_for(size: int, configured: int, headroom: int) -> int:
+    """``configured``, grown (in whole MiB) so that ``size`` fits in ``headroom`` blocks.
+
+    The headroom stays below the service's most blocks (parts), in case the
+    file grew since it was listed.
+    """
+    needed = math.ceil(max(size, 0) / headroom)
+    return max(configured, math.ceil(needed / MiB) * MiB)
+
+
+def store(
+    chunks: Iterable[bytes],
+    size: int,
+    block_size: int,
+    budget: ByteBudget,
+    whole: Callable[[bytearray, str], T],
+    in_blocks: Callable[[tuple[list[bytearray], int], Iterator[bytearray], object], T],
+) -> T:
+    """Write ``chunks`` (``size`` bytes as listed) within ``budget``, hashing them with BLAKE3.
+
+    Content that fits one block goes to ``whole(block, digest)`` in one
+    request; a larger file to ``in_blocks(first, blocks, hasher)``, where
+    ``first`` is as :func:`send_blocks` takes it.
+    """
+    hasher = blake3.blake3(max_threads=1)
+    blocks = regroup(chunks, block_size, hasher)
+    held = budget.take(min(size, block_size))  # before a byte is read: the memory bound
+    try:
+        first = next(blocks, bytearray())
+    except BaseException:
+        budget.give(held)
+        raise
+    if len(first) < block_size:
+        # A short first block is also the last: the whole content is here.
+        try:
+            return whole(first, hasher.hexdigest())
+        finally:
+            budget.give(held)
+    # Handed over in a list that the block upload empties: a local name
+    # here would keep the block alive until the whole file is sent.
+    handed, first = [first], None
+    return in_blocks((handed, held), blocks, hasher)

@@ -53,7 +53,6 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import math
 import os
 import re
 import threading
@@ -62,15 +61,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-import blake3
-
 from synctool.backends import s3_native
 from synctool.backends.base import (
     AlreadyExists,
     Backend,
     BackendError,
     BackendSpec,
-    DeleteError,
     Entry,
     FatalBackendError,
     NotFound,
@@ -78,7 +74,8 @@ from synctool.backends.base import (
     check_name,
     parse_bool,
 )
-from synctool.backends.budget import ByteBudget, regroup, send_blocks
+from synctool.backends.budget import ByteBudget, block_size_for, send_blocks, store
+from synctool.backends.objectstore import delete_in_batches, object_prefix, storage_name
 
 log = logging.getLogger("synctool.backends.s3")
 
@@ -183,9 +180,9 @@ class S3Backend(Backend):
         super().__init__(spec)
         opts = {**spec.options, **self.location.query}
         self.bucket = _bucket_name(spec.url)
-        self.prefix = _prefix(self.location.path)
+        self.prefix = object_prefix(self.location.path)
         self.endpoint, self.is_aws = _endpoint(opts, tls_default=self.location.scheme == "s3s")
-        self.storage_name = "aws" if self.endpoint is None or self.is_aws else _storage_name(self.endpoint)
+        self.storage_name = "aws" if self.endpoint is None or self.is_aws else storage_name(self.endpoint, "s3-server-name")
         self.region = opts.get("s3-location-constraint") or None
         self.storage_class = opts.get("s3-storage-class") or None
         self.auto_create = _bool(opts, "auto-create-folders", True)
@@ -580,26 +577,8 @@ class S3Backend(Backend):
             raise
 
     def _store(self, put: "_Put", chunks: Iterable[bytes], size: int) -> None:
-        part_size = self._part_size_for(size)
-        hasher = blake3.blake3(max_threads=1)
-        blocks = regroup(chunks, part_size, hasher)
-        held = self._budget.take(min(size, part_size))  # before a byte is read: the memory bound
-        try:
-            first = next(blocks, b"")
-        except BaseException:
-            self._budget.give(held)
-            raise
-        if len(first) < part_size:
-            # A short first block is also the last: the whole content is here.
-            try:
-                self._put_whole(put, first, hasher.hexdigest())
-            finally:
-                self._budget.give(held)
-        else:
-            # Handed over in a list that the part upload empties: a local name
-            # here would keep the block alive until the whole file is sent.
-            handed, first = [first], None
-            self._put_multipart(put, (handed, held), blocks, hasher)
+        store(chunks, size, self._part_size_for(size), self._budget, functools.partial(self._put_whole, put),
+              functools.partial(self._put_multipart, put))  # fmt: skip
 
     def abort_unfinished_writes(self, names: Sequence[str]) -> None:
         """Abort the open multipart uploads of ``names``: a worker killed mid-upload
@@ -652,24 +631,12 @@ class S3Backend(Backend):
             raise self._error(exc, name) from exc
 
     def delete(self, names: Sequence[str]) -> None:
-        failures: dict[str, str] = {}
-        keys: dict[str, str] = {}
-        for name in names:
-            try:
-                keys[self._key(name)] = name
-            except BackendError as exc:
-                failures[name] = str(exc)
-        batch = list(keys)
-        for start in range(0, len(batch), DELETE_BATCH):
-            failures.update(self._delete_batch(batch[start : start + DELETE_BATCH], keys))
-        if failures:
-            raise DeleteError(failures)
+        delete_in_batches(names, self._key, DELETE_BATCH, self._delete_batch)
 
     # -- writing ---------------------------------------------------------
     def _part_size_for(self, size: int) -> int:
         """The configured part size, grown (in whole MiB) to keep under 10,000 parts."""
-        needed = math.ceil(max(size, 0) / PART_HEADROOM)
-        return max(self.part_size, math.ceil(needed / MiB) * MiB)
+        return block_size_for(size, self.part_size, PART_HEADROOM)
 
     def _object_args(self) -> dict:
         return {"StorageClass": self.storage_class} if self.storage_class else {}
@@ -995,18 +962,6 @@ def _bucket_name(url: str) -> str:
     return bucket
 
 
-def _prefix(path: str) -> str:
-    """``/backup/`` -> ``backup/``: a trailing slash so ``backup`` never matches ``backup2``."""
-    path = path.strip("/")
-    if path and any(part in ("", ".", "..") for part in path.split("/")):
-        # S3 keeps "a/../b" and "a//b" as they are, but a server over a file
-        # system (or an HTTP client) may resolve them into another prefix:
-        # where the run writes would not be what the URL (and the check
-        # against an overlapping source) says.
-        raise FatalBackendError(f"the prefix {path!r} has an empty, '.' or '..' segment: write it without them")
-    return path + "/" if path else ""
-
-
 def _endpoint(opts: dict[str, str], tls_default: bool) -> tuple[str | None, bool]:
     """(endpoint URL or None for AWS's own, whether it is AWS)."""
     server = (opts.get("s3-server-name") or "").strip()
@@ -1024,20 +979,6 @@ def _endpoint(opts: dict[str, str], tls_default: bool) -> tuple[str | None, bool
         tls = _bool(opts, "use-ssl", tls_default or is_aws)
         url = f"{'https' if tls else 'http'}://{host}"
     return url, _is_aws_host(host)
-
-
-def _storage_name(endpoint: str) -> str:
-    """One name per S3 service that is not AWS, whatever the spelling of its endpoint.
-
-    Host (lowercase) and port, the scheme's default port filled in; the
-    scheme itself is left out, as one port serves one protocol.
-    """
-    parts = urlsplit(endpoint)
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        raise FatalBackendError(f"the port of s3-server-name {endpoint} is not a number from 0 to 65535") from None
-    return f"{parts.hostname}:{port}{parts.path.rstrip('/')}"
 
 
 def _dns_bucket(bucket: str) -> bool:
