@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -99,6 +100,20 @@ class AzuriteServer:
         client = self.container(container)
         for name, data in blobs.items():
             client.upload_blob(name, data, overwrite=True)
+
+    def wait_until_saved(self, *names: str, timeout: float = 30.0) -> None:
+        """Wait until Azurite has written ``names`` (containers, blobs) to its files.
+
+        It saves what it knows of containers and blobs every few seconds: what
+        a SIGKILL comes before is lost, as an unsaved write would be. A test
+        that kills it waits for its own set-up to be saved first.
+        """
+        saved = self.location / "__azurite_db_blob__.json"
+        deadline = time.monotonic() + timeout
+        while not (saved.exists() and all(n.encode() in saved.read_bytes() for n in names)):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Azurite did not save {names} within {timeout:.0f} s")
+            time.sleep(0.1)
 
     def kill(self) -> None:
         """SIGKILL the server, as a crash would: requests in flight break mid-way."""

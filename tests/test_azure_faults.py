@@ -33,6 +33,7 @@ def own_azurite(tmp_path):
     """An Azurite of this test alone, free to be killed and started again."""
     with azurite(tmp_path / "azurite") as server:
         server.create_container(CONTAINER)
+        server.wait_until_saved(CONTAINER)  # or a kill would lose it
         yield server
 
 
@@ -108,6 +109,7 @@ def test_server_killed_mid_sync_and_back_within_the_retries(own_azurite, tree, i
 
 def test_server_killed_mid_sync_and_back_only_after_the_run(own_azurite, tree):
     own_azurite.put(CONTAINER, {"mirror/only-here.txt": b"not in the source"})
+    own_azurite.wait_until_saved("mirror/only-here.txt")
     watcher = kill_while_staging(own_azurite, restart_after=None)
     first = sync_to(own_azurite, tree, inner="1", retry=1, retry_delay=0.1)
     watcher.result()

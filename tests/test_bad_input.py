@@ -129,7 +129,7 @@ ROWS: dict[str, Row] = {
     "empty-destination": Row(lambda w: [w.src, ""], USAGE, r"destination: a local backend needs a folder path"),
     # -- unknown schemes -----------------------------------------------------------------------
     "unknown-scheme": Row(lambda w: [w.src, "nosuch://host/path"], USAGE,
-                          r"unknown backend scheme 'nosuch'; supported: file://, .*ssh://"),
+                          r"unknown backend scheme 'nosuch'; supported: .*file://, .*ssh://"),
     "ftp-source": Row(lambda w: ["ftp://me@127.0.0.1/p", w.dst], USAGE, r"source: unknown backend scheme 'ftp'"),
     # -- missing buckets and folders -------------------------------------------------------------
     "missing-source-folder": Row(lambda w: [w.tmp / "missing", w.dst], FATAL, r"source: folder .*/missing does not exist"),
