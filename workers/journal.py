@@ -7,9 +7,10 @@ once it is visible under its name: a run stopped between the write and the
 read-back would leave a file that the next run takes as good.
 
 So on such a backend the worker stores a journal naming a shard's files
-before it writes the first of them, and removes the journal once each has
-been read back or has failed (an object that fails its read-back is removed
-by the backend). A journal still there at the next run names files whose
+before it writes the first of them, and removes the journal once every one
+has been read back. A shard with a failed or cancelled job keeps its journal
+(an object that fails its read-back is removed by the backend, but that
+removal can fail too). A journal still there at the next run names files whose
 contents that run compares with the source before it trusts them; the
 coordinator removes the journal once they all check out.
 """

@@ -190,19 +190,26 @@ class _StopSignal:
 
 
 class _Countdown:
-    """The jobs of one shard still running; the last one ends its journal."""
+    """The jobs of one shard still running; the last one ends its journal.
+
+    Only a shard whose every copy was read back ends it: a failed or
+    cancelled job may have left an object that no one read back (its
+    removal can fail too), and the next run compares what the journal names.
+    """
 
     def __init__(self, n: int, journal: Journal | None):
         self.n = n
         self.journal = journal
+        self.all_ok = True
         self.lock = threading.Lock()
 
-    def tick(self) -> bool:
-        """Count one down; True for the last (whose result is not sent yet)."""
+    def tick(self, result: Result) -> bool:
+        """Count ``result``'s job done; True for the last (whose result is not sent yet)."""
         with self.lock:
             self.n -= 1
+            self.all_ok = self.all_ok and result.ok
             last = self.n == 0
-        if last and self.journal is not None:
+        if last and self.all_ok and self.journal is not None:
             self.journal.finish()
         return last
 
@@ -251,7 +258,8 @@ def worker_main(
     def book(future: Future, left: _Countdown) -> None:
         if future.cancelled():  # dropped by a stop: no one waits for its result
             return
-        batch.add(future.result(), shard_done=left.tick())
+        result = future.result()
+        batch.add(result, shard_done=left.tick(result))
 
     # Backends that gain nothing from threads (local disks) run jobs inline:
     # handing each small file to a thread costs more than copying it.
@@ -276,7 +284,7 @@ def worker_main(
                     # cut short by SystemExit removes its temporary file.
                     with stop.interruptible():
                         result = run(job)
-                    batch.add(result, shard_done=left.tick())
+                    batch.add(result, shard_done=left.tick(result))
                 continue
             for job in shard:
                 pool.submit(run, job).add_done_callback(functools.partial(book, left=left))
