@@ -25,7 +25,6 @@ BUILTIN: dict[str, str] = {
     "aftp": "synctool.backends.ftp:AlternativeFTPBackend",
     "webdav": "synctool.backends.webdav:WebDAVBackend",
     "webdavs": "synctool.backends.webdav:WebDAVBackend",
-    "azure": "synctool.backends.azure:AzureBackend",
 }
 
 #: What to install when a backend's module fails to import.
@@ -33,7 +32,6 @@ EXTRAS: dict[str, str] = {
     "synctool.backends.s3": "boto3",
     "synctool.backends.sftp": "paramiko",
     "synctool.backends.webdav": "'synctool[webdav]'",
-    "synctool.backends.azure": "'synctool[azure]'",
 }
 
 
