@@ -30,11 +30,12 @@ from synctool.backends import (
     NotFound,
     backend_class,
 )
+from synctool.backends.base import is_journal
 from synctool.errors import Declined, ExitCode, Interrupted, SyncError, UsageError
 from synctool.interrupts import deferred_interrupts
 from synctool.logs import DRYRUN, FILES, OUTPUT, RETRY, printable
 from synctool.options import SyncOptions
-from synctool.plan import JOURNAL_RE, Copy, DestinationTraits, Plan, blocked_copies, make_plan
+from synctool.plan import Copy, DestinationTraits, Plan, blocked_copies, make_plan
 from synctool.progress import Progress
 from synctool.report import Report, human_bytes
 from synctool.shards import make_shards
@@ -318,7 +319,7 @@ class Coordinator:
         read back, as its journals at the destination name them."""
         names: set[str] = set()
         for entry in dst_entries:
-            if "/" in entry.name or not JOURNAL_RE.match(entry.name):
+            if not is_journal(entry.name):
                 continue
             try:
                 names.update(journal.decode(self.dst.read_small(entry.name)))
