@@ -217,3 +217,27 @@ def test_a_signal_after_the_run_leaves_its_exit_code():
     )
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert p.returncode == 3, (p.returncode, p.stderr)
+
+
+def test_a_signal_inside_a_weakref_callback_is_not_lost():
+    """A Ctrl-C that lands inside a weak reference's callback (importlib's
+    module locks have one) would print "Exception ignored" and be forgotten;
+    it still ends the run with 130 and prints nothing."""
+    script = (
+        "import gc, os, signal, time, weakref; from synctool.cli import console, main as cli\n"
+        "class Thing: pass\n"
+        "def callback(ref): os.kill(os.getpid(), signal.SIGINT)\n"
+        "def fake_main(argv=None):\n"
+        "    thing = Thing(); ref = weakref.ref(thing, callback)\n"
+        "    try:\n"
+        "        del thing; gc.collect()\n"
+        "        time.sleep(30)\n"
+        "    except KeyboardInterrupt:\n"
+        "        return 130\n"
+        "    return 0\n"
+        "cli.main = fake_main\n"
+        "console.entry()\n"
+    )
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 130, (p.returncode, p.stderr)
+    assert p.stderr == "", p.stderr

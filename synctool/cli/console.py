@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
+import time
+import types
 
 from synctool.errors import ExitCode
 from synctool.interrupts import deferred_interrupts
@@ -20,8 +23,39 @@ def _sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _unraisable(unraisable: sys.UnraisableHookArgs) -> None:
+    """A stop signal that landed where Python cannot raise it is raised again.
+
+    A KeyboardInterrupt raised inside a weak reference's callback or a
+    ``__del__`` (importlib's module locks have one) cannot propagate: Python
+    prints "Exception ignored" with a traceback and forgets the stop. The
+    signal is sent again once the main thread has left this hook (sent from
+    here, it would land inside the hook), and reaches the handler current
+    then, at a point where it can be raised or noted.
+    """
+    if not issubclass(unraisable.exc_type, KeyboardInterrupt):
+        sys.__unraisablehook__(unraisable)
+        return
+    threading.Thread(target=_resend_stop, args=(threading.main_thread().ident,), daemon=True).start()
+
+
+def _resend_stop(main: int) -> None:
+    while _inside_hook(sys._current_frames().get(main)):
+        time.sleep(0.001)
+    signal.pthread_kill(main, signal.SIGINT)
+
+
+def _inside_hook(frame: types.FrameType | None) -> bool:
+    while frame is not None:
+        if frame.f_code is _unraisable.__code__:
+            return True
+        frame = frame.f_back
+    return False
+
+
 def entry() -> None:
     """Console script: SIGTERM behaves like Ctrl-C, so workers are stopped and cleaned up."""
+    sys.unraisablehook = _unraisable
     signal.signal(signal.SIGTERM, _sigterm)
     try:
         # Held back, not raised: a KeyboardInterrupt inside some library's
