@@ -191,6 +191,11 @@ def test_sigint_and_sigterm_stop_workers_and_remove_temporary_files(tmp_path):
         shutil.rmtree(src)
 
 
+def run_console(script: str) -> subprocess.CompletedProcess:
+    """Run the console entry point in a fresh interpreter, after ``script`` has replaced parts of it."""
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
 def test_a_signal_outside_the_run_s_own_handling_still_exits_130(sig):
     """A stop signal that lands as main() hands back its result, outside the
@@ -201,7 +206,7 @@ def test_a_signal_outside_the_run_s_own_handling_still_exits_130(sig):
         f"cli.main = lambda argv=None: os.kill(os.getpid(), {int(sig)}) or 0; "
         "console.entry()"
     )
-    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    p = run_console(script)
     assert p.returncode == 130, (p.returncode, p.stderr)
     assert "Traceback" not in p.stderr, p.stderr
 
@@ -215,8 +220,7 @@ def test_a_signal_after_the_run_leaves_its_exit_code():
         "console._ignore_stop_signals = lambda: (real(), os.kill(os.getpid(), signal.SIGTERM), os.kill(os.getpid(), signal.SIGINT)); "
         "console.entry()"
     )
-    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert p.returncode == 3, (p.returncode, p.stderr)
+    assert run_console(script).returncode == 3
 
 
 def test_a_signal_inside_a_weakref_callback_is_not_lost():
@@ -238,6 +242,5 @@ def test_a_signal_inside_a_weakref_callback_is_not_lost():
         "cli.main = fake_main\n"
         "console.entry()\n"
     )
-    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert p.returncode == 130, (p.returncode, p.stderr)
-    assert p.stderr == "", p.stderr
+    p = run_console(script)
+    assert (p.returncode, p.stderr) == (130, "")
