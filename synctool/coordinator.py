@@ -43,7 +43,7 @@ from workers import journal
 from workers.jobs import COMPARE, COPY, MSG_BYTES, MSG_RESULT, Job, Result, WorkerSettings
 
 if TYPE_CHECKING:
-    from synctool.pool import WorkerPool
+    from synctool.executor import Executor
 
 log = logging.getLogger("synctool")
 file_log = logging.getLogger(FILES)
@@ -152,7 +152,7 @@ class Coordinator:
         self.progress = Progress(self.env.stdout if opts.progress else None, self.env.stdout_isatty)
         self.started_at = time.time()
         self.stamp = datetime.fromtimestamp(self.started_at, timezone.utc).strftime("%Y%m%d%H%M%S")
-        self.pool: WorkerPool | None = None
+        self.pool: Executor | None = None
         self.src: Backend | None = None
         self.dst: Backend | None = None
         self.ids = itertools.count(1)
@@ -617,23 +617,22 @@ class Coordinator:
         base = self.opts.retry_delay * (2**attempt if self.opts.exponential_backoff else 1)
         return min(MAX_BACKOFF_SECONDS, base * random.uniform(0.5, 1.5))
 
-    def _start_pool(self, wanted: int) -> WorkerPool:
-        """The worker pool, started on first need, with up to ``wanted`` workers running."""
+    def _start_pool(self, wanted: int) -> Executor:
+        """The executor, started on first need, with up to ``wanted`` workers running."""
         if self.pool is None:
-            # Imported here: multiprocess and the worker code cost a start
-            # that a run with nothing to copy never needs. Ctrl-C waits for
-            # the import: cut short, multiprocess's fails as an ImportError.
-            with deferred_interrupts():
-                from synctool.pool import WorkerPool
+            from synctool.executor import open_executor
 
             settings = WorkerSettings(verify_get_after_put=self.opts.verify_get_after_put)
-            self.pool = WorkerPool(
-                self.opts.workers,
-                self.src.spec,  # the specs the coordinator opened its own backends with
-                self.dst.spec,
-                settings,
-                logging.getLogger("synctool").level,
-            )
+            # Ctrl-C waits for the executor's imports: cut short,
+            # multiprocess's fails as an ImportError.
+            with deferred_interrupts():
+                self.pool = open_executor(
+                    self.opts.workers,
+                    self.src.spec,  # the specs the coordinator opened its own backends with
+                    self.dst.spec,
+                    settings,
+                    logging.getLogger("synctool").level,
+                )
         with deferred_interrupts():
             self.pool.start(wanted)
         return self.pool
