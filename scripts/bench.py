@@ -36,7 +36,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -51,6 +51,7 @@ sys.path.insert(1, str(REPO))  # synctool, when not installed
 from servers import S3Server, SSHServer, openssh_sftp, rclone_s3, real_executable  # noqa: E402
 from servers_ftp import FTPServer, rclone_ftp  # noqa: E402
 from servers_webdav import WebDAVServer, rclone_webdav  # noqa: E402
+from servers_azure import AzuriteServer, azurite  # noqa: E402
 
 from synctool.backends.base import BackendSpec  # noqa: E402
 from synctool.backends.registry import open_backend  # noqa: E402
@@ -65,7 +66,7 @@ GENERATOR = 2
 
 ROUTES = {"local-local": ("local", "local"), "local-s3": ("local", "s3"),
           "local-sftp": ("local", "sftp"), "s3-sftp": ("s3", "sftp"), "local-ftp": ("local", "ftp"),
-          "local-webdav": ("local", "webdav")}  # fmt: skip
+          "local-webdav": ("local", "webdav"), "local-azure": ("local", "azure")}  # fmt: skip
 WORKLOADS = ("small", "large", "mixed")
 CASES = ("full", "noop", "verify")
 SRC_BUCKET = "benchsrc"
@@ -169,40 +170,39 @@ def make_workload(cache: Path, name: str, quick: bool) -> Workload:
 
 
 # -- checking a destination --------------------------------------------------------
-def listing(root: Path) -> dict[str, os.stat_result]:
+def listing(side: Side) -> dict[str, tuple[int, object]]:
+    """name -> (size, a stamp that changes when the file is written again)."""
+    if side.blobs is not None:
+        return side.blobs()  # a blob's stamp is its ETag
     out = {}
-    for folder, _, names in os.walk(root):
+    for folder, _, names in os.walk(side.disk):
         for n in names:
-            path = os.path.join(folder, n)
-            out[os.path.relpath(path, root)] = os.stat(path)
+            st = os.stat(os.path.join(folder, n))
+            out[os.path.relpath(os.path.join(folder, n), side.disk)] = (st.st_size, (st.st_ino, st.st_mtime_ns))
     return out
 
 
-def differences(workload: Workload, root: Path) -> str | None:
-    """None when ``root`` holds exactly the workload's files, byte for byte."""
-    if not root.is_dir():
-        return f"{root} does not exist"
-    found = listing(root)
+def differences(workload: Workload, side: Side) -> str | None:
+    """None when ``side`` holds exactly the workload's files, byte for byte."""
+    if side.blobs is None and not side.disk.is_dir():
+        return f"{side.disk} does not exist"
+    found = listing(side)
     missing = sorted(set(workload.manifest) - set(found))
     extra = sorted(set(found) - set(workload.manifest))
     if missing or extra:
         return f"{len(missing)} missing (e.g. {missing[:3]}), {len(extra)} extra (e.g. {extra[:3]})"
     for rel, (size, digest) in workload.manifest.items():
-        if found[rel].st_size != size:
-            return f"{rel}: {found[rel].st_size} bytes, expected {size}"
-        if hash_file(root / rel) != digest:
+        if found[rel][0] != size:
+            return f"{rel}: {found[rel][0]} bytes, expected {size}"
+        if (side.hash(rel) if side.hash else hash_file(side.disk / rel)) != digest:
             return f"{rel}: content differs"
     return None
 
 
-def rewritten(before: dict[str, os.stat_result], root: Path) -> int:
-    """Files a no-op run replaced or touched (new inode or new mtime)."""
-    after = listing(root)
-    return sum(
-        1
-        for rel, st in before.items()
-        if rel not in after or (after[rel].st_ino, after[rel].st_mtime_ns) != (st.st_ino, st.st_mtime_ns)
-    )
+def rewritten(before: dict[str, tuple[int, object]], side: Side) -> int:
+    """Files a no-op run replaced or touched (new inode or mtime; a new ETag)."""
+    after = listing(side)
+    return sum(1 for rel, stamp in before.items() if after.get(rel) != stamp)
 
 
 # -- running and measuring one command ---------------------------------------------
@@ -277,6 +277,9 @@ class Side:
     options: dict[str, str]
     rclone: str
     disk: Path
+    #: Where the files are no plain files (Azurite's blobs): list and hash them through the server.
+    blobs: Callable[[], dict[str, tuple[int, object]]] | None = None
+    hash: Callable[[str], str] | None = None
 
 
 class Bench:
@@ -288,10 +291,11 @@ class Bench:
         ssh: SSHServer | None,
         ftp: FTPServer | None = None,
         dav: WebDAVServer | None = None,
+        az: AzuriteServer | None = None,
     ):
         self.args = args
         self.run_dir = run_dir
-        self.s3, self.ssh, self.ftp, self.dav = s3, ssh, ftp, dav
+        self.s3, self.ssh, self.ftp, self.dav, self.az = s3, ssh, ftp, dav, az
         self.synctool = real_executable("synctool")
         self.rclone = real_executable("rclone")
         self.counter = 0
@@ -306,6 +310,8 @@ class Bench:
             self.env.update(ftp.rclone_env("benchftp"))
         if dav:
             self.env.update(dav.rclone_env("benchdav"))
+        if az:
+            self.env.update(az.rclone_env("benchaz"))
         self.results: dict[tuple[str, str, str, str], list[Run]] = {}
         self.transfers: dict[str, int] = {}
 
@@ -338,11 +344,21 @@ class Bench:
             assert self.dav
             folder = f"d{n:04d}"
             return Side(self.dav.url(folder), self.dav.synctool_options(), f"benchdav:{folder}", self.dav.root / folder)
+        if kind == "azure":
+            assert self.az
+            container = f"dst{n:04d}"
+            self.az.create_container(container)
+            return Side(f"azure://{container}/mirror", self.az.synctool_options(), f"benchaz:{container}/mirror",
+                        Path(container), lambda: self.az.stamps(container, "mirror/"),
+                        lambda rel: self.az.blake3(container, f"mirror/{rel}"))  # fmt: skip
         assert self.ssh
         path = self.run_dir / "sftp" / f"d{n:04d}"
         return Side(self.ssh.url(str(path)), self.ssh.synctool_options(), f"benchsftp:{path}", path)
 
     def remove(self, dst: Side) -> None:
+        if dst.blobs is not None:
+            self.az.container(str(dst.disk)).delete_container()
+            return
         # An S3 destination's bucket folder goes too (bucket names are never reused).
         shutil.rmtree(dst.disk.parent if dst.synctool.startswith("s3://") else dst.disk, ignore_errors=True)
 
@@ -410,7 +426,7 @@ class Bench:
 
         def checked(run: Run, dst: Side) -> Run:
             if run.error is None and not run.capped:
-                run.error = differences(workload, dst.disk)
+                run.error = differences(workload, dst)
             return run
 
         for rep in range(self.args.repeat):
@@ -428,9 +444,9 @@ class Bench:
                         given_up.add((tool, "sync"))
                     # A capped first sync left a partial destination: no no-op to time.
                     if "noop" in cases and run.error is None and not run.capped:
-                        before = listing(dst.disk)
+                        before = listing(dst)
                         again = timed(command(tool, dst, False), log, self.env, self.args.cap)
-                        again.rewritten = rewritten(before, dst.disk)
+                        again.rewritten = rewritten(before, dst)
                         checked(again, dst)
                         record("noop", tool, again)
                     self.remove(dst)
@@ -716,12 +732,14 @@ def main() -> int:
         needs_ssh = any("sftp" in ROUTES[r] for r in args.routes)
         needs_ftp = any("ftp" in ROUTES[r] for r in args.routes)
         needs_dav = any("webdav" in ROUTES[r] for r in args.routes)
+        needs_azure = any("azure" in ROUTES[r] for r in args.routes)
         with contextlib.ExitStack() as stack:
             s3 = stack.enter_context(rclone_s3(run_dir / "s3")) if needs_s3 else None
             ssh = stack.enter_context(openssh_sftp(run_dir / "sshd")) if needs_ssh else None
             ftp = stack.enter_context(rclone_ftp(run_dir / "ftp")) if needs_ftp else None
             dav = stack.enter_context(rclone_webdav(run_dir / "webdav")) if needs_dav else None
-            bench = Bench(args, run_dir, s3, ssh, ftp, dav)
+            az = stack.enter_context(azurite(run_dir / "azurite")) if needs_azure else None
+            bench = Bench(args, run_dir, s3, ssh, ftp, dav, az)
             if s3_source:
                 load_s3_source(bench, workloads.values())
             for route in args.routes:
@@ -766,7 +784,7 @@ def load_s3_source(bench: Bench, workloads) -> None:
             [bench.rclone, "copy", str(w.root), src.rclone, "--config", "/dev/null", "-q", "--transfers", "16"],
             env=bench.env, timeout=1200,
         ).returncode  # fmt: skip
-        problem = "rclone copy failed" if code else differences(w, src.disk)
+        problem = "rclone copy failed" if code else differences(w, src)
         if problem:
             raise SystemExit(f"loading the S3 source {src.rclone}: {problem}")
 
