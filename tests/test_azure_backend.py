@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,6 +13,7 @@ import pytest
 
 from synctool.backends import AlreadyExists, BackendError, BackendSpec, FatalBackendError, NotFound, open_backend
 from synctool.backends import azure as azure_module
+from synctool.errors import ExitCode
 from tests.backend_contract import BackendContract, _chunks, _content
 
 MiB = 1 << 20
@@ -186,3 +189,13 @@ def test_details_and_place_name_no_secret():
                                  "container": "cont", "prefix": "p/", "authentication": "access key"}  # fmt: skip
     other = open_backend(BackendSpec("azure://acct:eA%3D%3D@cont/p/q", {"azure-endpoint": "http://localhost:10000/acct"}))
     assert backend.root_place().contains(other.root_place())
+
+
+def test_without_the_client_library_one_line_names_the_extra(tmp_path):
+    """``azure`` made unimportable, as when the extra is not installed."""
+    hide = "import sys; sys.modules['azure'] = None; from synctool.cli.main import entry; sys.exit(entry())"
+    args = [str(tmp_path), "azure://cont/p", "-y", "--dst-options", "azure-account-name=a", "azure-access-key=eA=="]
+    p = subprocess.run([sys.executable, "-c", hide, *args], capture_output=True, text=True, timeout=60)
+    assert p.returncode == ExitCode.USAGE, p.stderr
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "pip install 'synctool[azure]'" in lines[0], p.stderr

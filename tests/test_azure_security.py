@@ -13,10 +13,21 @@ from urllib.parse import parse_qs, quote
 
 import pytest
 
+import synctool
+
 from scripts.servers import free_port
 from synctool.errors import ExitCode
 from tests.helpers import OLD, make_tree, read_tree, temp_debris
-from tests.test_security import FILES, LEVELS, WRONG, _outside, assert_no_secret, odd_secret, run_cli
+from tests.test_security import (  # noqa: F401 - library_log is a fixture
+    FILES,
+    LEVELS,
+    WRONG,
+    _outside,
+    assert_no_secret,
+    library_log,
+    odd_secret,
+    run_cli,
+)
 
 
 @pytest.fixture
@@ -96,6 +107,9 @@ def test_failing_azure_connections(azure_server, azure_container, tmp_path, src,
         "wrong-sas": ({**base, "azure-access-sas-token": wrong_sas}, [WRONG]),
         "wrong-port": ({**base, "azure-endpoint": f"http://127.0.0.1:{free_port()}/{azure_server.account}",
                         "azure-access-key": azure_server.key}, [azure_server.key]),
+        # Retried connections are logged by no library with the URL, the SAS token in its query.
+        "wrong-port-sas": ({**base, "azure-endpoint": f"http://127.0.0.1:{free_port()}/{azure_server.account}",
+                            "azure-access-sas-token": token}, [token, signature(token)]),
     }  # fmt: skip
     for case, (options, secrets) in cases.items():
         folder = tmp_path / case
@@ -105,6 +119,20 @@ def test_failing_azure_connections(azure_server, azure_container, tmp_path, src,
         assert run.texts["stderr"].strip(), case
         assert_no_secret(run.texts, [*secrets, *(v for k, v in options.items() if "access" in k)])
     assert azure_server.blobs(azure_container) == {}
+
+
+def test_library_caller_s_logs_hold_no_sas_token(azure_server, azure_container, src, library_log):
+    """The HTTP library logs every request's URL, where the token stands."""
+    token = sas_token(azure_server)
+    options = {"azure-endpoint": azure_server.endpoint, "azure-account-name": azure_server.account,
+               "azure-access-sas-token": token}  # fmt: skip
+    dead = {**options, "azure-endpoint": f"http://127.0.0.1:{free_port()}/{azure_server.account}"}
+    url = f"azure://{azure_container}/lib"
+    fast = {"workers": 2, "retry": 1, "retry_delay": 0.01, "log_level": "ExplicitOnly"}
+    assert synctool.sync(str(src), url, dst_options=options, verify_get_after_put=True, **fast).ok
+    assert not synctool.sync(str(src), url, dst_options=dead, **fast).ok
+    assert any("comp=list" in line for line in library_log), library_log  # the listing was logged, masked
+    assert_no_secret({"caller's log": "\n".join(library_log)}, [token, signature(token)])
 
 
 def test_parse_arguments_only_masks_azure_secrets(src):

@@ -13,8 +13,11 @@ from __future__ import annotations
 import base64
 import calendar
 import email.utils
+import functools
 import hashlib
 import hmac
+import logging
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping
 from urllib.parse import quote, unquote
@@ -22,9 +25,25 @@ from urllib.parse import quote, unquote
 import urllib3
 
 API_VERSION = "2021-12-02"
+RETRY_DELAY = 0.5  # seconds
 #: Headers that take their own line in the string to sign, in its order.
 _SIGNED = ("content-encoding", "content-language", "content-length", "content-md5", "content-type", "date",
            "if-modified-since", "if-match", "if-none-match", "if-unmodified-since", "range")  # fmt: skip
+
+
+class _MaskSecrets(logging.Filter):
+    """urllib3 logs every request's URL (at debug level), and a SAS token is
+    part of it: its records are masked as synctool's own are, for a caller
+    whose handlers take them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from synctool.secrets import redact
+
+        record.msg, record.args = redact(record.getMessage()), None
+        return True
+
+
+_MASK = _MaskSecrets()
 
 
 class RESTError(Exception):
@@ -54,13 +73,11 @@ class BlobREST:
         self._key = base64.b64decode(key) if key and not sas_token else None
         self._base = f"{endpoint}/{quote(container)}"
         self._path = urllib3.util.parse_url(self._base).path or ""
-        # Retried here: a connection refused or dropped before the answer
-        # began. Half a second apart, as the client library is set up.
-        retry = urllib3.Retry(total=retries, connect=retries, read=retries, status=0, redirect=0,
-                              backoff_factor=0.25, backoff_max=0.5, allowed_methods=None,
-                              raise_on_status=False)  # fmt: skip
-        self._timeout = timeout
-        self._pool = urllib3.PoolManager(num_pools=1, maxsize=connections, timeout=timeout, retries=retry)
+        self._timeout, self._retries = timeout, retries
+        logging.getLogger("urllib3.connectionpool").addFilter(_MASK)  # once: the same filter is added once
+        # No retries of urllib3's own: it logs each with the request's URL,
+        # a SAS token included (see _send).
+        self._pool = urllib3.PoolManager(num_pools=1, maxsize=connections, timeout=timeout, retries=False)
 
     def close(self) -> None:
         self._pool.clear()
@@ -84,8 +101,8 @@ class BlobREST:
             if name_element.get("Encoded") == "true":
                 name = unquote(name)  # a name with characters XML cannot carry
             props = blob.find("Properties")
-            modified = calendar.timegm(email.utils.parsedate(props.findtext("Last-Modified")))
-            blobs.append((name, int(props.findtext("Content-Length") or 0), float(modified)))
+            modified = _http_time(props.findtext("Last-Modified"))
+            blobs.append((name, int(props.findtext("Content-Length") or 0), modified))
         return blobs, root.findtext("NextMarker") or None
 
     def put_blob(self, name: str, data: bytes, headers: Mapping[str, str]) -> str:
@@ -121,10 +138,22 @@ class BlobREST:
             search = f"{search}&{self.sas_token}" if search else self.sas_token
         url = self._base + path[len(self._path) :] + (f"?{search}" if search else "")
         limit = urllib3.Timeout(connect=self._timeout.connect_timeout, read=timeout) if timeout else self._timeout
-        response = self._pool.request(method, url, headers=sent, body=body, preload_content=preload, timeout=limit)
+        response = self._send(method, url, headers=sent, body=body, preload_content=preload, timeout=limit)
         if response.status >= 300 and response.status not in allow:
             raise _error(response)
         return response
+
+    def _send(self, method: str, url: str, **request) -> urllib3.BaseHTTPResponse:
+        """Send a request, and again after a failed connection or a broken
+        answer, half a second apart, as the client library is set up."""
+        for attempt in range(self._retries + 1):
+            try:
+                return self._pool.request(method, url, **request)
+            except urllib3.exceptions.HTTPError:
+                if attempt == self._retries:
+                    raise
+                time.sleep(RETRY_DELAY)
+        raise AssertionError("unreachable")
 
     def _sign(self, method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str]) -> str:
         """Shared Key: an HMAC of the request's canonical form, keyed with the account key."""
@@ -139,6 +168,12 @@ class BlobREST:
         lines.append(resource)
         digest = hmac.new(self._key, "\n".join(lines).encode(), hashlib.sha256).digest()
         return f"SharedKey {self.account}:{base64.b64encode(digest).decode()}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _http_time(text: str) -> float:
+    """Seconds in an HTTP date: blobs written in the same second share one."""
+    return float(calendar.timegm(email.utils.parsedate(text)))
 
 
 def _error(response: urllib3.BaseHTTPResponse) -> RESTError:
