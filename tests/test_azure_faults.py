@@ -15,13 +15,22 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import psutil
 import pytest
 
 import synctool
 from scripts.servers_azure import azurite
 from synctool.errors import ExitCode
-from tests.helpers import FAST_CLI, make_tree, ok, read_tree, start_synctool, wait_until, write_big_file
+from tests.helpers import (
+    FAST_CLI,
+    SlowUplink,
+    interrupt_when,
+    make_tree,
+    ok,
+    read_to_its_end,
+    read_tree,
+    start_synctool,
+    write_big_file,
+)
 
 CONTAINER = "faults"
 MiB = 1 << 20
@@ -137,26 +146,28 @@ def test_interrupted_block_upload_shows_nothing_and_a_rerun_completes(azure_serv
     options = [f"{k}={v}" for k, v in azure_server.synctool_options(**BLOCKS).items()]
     args = [src, f"azure://{azure_container}/big", "-y", *FAST_CLI, "--dst-options", *options]
 
-    proc = start_synctool(*args, start_new_session=True)
-    try:
-        wait_until(lambda: staging(azure_server, azure_container), proc)
-        workers = psutil.Process(proc.pid).children(recursive=True)
-        assert workers
-        # Ctrl-C reaches the whole process group; SIGTERM (`kill`) only the coordinator.
-        (os.killpg if sig == signal.SIGINT else os.kill)(proc.pid, sig)
-        out, err = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-    assert proc.returncode == ExitCode.INTERRUPTED, (out, err)
-    _, alive = psutil.wait_procs(workers, timeout=5)
-    assert not alive, f"worker processes left running: {alive}"
-    assert "Traceback" not in err, err
+    interrupt_when(lambda: staging(azure_server, azure_container), start_synctool(*args, start_new_session=True), sig)
     assert azure_server.blobs(azure_container) == {}  # staged blocks show under no name
 
     rerun = start_synctool(*args)
     out, err = rerun.communicate(timeout=120)
     assert rerun.returncode == 0, err
     assert azure_server.blobs(azure_container, "big/") == read_tree(src)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_after_the_source_was_read_commits_no_block_list(azure_server, azure_container, tmp_path, sig):
+    """The whole file is read (its blocks all fit the memory budget) while the
+    blocks crawl over a slow link: the stop comes after the last chunk, and
+    must still keep the block list from being committed."""
+    source = tmp_path / "src" / "big.bin"
+    source.parent.mkdir()
+    write_big_file(source, 24 * MiB)
+    with SlowUplink(azure_server.port, rate=10 * MiB) as uplink:
+        slow = {"azure-endpoint": f"http://127.0.0.1:{uplink.port}/{azure_server.account}",
+                "azure-block-size": "4MiB", "azure-blocks-in-flight": "8"}  # fmt: skip
+        options = [f"{k}={v}" for k, v in azure_server.synctool_options(**slow).items()]
+        proc = start_synctool(source.parent, f"azure://{azure_container}/big", "-y", *FAST_CLI, "--dst-options",
+                              *options, start_new_session=True)  # fmt: skip
+        interrupt_when(read_to_its_end(proc, source), proc, sig, poll=0.001)
+    assert azure_server.blobs(azure_container) == {}  # staged blocks show under no name

@@ -335,3 +335,43 @@ def test_verify_run_stopped_midway_leaves_nothing_taken_as_good(s3_server, s3_bu
     keys = s3_server.keys_under(s3_bucket, "p/")
     assert not [k for k in keys if ".synctool-" in k]
     assert len(keys) == len(files)
+
+
+# -- 12. a stop that comes while blocks are still being sent ----------------------
+MiB = 1 << 20
+BLOCKS = {"s3": {"s3-part-size": "5MiB"}, "azure": {"azure-block-size": "1MiB"}}
+BLOCK_SIZE = {"s3": 5 * MiB, "azure": MiB}
+
+
+@pytest.mark.parametrize("target", ["s3", "azure"], indirect=True)
+@pytest.mark.parametrize("in_blocks", [False, True], ids=["whole", "blocks"])
+def test_a_stop_after_the_last_chunk_commits_nothing(target, in_blocks, request):
+    """The source is read to its end, then the worker is told to stop while
+    the blocks are still on their way: the write must not commit them (nor a
+    small file's single PUT), and the version under the name stays."""
+    from synctool.backends.base import Stopped
+
+    target.put({"f.bin": b"old version"})
+    backend = open_backend(BackendSpec(target.url, {**target.options, **BLOCKS[target.kind]}))
+    size = 3 * BLOCK_SIZE[target.kind] + 5 if in_blocks else 1000
+    data = os.urandom(size)
+
+    def source():
+        for start in range(0, size, 256 * 1024):
+            yield data[start : start + 256 * 1024]
+        backend.stopping.set()  # SIGTERM, right after the last chunk was read
+
+    try:
+        backend.prepare(create=True)
+        with pytest.raises(Stopped):
+            backend.write("f.bin", source(), size, keep_old_as="f.old")
+    finally:
+        backend.close()
+    after = target.read()
+    assert after["f.bin"] == b"old version"
+    assert set(after) <= {"f.bin", "f.old"} and after.get("f.old", b"old version") == b"old version"
+    if target.kind == "s3":
+        from tests.test_faults_s3 import open_uploads
+
+        bucket = target.url.split("/")[2]
+        assert open_uploads(request.getfixturevalue("s3_server").client(), bucket) == []  # aborted

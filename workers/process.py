@@ -245,6 +245,8 @@ def worker_main(
     except Exception as exc:
         results.put((MSG_FATAL, worker_id, redact(str(exc))))
         return
+    # A write whose blocks are still being sent when the stop comes must not commit them.
+    src.stopping = dst.stopping = cancel
     threads = settings.threads or max(src.concurrency, dst.concurrency)
     batch = _ResultBatch(results, worker_id)
     results.put((MSG_READY, worker_id, os.getpid()))

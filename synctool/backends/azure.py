@@ -429,6 +429,7 @@ class AzureBackend(Backend):
     def _put_whole(self, put: "_Put", data: bytearray, digest: str) -> str:
         try:
             condition = self._keep_old(put)
+            self.refuse_commit_when_stopped(put.name)
             body = bytes(data)
             data.clear()  # the copy is what goes out
             headers = {f"x-ms-meta-{k}": v for k, v in {"blake3": digest, **put.metadata}.items()}
@@ -452,6 +453,7 @@ class AzureBackend(Backend):
                 first, blocks, self._budget, self._pool, functools.partial(_stage, blob, write_id), MAX_BLOCKS
             )
             condition = self._keep_old(put)
+            self.refuse_commit_when_stopped(put.name)
             answer = blob.commit_block_list(
                 [BlobBlock(block_id=i) for i in ids], metadata={"blake3": hasher.hexdigest(), **put.metadata},
                 standard_blob_tier=self.tier, **_sdk_conditions(condition),

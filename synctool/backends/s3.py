@@ -694,6 +694,7 @@ class S3Backend(Backend):
     def _put_whole(self, put: "_Put", data: bytearray, digest: str) -> None:
         try:
             self._keep_old(put)
+            self.refuse_commit_when_stopped(put.name)
             native = self._native
             if native is not None:
                 headers = {f"x-amz-meta-{k}": v for k, v in {"blake3": digest, **put.metadata}.items()}
@@ -732,6 +733,7 @@ class S3Backend(Backend):
                 first, blocks, self._budget, self._pool, functools.partial(self._upload_part, key, upload_id), MAX_PARTS
             )
             self._keep_old(put)
+            self.refuse_commit_when_stopped(put.name)
             self._client.complete_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, **put.conditions
             )
