@@ -1,10 +1,12 @@
 """End to end with Azure Blob Storage (Azurite) on either side, through ``synctool.sync``
-and the command line: with local folders, S3 and SFTP on the other side."""
+and the command line: with local folders, S3, SFTP, FTP and WebDAV on the other side."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 
@@ -68,22 +70,6 @@ def test_azure_to_azure_with_get_after_put(azure_server, azure_container, az):
     assert tree() == FILES
 
 
-def test_s3_to_azure_and_azure_to_s3(s3_server, s3_bucket, az, src):
-    url, opts, tree = az
-    ok(synctool.sync(str(src), f"s3://{s3_bucket}/a", dst_options=s3_server.options(), **FAST))
-    ok(synctool.sync(f"s3://{s3_bucket}/a", url, src_options=s3_server.options(), dst_options=opts, **FAST))
-    assert tree() == FILES
-    back = synctool.sync(url, f"s3://{s3_bucket}/b", src_options=opts, dst_options=s3_server.options(),
-                         verify_get_after_put=True, **FAST)  # fmt: skip
-    ok(back)
-    client = s3_server.client()
-    assert {k[2:]: client.get_object(Bucket=s3_bucket, Key=k)["Body"].read()
-            for k in s3_server.keys_under(s3_bucket, "b/")} == FILES  # fmt: skip
-    again = synctool.sync(url, f"s3://{s3_bucket}/b", src_options=opts, dst_options=s3_server.options(), **FAST)
-    ok(again)
-    assert again.copied == 0
-
-
 def test_sftp_to_azure_and_azure_to_sftp(sftp_server, sftp_folder, az, no_ssh_environment):
     url, opts, tree = az
     sftp_server.put(sftp_folder, FILES, mtime=OLD)
@@ -98,6 +84,80 @@ def test_sftp_to_azure_and_azure_to_sftp(sftp_server, sftp_folder, az, no_ssh_en
     again = synctool.sync(url, sftp_server.url(back), src_options=opts, dst_options=sftp_server.key_options(), **FAST)
     ok(again)
     assert again.copied == 0
+
+
+@dataclasses.dataclass
+class Side:
+    """One end of a hop: its URL, its options, and its files read behind synctool's back."""
+
+    url: str
+    options: dict[str, str]
+    read: Callable[[], dict[str, bytes]]
+
+
+def there_and_back(src, first: Side, second: Side, back: Side) -> None:
+    """Local -> FIRST -> SECOND, then SECOND -> BACK (FIRST's kind): each hop
+    mirrors, its re-run finds nothing to do, and a file changed at the source
+    keeps its old version at SECOND under a retention name."""
+
+    def hop(a: Side, b: Side, **options):
+        report = synctool.sync(a.url, b.url, src_options=a.options, dst_options=b.options, **{**FAST, **options})
+        ok(report)
+        return report
+
+    local = Side(str(src), {}, lambda: read_tree(src))
+    hop(local, first)
+    assert hop(first, second).copied == len(FILES)
+    assert second.read() == FILES
+    again = hop(first, second)
+    assert again.copied == 0 and again.unchanged == len(FILES)
+
+    (src / "a.txt").write_bytes(b"alpha, changed")  # newer and larger
+    hop(local, first)
+    assert hop(first, second, retention=True).copied == 1
+    mirrored = second.read()
+    kept = {k: v for k, v in mirrored.items() if RETAINED.search(k)}
+    assert list(kept.values()) == [FILES["a.txt"]]
+    assert {k: v for k, v in mirrored.items() if k not in kept} == {**FILES, "a.txt": b"alpha, changed"}
+    assert hop(first, second, retention=True).copied == 0
+
+    returned = hop(second, back, verify_get_after_put=True)
+    assert returned.copied == returned.verified_after_put == len(mirrored)  # the kept version is a file too
+    assert back.read() == mirrored
+    again = hop(second, back)
+    assert again.copied == 0 and again.unchanged == len(mirrored)
+
+
+def azure_side(azure_server, container: str, prefix: str) -> Side:
+    return Side(f"azure://{container}/{prefix}", azure_server.synctool_options(**SMALL_BLOCKS),
+                lambda: azure_server.blobs(container, f"{prefix}/"))  # fmt: skip
+
+
+def test_azure_to_ftp_and_back(azure_server, azure_container, ftp_server, ftp_folder, src):
+    ftp = Side(ftp_server.url(ftp_folder), ftp_server.synctool_options(),
+               lambda: read_tree(ftp_server.root / ftp_folder))  # fmt: skip
+    there_and_back(src, azure_side(azure_server, azure_container, "a"), ftp,
+                   azure_side(azure_server, azure_container, "back"))  # fmt: skip
+
+
+def test_azure_to_webdav_and_back(azure_server, azure_container, webdav_server, webdav_folder, src):
+    dav = Side(webdav_server.url(webdav_folder), webdav_server.synctool_options(),
+               lambda: read_tree(webdav_server.local(webdav_folder)))  # fmt: skip
+    there_and_back(src, azure_side(azure_server, azure_container, "a"), dav,
+                   azure_side(azure_server, azure_container, "back"))  # fmt: skip
+
+
+def test_s3_to_azure_and_back(s3_server, s3_bucket, azure_server, azure_container, src):
+    client = s3_server.client()
+
+    def s3_side(prefix: str) -> Side:
+        def read() -> dict[str, bytes]:
+            return {key[len(prefix) + 1 :]: client.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+                    for key in s3_server.keys_under(s3_bucket, f"{prefix}/")}  # fmt: skip
+
+        return Side(f"s3://{s3_bucket}/{prefix}", s3_server.options(**{"s3-part-size": "5MiB"}), read)
+
+    there_and_back(src, s3_side("a"), azure_side(azure_server, azure_container, "b"), s3_side("back"))
 
 
 def test_retention_keeps_old_versions_on_the_server(azure_server, azure_container, az, src):
