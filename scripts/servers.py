@@ -90,6 +90,7 @@ def start_on_free_port(
     log: Path,
     what: str,
     env: dict[str, str] | None = None,
+    timeout: float = STARTUP_TIMEOUT,
 ) -> tuple[subprocess.Popen, int]:
     """Start ``command(port)`` on a free loopback port and wait until ``ready(port)``.
 
@@ -100,15 +101,17 @@ def start_on_free_port(
         port = free_port()
         with open(log, "ab") as out:
             proc = subprocess.Popen(command(port), stdout=out, stderr=subprocess.STDOUT, env=env)
-        if wait_until_ready(proc, port, ready):
+        if wait_until_ready(proc, port, ready, timeout):
             return proc, port
         stop_tree(proc)
     raise RuntimeError(f"{what} did not start:\n{_log_tail(log)}")
 
 
-def wait_until_ready(proc: subprocess.Popen, port: int, ready: Callable[[int], bool]) -> bool:
-    """True once ``ready(port)``; False if the process exits or time runs out."""
-    deadline = time.monotonic() + STARTUP_TIMEOUT
+def wait_until_ready(
+    proc: subprocess.Popen, port: int, ready: Callable[[int], bool], timeout: float = STARTUP_TIMEOUT
+) -> bool:
+    """True once ``ready(port)``; False if the process exits or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         if ready(port):
             return True

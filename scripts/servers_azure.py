@@ -33,6 +33,10 @@ from scripts.servers import (
 )
 
 ACCOUNT = "devstoreaccount1"  # Azurite's development account, under a key of our own
+# Node loads Azurite's modules in about a second of CPU, but on a loaded
+# machine, with every test process starting its own at once, that took
+# longer than the common start-up deadline, which then killed it as it came up.
+STARTUP_TIMEOUT = 180.0
 
 
 @dataclasses.dataclass
@@ -126,7 +130,7 @@ class AzuriteServer:
             raise RuntimeError("Azurite is still running")
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT, env=self.env)
-        if not wait_until_ready(self.proc, self.port, _http_answers):
+        if not wait_until_ready(self.proc, self.port, _http_answers, STARTUP_TIMEOUT):
             stop_tree(self.proc)
             raise RuntimeError(f"Azurite did not start again on port {self.port}:\n{_log_tail(self.log)}")
 
@@ -147,7 +151,7 @@ def azurite(workdir: Path, azurite_blob: str | None = None) -> Iterator[AzuriteS
                 # the client library may speak a newer API version than this Azurite knows
                 "--skipApiVersionCheck", "--disableTelemetry", "--silent"]  # fmt: skip
 
-    proc, port = start_on_free_port(command, _http_answers, log, "Azurite", env)
+    proc, port = start_on_free_port(command, _http_answers, log, "Azurite", env, STARTUP_TIMEOUT)
     server = AzuriteServer(f"http://{LOOPBACK}:{port}/{ACCOUNT}", port, ACCOUNT, key, location, proc,
                            command(port), env, log)  # fmt: skip
     try:

@@ -235,7 +235,7 @@ def test_interrupted_multipart_upload_is_aborted_and_a_rerun_completes(s3_server
     assert s3_server.keys_under(s3_bucket, "big/") == []  # no partial object
 
     rerun = start_synctool(*args)
-    out, err = rerun.communicate(timeout=60)
+    out, err = rerun.communicate(timeout=180)  # a hang, not a slow machine
     assert rerun.returncode == 0, err
     assert tree_digests_of_objects(client, s3_bucket, "big") == tree_digests(src)
 
