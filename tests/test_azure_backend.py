@@ -145,6 +145,16 @@ def test_listing_in_pages_relative_to_the_prefix(open_azure, azure_server, azure
     assert sorted(e.name for e in backend.list()) == [f"{i:02}" for i in range(20)]
 
 
+def test_journals_are_found_by_their_start_alone(open_azure, azure_server, azure_container):
+    journal = ".synctool-unverified-0123456789ab.json"
+    azure_server.put(azure_container, {f"root/{journal}": b"[]", f"root/d/{journal}": b"a user's",
+                                       "root/.synctool-unverified-notes": b"n", "root/f": b"f"})  # fmt: skip
+    backend = open_azure()
+    assert sorted(e.name for e in backend.list(starting=".synctool-")) == [
+        ".synctool-unverified-0123456789ab.json", ".synctool-unverified-notes"]  # fmt: skip
+    assert backend.journals() == [journal]  # at the root, and of the journal's form
+
+
 def test_source_prefix_with_nothing_under_it_is_missing(azure_server, azure_container):
     spec = BackendSpec(f"azure://{azure_container}/nothing", azure_server.synctool_options())
     with pytest.raises(NotFound):

@@ -77,11 +77,13 @@ from synctool.backends.base import (
     Backend,
     BackendError,
     BackendSpec,
+    JOURNAL_START,
     Entry,
     FatalBackendError,
     NotFound,
     Place,
     check_name,
+    is_journal,
 )
 from synctool.backends.azure_rest import BlobREST, RESTError
 from synctool.backends.budget import ByteBudget, block_size_for, send_blocks, store
@@ -336,12 +338,14 @@ class AzureBackend(Backend):
         except Exception as exc:
             raise self._error(exc, f"listing {self.display_url()}") from exc
 
-    def list(self) -> Iterator[Entry]:
+    def list(self, starting: str = "") -> Iterator[Entry]:
+        """Every blob below the root; ``starting``: only names that start so."""
         marker: str | None = None
         try:
             # One page at a time: the plan holds the rest.
             while True:
-                blobs, marker = self._rest.list_page(self.prefix, marker, LIST_PAGE, self.values["list-timeout"])
+                blobs, marker = self._rest.list_page(self.prefix + starting, marker, LIST_PAGE,
+                                                     self.values["list-timeout"])  # fmt: skip
                 for key, size, mtime in blobs:
                     name = key[len(self.prefix) :]
                     if not name or (size == 0 and name.endswith("/")):
@@ -352,6 +356,9 @@ class AzureBackend(Backend):
                     return
         except Exception as exc:
             raise self._error(exc, f"listing {self.display_url()}") from exc
+
+    def journals(self) -> list[str]:
+        return [e.name for e in self.list(starting=JOURNAL_START) if is_journal(e.name)]
 
     def read(self, name: str) -> Iterator[bytes]:
         try:
