@@ -305,6 +305,10 @@ class Backend(abc.ABC):
     verifies_before_commit: ClassVar[bool] = True
     #: The longest name of one folder entry, in UTF-8 bytes; None: no limit known.
     max_segment_bytes: ClassVar[int | None] = None
+    #: Set when this process is told to stop: a worker hands in its own event
+    #: (see :meth:`refuse_commit_when_stopped`). None elsewhere, and in a
+    #: pickled copy, since an event does not cross processes.
+    stopping: threading.Event | None = None
 
     def __init__(self, spec: BackendSpec):
         """Read the URL and the options; never connect (``prepare`` does).
@@ -314,9 +318,6 @@ class Backend(abc.ABC):
         """
         self.spec = spec
         self.location = spec.location
-        #: Set when this process is told to stop; a worker puts its own
-        #: event here. See :meth:`refuse_commit_when_stopped`.
-        self.stopping = threading.Event()
         secrets.register(self.location.password)
         given = {**spec.options, **self.location.query}
         secrets.register_options(given)
@@ -498,7 +499,7 @@ class Backend(abc.ABC):
         still on their way: a stop that comes then must still keep the commit
         (CompleteMultipartUpload, Put Block List) from happening.
         """
-        if self.stopping.is_set():
+        if self.stopping is not None and self.stopping.is_set():
             raise Stopped(f"{name}: stopped before the write was complete; nothing was committed")
 
     def display_url(self) -> str:
