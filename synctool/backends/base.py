@@ -405,9 +405,10 @@ class Backend(abc.ABC):
         visible under ``name``: the caller raises from it to abort (the
         source changed, the run was interrupted), and then nothing is left
         behind. A write whose commit comes well after the last chunk (blocks
-        still being sent) calls :meth:`refuse_commit_when_stopped` before it. ``mtime`` is applied where the backend can store it. Missing
-        parent folders are created; none is created or entered through a
-        symbolic link.
+        still being sent) calls :meth:`refuse_commit_when_stopped` before it.
+        ``mtime`` is applied where the backend can store it. Missing parent
+        folders are created; none is created or entered through a symbolic
+        link.
 
         Nothing is replaced that the caller did not name: without
         ``overwrite`` an existing ``name`` is left as it is and
