@@ -111,7 +111,11 @@ class Direction:
             _, data = self.queue.popleft()
             if data is None:
                 self.done = True
-                self.sink.write_eof()
+                try:
+                    self.sink.write_eof()
+                except OSError:  # the other end is gone already
+                    self.conn.close()
+                    return
                 self.conn.settle()
                 continue
             self.held -= len(data)
