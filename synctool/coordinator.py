@@ -632,6 +632,7 @@ class Coordinator:
                     self.dst.spec,
                     settings,
                     logging.getLogger("synctool").level,
+                    scheduler=self.opts.scheduler,
                 )
         with deferred_interrupts():
             self.pool.start(wanted)
