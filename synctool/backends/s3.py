@@ -73,10 +73,12 @@ from synctool.backends.base import (
     BackendSpec,
     DeleteError,
     Entry,
+    JOURNAL_START,
     FatalBackendError,
     NotFound,
     Place,
     check_name,
+    is_journal,
 )
 from synctool.backends.budget import ByteBudget
 from synctool.backends.optiontable import NO_EFFECT, TIMEOUT_OPTIONS, Option, table
@@ -481,11 +483,13 @@ class S3Backend(Backend):
             raise self._error(exc, f"listing s3://{self.bucket}/{self.prefix}") from exc
         return bool(page.get("KeyCount") or page.get("Contents"))
 
-    def list(self) -> Iterator[Entry]:
+    def list(self, starting: str = "") -> Iterator[Entry]:
+        """Every object below the root; ``starting``: only names that start so."""
         with self._listing_client() as native:
+            prefix = self.prefix + starting
             try:
                 # One page (up to 1,000 keys) at a time: the plan holds the rest.
-                for objects in self._native_pages(native) if native else self._boto3_pages():
+                for objects in self._native_pages(native, prefix) if native else self._boto3_pages(prefix):
                     for obj in objects:
                         entry = self._entry(obj)
                         if entry is not None:
@@ -493,16 +497,19 @@ class S3Backend(Backend):
             except Exception as exc:
                 raise self._error(exc, f"listing s3://{self.bucket}/{self.prefix}") from exc
 
-    def _native_pages(self, native: s3_native.NativeS3) -> Iterator[list[dict]]:
+    def journals(self) -> list[str]:
+        return [e.name for e in self.list(starting=JOURNAL_START) if is_journal(e.name)]
+
+    def _native_pages(self, native: s3_native.NativeS3, prefix: str) -> Iterator[list[dict]]:
         token = None
         while True:
-            objects, token = native.list_page(self.prefix, token)
+            objects, token = native.list_page(prefix, token)
             yield objects
             if token is None:
                 return
 
-    def _boto3_pages(self) -> Iterator[list[dict]]:
-        for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix):
+    def _boto3_pages(self, prefix: str) -> Iterator[list[dict]]:
+        for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
             yield page.get("Contents", [])
 
     def _entry(self, obj: dict) -> Entry | None:
