@@ -67,7 +67,7 @@ def ssh_options(server) -> list[str]:
     return [f"{k}={v}" for k, v in server.key_options().items()]
 
 
-def wait_for(predicate, what: str, timeout: float = 20.0) -> None:
+def wait_for(predicate, what: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
@@ -79,9 +79,9 @@ def sync_and_meanwhile(dst, act, *args, **popen) -> tuple[int, str, str]:
     ``act(proc)``; return (exit code, stdout, stderr)."""
     proc = start_synctool(*args, *FAST_CLI, **popen)
     try:
-        wait_until(lambda: a_temp_file_grew(dst, 1 << 20), proc)
+        wait_until(lambda: a_temp_file_grew(dst, 1 << 20), proc, timeout=90)
         act(proc)
-        out, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
             (os.killpg if popen.get("start_new_session") else os.kill)(proc.pid, signal.SIGKILL)
@@ -208,13 +208,13 @@ def test_tls_scheduler_with_certificates(s3_server, s3_bucket, tmp_path):
                 *FAST_CLI]  # fmt: skip
         # Without Dask's TLS settings the client cannot connect: a clear error.
         refused = start_synctool(*args, "--scheduler", cluster.address)
-        out, err = refused.communicate(timeout=60)
+        out, err = refused.communicate(timeout=180)
         assert refused.returncode == 1, (out, err)
         assert f"cannot reach the Dask scheduler at {cluster.address}" in err
         # With them (and the address from the environment), the run goes through.
         env = {**os.environ, **cluster.client_env(), "DASK_SCHEDULER_ADDRESS": cluster.address}
         proc = start_synctool(*args, env=env)
-        out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=180)
         assert proc.returncode == 0, (out, err)
         assert "running shards on the Dask cluster at tls://" in err
     assert s3_objects(s3_server, s3_bucket, "t") == FILES
