@@ -602,7 +602,7 @@ def dask_section(bench: Bench, workloads: dict[str, Workload]) -> list[str]:
             f"{f'{dask / pool - 1:+.1%}' if pool and dask else '–'} |" for route, wl, case, pool, dask in dask_rows(bench)]  # fmt: skip
     noop = [(workloads[wl].files / pool, route) for route, wl, case, pool, _ in dask_rows(bench)
             if case == "noop" and wl == "small" and pool]  # fmt: skip
-    listing = f"{max(noop)[0]:,.0f} files/s ({max(noop)[1]} no-op, small workload)" if noop else "see the noop rows above"
+    listing = f"{max(noop)[0]:,.0f} files/s ({max(noop)[1]} no-op, small workload)" if noop else "the noop rows of the table above give its rate"
     per_shard = costs["task"] + 2 * costs["round_trip"]
     return [
         "## synctool on a Dask cluster (`--scheduler`)",
@@ -633,7 +633,7 @@ def dask_section(bench: Bench, workloads: dict[str, Workload]) -> list[str]:
         f"- **S, the scheduler**: one task per shard, shards of up to 64 small files or 64 MiB: about "
         f"64 / {per_shard * 1e3:.2f} ms ≈ {64 / per_shard:,.0f} files/s, or 64 MiB per task of large files, "
         "on one scheduler core.",
-        f"- **C, the coordinator**: one process lists both sides and plans (here {listing}: a bound on "
+        f"- **C, the coordinator**: one process lists both sides and plans ({listing}: a bound on "
         "what a no-op run checks, and the floor under every run's start), and books every result.",
         "- **Q, the storage itself**: an S3 service's request rate per prefix, an SFTP server's disks; "
         "more hosts do not raise it.",
