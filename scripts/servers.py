@@ -80,6 +80,18 @@ def stop_tree(proc: subprocess.Popen, timeout: float = 10) -> None:
         proc.wait(timeout)
 
 
+def takes_sigterm(pid: int) -> bool:
+    """Whether the process has a handler for SIGTERM: the synctool console
+    script's first act. Before that, Python's default handling answers a stop
+    signal (a traceback while it is still importing), which no program can change."""
+    with contextlib.suppress(OSError):
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (15 - 1) & 1)  # SIGTERM is 15
+    return False
+
+
 def _log_tail(log: Path) -> str:
     return log.read_text(errors="replace")[-2000:] if log.exists() else ""
 

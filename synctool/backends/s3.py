@@ -428,9 +428,15 @@ class S3Backend(Backend):
             else:
                 try:
                     native.head_bucket()
+                    missing = False
                 except s3_native.NativeError as exc:
                     if exc.status != 404:
                         raise self._error(exc, f"bucket {self.bucket}", first_contact=True) from exc
+                    # The answer's frames hold the native client: let go of
+                    # them, or its release waits for them at the end of the block.
+                    s3_native.clear_frames(exc)
+                    missing = True
+                if missing:
                     self._missing_bucket(None, create)
             if not create and self.prefix and not self._prefix_has_objects(native):
                 # Prefixes do not exist on S3 apart from their objects. A source
