@@ -56,6 +56,7 @@ sys.path.insert(1, str(REPO))  # synctool, when not installed
 from latency_proxy import delayed  # noqa: E402
 from servers import LOOPBACK, S3Server, SSHServer, openssh_sftp, rclone_s3, real_executable  # noqa: E402
 from servers_ftp import FTPServer, rclone_ftp  # noqa: E402
+from servers_dask import dask_cluster  # noqa: E402
 from servers_webdav import WebDAVServer, rclone_webdav  # noqa: E402
 from servers_azure import AzuriteServer, azurite  # noqa: E402
 
@@ -301,11 +302,13 @@ class Bench:
         dav: WebDAVServer | None = None,
         az: AzuriteServer | None = None,
         s3_nearby: S3Server | None = None,
+        dask=None,
     ):
         """``s3`` and ``ssh`` are the servers as the tools reach them (through
         the latency proxy with --rtt); ``s3_nearby`` is the same S3 server
         reached directly, for setting up buckets outside the timing."""
         self.args = args
+        self.dask = dask  # a DaskCluster: synctool-dask runs the shards there
         self.run_dir = run_dir
         self.s3, self.ssh, self.ftp, self.dav, self.az = s3, ssh, ftp, dav, az
         self.s3_nearby = s3_nearby or s3
@@ -386,12 +389,14 @@ class Bench:
         return self.args.workers * per_worker
 
     # -- commands --------------------------------------------------------------------
-    def synctool_command(self, src: Side, dst: Side, verify: bool) -> list[list[str]]:
+    def synctool_command(self, src: Side, dst: Side, verify: bool, dask: bool = False) -> list[list[str]]:
         # At --defaults, as a user runs it: endpoints, credentials, and -y
         # (there is no one to answer the question).
         cmd = [self.synctool, src.synctool, dst.synctool, "-y"]
         if not self.args.defaults:
             cmd += ["--log-level", "warning", "--workers", str(self.args.workers)]
+        if dask:
+            cmd += ["--scheduler", self.dask.address]
         for flag, side in (("--src-options", src), ("--dst-options", dst)):
             if side.options:
                 cmd += [flag, *(f"{k}={v}" for k, v in side.options.items())]
@@ -424,7 +429,7 @@ class Bench:
         # local-local: synctool copies inline (1 job per worker); rclone keeps its defaults.
         rclone_transfers = None if route == "local-local" or self.args.defaults else transfers
         self.transfers[route] = transfers
-        tools = ["synctool", "rclone"] + (["rclone-nohash"] if dst_kind == "sftp" else [])
+        tools = ["synctool", *(["synctool-dask"] if self.dask else []), "rclone"] + (["rclone-nohash"] if dst_kind == "sftp" else [])
         cases = self.args.cases
         given_up: set[tuple[str, str]] = set()  # (tool, case group) slower than --slow
         log = self.run_dir / "logs" / f"{route}-{workload.name}.log"
@@ -438,8 +443,8 @@ class Bench:
                   f"peak {run.peak_rss / MiB:.0f} MiB{mark}", file=sys.stderr, flush=True)  # fmt: skip
 
         def command(tool: str, dst: Side, verify: bool) -> list[list[str]]:
-            if tool == "synctool":
-                return self.synctool_command(src, dst, verify)
+            if tool.startswith("synctool"):
+                return self.synctool_command(src, dst, verify, dask=tool == "synctool-dask")
             return self.rclone_command(tool, src, dst, verify, rclone_transfers)
 
         def checked(run: Run, dst: Side) -> Run:
@@ -574,7 +579,7 @@ def target_misses(bench: Bench) -> list[str]:
 
     misses = []
     for route, wl, case, tool in sorted(bench.results):
-        if tool == "synctool":
+        if tool.startswith("synctool"):
             continue
         st, rc = med(route, wl, case, "synctool"), med(route, wl, case, tool)
         target = ratio_target(bench.args, wl)
@@ -588,6 +593,10 @@ def target_misses(bench: Bench) -> list[str]:
         runs = [r for r in bench.results.get((route, wl, "full", "synctool"), []) if r.error is None]
         if wl == "large" and runs and max(r.peak_rss for r in runs) >= 300 * MiB:
             misses.append(f"{route} large: synctool peak {max(r.peak_rss for r in runs) / MiB:.0f} MiB (target < 300)")
+    for route, wl, case, pool, dask in dask_rows(bench):
+        if pool and dask and dask > (1 + DASK_OVERHEAD_TARGET) * pool:
+            misses.append(f"{route} {wl} {case}: synctool on Dask {dask:.2f} s, "
+                          f"{dask / pool - 1:+.0%} over the process pool {pool:.2f} s (target ≤ {DASK_OVERHEAD_TARGET:+.0%})")
     for key, runs in sorted(bench.results.items()):
         for r in runs:
             if r.error:
@@ -597,6 +606,93 @@ def target_misses(bench: Bench) -> list[str]:
             elif r.rewritten:
                 misses.append(f"{' '.join(key)}: the no-op run rewrote {r.rewritten} files")
     return misses
+
+
+# -- synctool on Dask -------------------------------------------------------------------
+DASK_OVERHEAD_TARGET = 0.10  # at most this much slower than the process pool on the same host
+SCHEDULER_PROBE_TASKS = 1000
+
+
+def dask_rows(bench: Bench) -> list[tuple[str, str, str, float | None, float | None]]:
+    """(route, workload, case, process pool median s, Dask median s) of every case both ran."""
+    rows = []
+    for route, wl, case, tool in sorted(bench.results):
+        if tool != "synctool-dask":
+            continue
+        pool, dask = (summary(bench.results.get((route, wl, case, t), []), bench.args.repeat) for t in ("synctool", tool))
+        rows.append((route, wl, case, *(s["median"] if s["ok"] and not s["capped"] else None for s in (pool, dask))))
+    return rows
+
+
+def scheduler_costs(cluster) -> dict[str, float]:
+    """What the scheduler costs per task, and per round trip, on this cluster (seconds)."""
+    with cluster.client() as client:
+        for _ in range(2):  # the first round warms the workers up
+            started = time.perf_counter()
+            client.gather(client.map(abs, range(SCHEDULER_PROBE_TASKS), pure=False))
+            per_task = (time.perf_counter() - started) / SCHEDULER_PROBE_TASKS
+        started = time.perf_counter()
+        for _ in range(200):
+            client.get_metadata(["bench-probe"], None)
+        round_trip = (time.perf_counter() - started) / 200
+    imports = []
+    for _ in range(3):  # what every run with --scheduler pays before it can connect
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import distributed"], check=True)
+        imports.append(time.perf_counter() - started)
+    return {"task": per_task, "round_trip": round_trip, "import": statistics.median(imports)}
+
+
+def dask_section(bench: Bench, workloads: dict[str, Workload]) -> list[str]:
+    if bench.dask is None:
+        return []
+    costs = bench.scheduler_costs
+    rows = [f"| {route} | {wl} | {case} | {pool or 0:.2f} | {dask or 0:.2f} | "
+            f"{f'{dask / pool - 1:+.1%}' if pool and dask else '–'} |" for route, wl, case, pool, dask in dask_rows(bench)]  # fmt: skip
+    noop = [(workloads[wl].files / pool, route) for route, wl, case, pool, _ in dask_rows(bench)
+            if case == "noop" and wl == "small" and pool]  # fmt: skip
+    listing = f"{max(noop)[0]:,.0f} files/s ({max(noop)[1]} no-op, small workload)" if noop else "the noop rows of the table above give its rate"
+    per_shard = costs["task"] + 2 * costs["round_trip"]
+    return [
+        "## synctool on a Dask cluster (`--scheduler`)",
+        "",
+        f"The same runs with `--scheduler`: a `dask scheduler` and `dask worker --nworkers {bench.args.workers} "
+        "--nthreads 2` on this host (as many Dask workers as pool workers; two shards at a time each, as a pool "
+        "worker holds one running and one waiting), started once before the timing by `scripts/servers_dask.py`. "
+        "Overhead = Dask / process pool − 1 (target: at most "
+        f"{DASK_OVERHEAD_TARGET:+.0%}). Peak memory above counts synctool's own process tree only: the Dask "
+        "workers are not its children.",
+        "",
+        "| route | workload | case | process pool s | Dask s | overhead |",
+        "|---|---|---|--:|--:|--:|",
+        *rows,
+        "",
+        f"Scheduler cost measured here: {costs['task'] * 1e3:.2f} ms per task ({SCHEDULER_PROBE_TASKS} "
+        f"trivial tasks in a row), {costs['round_trip'] * 1e3:.2f} ms per round trip to the scheduler; a "
+        f"shard task costs about {per_shard * 1e3:.2f} ms (the task, and the two round trips with which it "
+        "marks itself started), plus one event per 64 results. Each run also imports Dask's `distributed` "
+        f"package before it connects: {costs['import']:.2f} s here (a fresh `python -c 'import distributed'`), "
+        "a fixed cost that dominates the overhead of short runs.",
+        "",
+        "### How throughput grows with hosts",
+        "",
+        "With H hosts each moving B bytes/s (its network, or its cores hashing BLAKE3 and speaking "
+        "TLS/HTTP, whichever is less), a run copies at about min(H × B, S, C, Q):",
+        "",
+        f"- **S, the scheduler**: one task per shard, shards of up to 64 small files or 64 MiB: about "
+        f"64 / {per_shard * 1e3:.2f} ms ≈ {64 / per_shard:,.0f} files/s, or 64 MiB per task of large files, "
+        "on one scheduler core.",
+        f"- **C, the coordinator**: one process lists both sides and plans ({listing}: a bound on "
+        "what a no-op run checks, and the floor under every run's start), and books every result.",
+        "- **Q, the storage itself**: an S3 service's request rate per prefix, an SFTP server's disks; "
+        "more hosts do not raise it.",
+        "",
+        "So large files scale with hosts until the storage or the network between them is full; small "
+        "files scale until the scheduler's few thousand tasks per second, times 64 files a task, or the "
+        "coordinator's single listing stream bounds them. Loopback on one 2-core host measures the costs, "
+        "not B.",
+        "",
+    ]
 
 
 # -- the report ---------------------------------------------------------------------
@@ -755,6 +851,7 @@ def main_report(bench: Bench, workloads: dict[str, Workload], command: str, star
         "",
         markdown_table(rows),
         "",
+        *dask_section(bench, workloads),
         "## Issue 5's targets missed in this run",
         "",
         *(f"- {m}" for m in target_misses(bench) or ["none"]),
@@ -836,6 +933,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="synctool --workers [CPU count]")
     ap.add_argument("--slow", type=float, default=60.0, help="do not repeat a tool's case whose first run took longer [%(default)s s]")
     ap.add_argument("--cap", type=float, default=90.0, help="stop a run after this many seconds; its time is then a lower bound [%(default)s]")
+    ap.add_argument("--dask", action="store_true", help="also run synctool on a local Dask cluster (--scheduler)")
     ap.add_argument("--cache", type=Path, default=SHM / "synctool-bench-cache", help="where workloads are generated [%(default)s]")
     ap.add_argument("--rtt", type=float, default=0.0, metavar="MS",
                     help="reach the S3 and SSH servers across this round trip (scripts/latency_proxy.py) [none]")
@@ -876,7 +974,10 @@ def main() -> int:
             s3_far, ssh_far = s3, ssh
             if args.rtt:
                 s3_far, ssh_far = across_network(stack, s3, ssh, args.rtt)
-            bench = Bench(args, run_dir, s3_far, ssh_far, ftp, dav, az, s3_nearby=s3)
+            dask = stack.enter_context(dask_cluster(run_dir / "dask", workers=args.workers, threads=2)) if args.dask else None
+            bench = Bench(args, run_dir, s3_far, ssh_far, ftp, dav, az, s3_nearby=s3, dask=dask)
+            if dask:
+                bench.scheduler_costs = scheduler_costs(dask)
             if s3_source:
                 load_s3_source(bench, workloads.values())
             for route in args.routes:
