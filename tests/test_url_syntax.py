@@ -8,6 +8,7 @@ the literal characters, a plain path keeps every character it has, and
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from urllib.parse import quote
@@ -146,3 +147,19 @@ def test_unknown_key_is_a_warning_in_a_list_and_an_error_in_the_url(tmp_path, sr
     assert p.returncode == ExitCode.USAGE
     assert "knows no option 'take'" in p.stderr and "%3F" in p.stderr
     assert not (tmp_path / "other").exists()
+
+
+def test_dotdot_after_a_link_means_the_folder_the_system_reads(tmp_path, src):
+    # 'link/../x' is x beside the link's target, for the kernel as for ls and
+    # cp. Dropping 'link/..' as text would mirror into another folder, and
+    # delete there what the user never named.
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    make_tree(tmp_path / "real" / "x", {"old": b"old"}, mtime=OLD)
+    make_tree(tmp_path / "x", {"precious": b"p"}, mtime=OLD)
+    os.symlink(tmp_path / "real" / "sub", tmp_path / "link")
+    for destination in (tmp_path / "link" / ".." / "x", f"file://{quote(str(tmp_path))}/link/../x"):
+        assert f"destination path: {tmp_path / 'real' / 'x'}" in parsed(src, destination)
+    p = synctool(src, f"{tmp_path}/link/../x")
+    assert p.returncode == 0, p.stderr
+    assert read_tree(tmp_path / "real" / "x") == FILES
+    assert read_tree(tmp_path / "x") == {"precious": b"p"}

@@ -123,7 +123,10 @@ class LocalBackend(Backend):
         path = self.location.path
         if not path:
             raise FatalBackendError("a local backend needs a folder path")
-        self.root = os.path.abspath(os.path.expanduser(path))
+        path = os.path.expanduser(path)
+        # '..' after a symbolic link is the parent of the link's target, as the
+        # system reads the path; abspath would drop the link with it, as text.
+        self.root = os.path.realpath(path) if ".." in path.split(os.sep) else os.path.abspath(path)
         self._file_mode = default_file_mode()
 
     def display_url(self) -> str:
