@@ -163,3 +163,19 @@ def test_dotdot_after_a_link_means_the_folder_the_system_reads(tmp_path, src):
     assert p.returncode == 0, p.stderr
     assert read_tree(tmp_path / "real" / "x") == FILES
     assert read_tree(tmp_path / "x") == {"precious": b"p"}
+
+
+def test_sftp_dotdot_after_a_link_means_the_folder_the_server_reads(sshd_server, sftp_folder, src, no_ssh_environment):
+    base = sshd_server.local(sftp_folder)
+    (base / "real" / "sub").mkdir(parents=True)
+    make_tree(base / "x", {"precious": b"p"}, mtime=OLD)
+    os.symlink(base / "real" / "sub", base / "link")
+    url = sshd_server.url(f"{sftp_folder}/link/../x")
+    options = ["--dst-options", *(f"{k}={v}" for k, v in sshd_server.key_options().items())]
+    p = synctool(src, url, *options)
+    assert p.returncode == 0, p.stderr
+    assert read_tree(base / "real" / "x") == FILES
+    assert read_tree(base / "x") == {"precious": b"p"}
+    # A source through the same '..' is the destination's folder: refused.
+    p = synctool(url, sshd_server.url(f"{sftp_folder}/real/x/inner"), "--global-options", *options[1:])
+    assert p.returncode == ExitCode.USAGE, p.stderr

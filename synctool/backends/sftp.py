@@ -660,12 +660,26 @@ class SFTPBackend(Backend):
         absolute = self._absolute_root()
         if absolute is not None:
             return absolute
-        return posixpath.normpath(posixpath.join(sftp.normalize("."), self.settings.path.lstrip("/")))
-
-    def _absolute_root(self) -> str | None:
-        """The root folder when the URL alone says it; None when it is below the login folder."""
         path = self.settings.path
         if self.settings.relative or path in ("", "/"):
+            path = posixpath.join(sftp.normalize("."), path.lstrip("/"))
+        # '..' after a symbolic link is the parent of the link's target: the
+        # server reads the path up to its last '..' (normpath would drop the
+        # link with it, as text); one that does not exist there has no link.
+        segments = path.split("/")
+        if ".." not in segments:
+            return posixpath.normpath(path)
+        last = len(segments) - segments[::-1].index("..")
+        head = "/".join(segments[:last])
+        with contextlib.suppress(OSError):
+            head = sftp.normalize(head)
+        return posixpath.normpath("/".join([head, *segments[last:]]))
+
+    def _absolute_root(self) -> str | None:
+        """The root folder when the URL alone says it; None when it is below
+        the login folder or has a '..' segment (which the server reads)."""
+        path = self.settings.path
+        if self.settings.relative or path in ("", "/") or ".." in path.split("/"):
             return None
         return "/" + posixpath.normpath(path).strip("/")
 
@@ -679,6 +693,8 @@ class SFTPBackend(Backend):
     def details(self) -> dict[str, str]:
         s = self.settings
         root, below = self._absolute_root(), s.path.strip("/")
+        if root is None and not s.relative and ".." in below.split("/"):
+            root = f"{s.path} (its '..' as the server reads it)"
         where = root or (f"{below} (below the login folder)" if below else "the login folder")
         return {"scheme": self.location.scheme, "host": s.host, "port": str(s.port), "user": s.user, "path": where}
 
