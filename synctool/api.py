@@ -63,8 +63,19 @@ def sync(
     opts.apply_global_keys(explicit=set(options))
     level = opts.log_level if "log_level" in options or "log-level" in opts.global_options else None
     handler = logs.log_file_handler(opts.log_file) if opts.log_file else None
-    with logs.for_library_call(level, handler):
-        return run(opts, Env())
+    with logs.for_library_call(level, handler, opts.log_level):
+        report = run(opts, Env())
+    log_file_kept(report, [handler] if handler else [])
+    return report
+
+
+def log_file_kept(report: Report, handlers: list[logging.Handler]) -> None:
+    """A run whose log file could not be written to the end fails (exit 1)
+    even when everything else succeeded: the record asked for is incomplete."""
+    problem = logs.log_file_problem(handlers)
+    if problem:
+        report.errors.append(problem)
+        report.exit_code = report.exit_code or ExitCode.FATAL
 
 
 def run(opts: SyncOptions, env: Env) -> Report:

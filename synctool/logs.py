@@ -98,10 +98,35 @@ def _file_in_the_way(folder: str) -> str | None:
     return None
 
 
-def log_file_handler(path: str) -> logging.Handler:
+class LogFile(logging.FileHandler):
+    """The log file. A write that fails (its disk full, say) is told once as
+    an error, not as a traceback per record, and kept in :attr:`problem`:
+    the record asked for is incomplete, which the run's exit code shows."""
+
+    problem: str | None = None
+
+    def handleError(self, record: logging.LogRecord | None) -> None:
+        if self.problem is None:
+            exc = sys.exc_info()[1]
+            self.problem = f"cannot write the log file {self.baseFilename}: {getattr(exc, 'strerror', None) or exc}"
+            logging.getLogger("synctool").error("%s; it misses the rest of the run", self.problem)
+
+    def close(self) -> None:
+        try:
+            super().close()  # flushes what is left
+        except OSError:
+            self.handleError(None)
+
+
+def log_file_problem(handlers: list[logging.Handler]) -> str | None:
+    """Why the log file among ``handlers`` could not be written to the end, if it could not."""
+    return next((h.problem for h in handlers if isinstance(h, LogFile) and h.problem), None)
+
+
+def log_file_handler(path: str) -> LogFile:
     """Append to ``path``, creating it (and its folder) readable by its owner only."""
     create_private_file(path, "log file")
-    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler = LogFile(path, mode="a", encoding="utf-8")
     handler.setFormatter(RedactingFormatter("%(asctime)s [%(levelname)s] %(name)s: %(message)s"))
     return handler
 
@@ -144,28 +169,51 @@ def setup(level: int, log_file: str | None, stderr: TextIO | None = None) -> lis
 
 
 @contextlib.contextmanager
-def for_library_call(level: int | None, handler: logging.Handler | None) -> Iterator[None]:
+def for_library_call(level: int | None, handler: logging.Handler | None, file_level: int = logging.INFO) -> Iterator[None]:
     """Logging for one ``synctool.sync()`` call.
 
     A library leaves the console to its caller: records still reach the
     caller's own handlers, and nothing is printed to stderr. A ``level`` the
     caller passed sets the ``synctool`` logger's level for the call; a
     ``handler`` (the caller's log file, from :func:`log_file_handler`) is
-    added for the call and closed after it.
+    added for the call and closed after it. Without a ``level``, the log
+    file still records from ``file_level`` on, as the command line's does,
+    while the caller's handlers get only what its own set-up lets through.
     """
     logger = logging.getLogger("synctool")
-    before = logger.level
+    before, propagate = logger.level, logger.propagate
+    forward = None
     if handler is not None:
         logger.addHandler(handler)
+        caller_level = logger.getEffectiveLevel()
+        if level is None and file_level < caller_level:
+            handler.setLevel(file_level)
+            logger.setLevel(file_level)
+            forward = _Forward(caller_level)
+            logger.addHandler(forward)
+            logger.propagate = False
     if level is not None:
         logger.setLevel(level)
     try:
         yield
     finally:
         logger.setLevel(before)
+        logger.propagate = propagate
+        if forward is not None:
+            logger.removeHandler(forward)
         if handler is not None:
             logger.removeHandler(handler)
             handler.close()
+
+
+class _Forward(logging.Handler):
+    """Hands the caller's handlers the records its logging set-up lets
+    through, as propagation would, while the log file takes more."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        root = logging.getLogger()
+        if not root.disabled and root.filter(record):
+            root.callHandlers(record)
 
 
 def teardown(handlers: list[logging.Handler]) -> None:

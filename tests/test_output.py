@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import pathlib
 import pty
@@ -169,6 +170,24 @@ def test_the_log_file_records_verification_renames_and_forced_copies(tmp_path, c
     assert "copied twin.txt (4 B, force)" in one(log_lines(log)[len(lines):], "copied twin.txt")
 
 
+def test_a_library_call_records_the_run_in_its_log_file_without_telling_the_caller_more(tmp_path, changes, caplog):
+    # The caller's logging shows warnings (Python's default); the log file
+    # asked for is the same record the command line leaves.
+    src, dst = changes
+    log = tmp_path / "lib.log"
+    caplog.set_level(logging.WARNING)
+    caplog.handler.setLevel(logging.NOTSET)  # as basicConfig's: the logger's level decides
+    report = synctool.sync(str(src), str(dst), log_file=str(log), **FAST)
+    assert report.exit_code == 0, report.to_dict()
+    lines = log_lines(log)
+    assert "copied missing.txt (3 B, missing)" in one(lines, "copied missing.txt")
+    assert one(lines, "deleted extra.txt") and lines[-1].endswith("exit code 0")
+    assert not [r for r in caplog.records if r.levelno < logging.WARNING], caplog.records
+    # A level the caller gives is the file's too.
+    synctool.sync(str(src), str(dst), log_file=str(log), log_level="Warning", **FAST)
+    assert log_lines(log) == lines
+
+
 def test_a_failure_is_told_once_on_stderr_and_recorded_with_its_reason(tmp_path, changes):
     src, dst = changes
     make_tree(src, {"locked.txt": b"unreadable"})
@@ -194,6 +213,23 @@ def test_a_max_delete_refusal_is_told_once_on_stderr(tmp_path, changes):
     assert p.stderr.count("more than --max-delete 0: no file was deleted or renamed") == 1, p.stderr
     assert "max-delete" not in p.stdout and "Copied 3 file(s)" in p.stdout
     assert (dst / "extra.txt").exists()
+
+
+def test_a_log_file_whose_disk_fills_up_is_told_once_without_a_traceback(tmp_path, changes, small_fs):
+    src, dst = changes
+    log = small_fs / "run.log"
+    with open(small_fs / "filler", "wb") as filler:  # the log's disk is full once the run starts
+        with pytest.raises(OSError):
+            while True:
+                filler.write(b"f" * 65536)
+                filler.flush()
+    p = synctool_run(src, dst, "-y", *FAST_CLI, "--log-file", log)
+    # The mirror is made, but the record asked for is not: the run says so, once.
+    assert read_tree(dst) == read_tree(src)
+    assert p.returncode == ExitCode.FATAL, (p.stdout, p.stderr)
+    assert "Traceback" not in p.stderr and "Logging error" not in p.stderr, p.stderr
+    assert p.stderr.count(f"ERROR: cannot write the log file {log}: No space left on device") == 1, p.stderr
+    assert "Copied 3 file(s)" in p.stdout
 
 
 # -- the dry run's lines, and a reader that stops reading ------------------------------------------------

@@ -19,7 +19,7 @@ from click.core import ParameterSource
 
 from synctool import __version__, secrets
 from synctool import logs
-from synctool.api import run
+from synctool.api import log_file_kept, run
 from synctool.backends import BackendError, Location, backend_class, optiontable
 from synctool.backends.registry import backend_classes
 from synctool.cli.args import expand_bool_options, expand_option_lists
@@ -175,6 +175,7 @@ def command(ctx: click.Context, source: str, destination: str, **kw: object) -> 
         raise ExitError(exc) from None
     finally:
         logs.teardown(handlers)
+    log_file_kept(report, handlers)
     for line in report.summary_lines():
         env.stdout.write(line + "\n")
     env.stdout.flush()
