@@ -100,3 +100,20 @@ def test_sftp_overlap_is_decided_on_whole_paths(sftp_server, sftp_folder, no_ssh
         assert report.exit_code == ExitCode.USAGE, (destination, report.to_dict())
         assert "inside the source" in report.errors[0] or "same folder" in report.errors[0]
     assert read_tree(sftp_server.local(sftp_folder)) == FILES
+
+
+def test_sftp_overlap_through_a_link_on_the_server_is_refused(sshd_server, sftp_folder, no_ssh_environment):
+    sshd_server.put(sftp_folder + "/a", FILES, mtime=OLD)
+    os.symlink(sshd_server.local(sftp_folder + "/a"), sshd_server.local(sftp_folder + "/link"))
+    options = sshd_server.key_options()
+    for source, destination, problem in [
+        ("link", "a/sub", "inside the source"),
+        ("a", "link/new/deeper", "inside the source"),  # a destination still to be created
+        ("link/sub", "a", "inside the destination"),
+        ("link", "a", "same folder"),
+    ]:
+        report = synctool.sync(sshd_server.url(f"{sftp_folder}/{source}"), sshd_server.url(f"{sftp_folder}/{destination}"),
+                               global_options=options, **FAST)  # fmt: skip
+        assert report.exit_code == ExitCode.USAGE, (source, destination, report.to_dict())
+        assert problem in report.errors[0], report.errors
+    assert read_tree(sshd_server.local(sftp_folder)) == {f"a/{name}": data for name, data in FILES.items()}

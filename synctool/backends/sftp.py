@@ -595,6 +595,7 @@ class SFTPBackend(Backend):
         self._lock = threading.Lock()
         self._conn: Connection | None = None
         self._root: str | None = None
+        self._real_root: str | None = None  # the root with its links resolved by the server
         # Temporary files a dropped connection kept us from removing: removed
         # as soon as a new connection is up.
         self._orphans: set[str] = set()
@@ -646,6 +647,7 @@ class SFTPBackend(Backend):
                 conn.limits = sftp_pipe.server_limits(pipe)
             if self._root is None:
                 self._root = self._resolve_root(lease.sftp)
+                self._real_root = _realpath(lease.sftp, self._root)
             self._remove_orphans(lease.sftp)
 
     def _remove_orphans(self, sftp: paramiko.SFTPClient) -> None:
@@ -688,7 +690,9 @@ class SFTPBackend(Backend):
         if root is None:
             return None  # below the login folder: known once connected
         s = self.settings
-        return Place(("sftp", s.host.lower(), s.port), root.strip("/"), f"ssh://{s.address}{root}")
+        # Links resolved once connected: two spellings of one folder compare equal.
+        real = self._real_root or root
+        return Place(("sftp", s.host.lower(), s.port), real.strip("/"), f"ssh://{s.address}{root}")
 
     def details(self) -> dict[str, str]:
         s = self.settings
@@ -1086,6 +1090,19 @@ def _final_attributes(mode: int, mtime: float | None) -> paramiko.SFTPAttributes
 def _unsupported(exc: OSError) -> bool:
     """Is this the server's answer to an extension it does not have?"""
     return exc.errno is None and "unsupported" in str(exc).lower()
+
+
+def _realpath(sftp: paramiko.SFTPClient, path: str) -> str:
+    """``path`` with its links resolved by the server (its realpath); the part
+    that does not exist yet, and so holds no link, is kept as written."""
+    folder, missing = path, []
+    while folder not in ("/", ""):
+        try:
+            return posixpath.join(sftp.normalize(folder), *reversed(missing))
+        except OSError:
+            folder, tail = posixpath.split(folder)
+            missing.append(tail)
+    return path
 
 
 def _makedirs(sftp: paramiko.SFTPClient, folder: str, root: str | None) -> None:
