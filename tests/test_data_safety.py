@@ -238,6 +238,22 @@ def test_a_source_name_that_is_not_utf8_is_refused_by_name(target, tmp_path):
     assert target.read() == {"ok": b"ok"}  # the delete of "extra" still happened
 
 
+def test_an_sftp_source_name_that_is_not_utf8_is_refused_by_name(sshd_server, sftp_folder, tmp_path, no_ssh_environment):
+    served = sshd_server.local(sftp_folder)
+    make_tree(served, {"ok": b"ok"}, mtime=OLD)
+    (served / os.fsdecode(b"bad-\xff-name")).write_bytes(b"x")
+    (served / os.fsdecode(b"folder-\xfe")).mkdir()
+    (served / os.fsdecode(b"folder-\xfe") / "inside").write_bytes(b"y")
+    dst = tmp_path / "dst"
+    make_tree(dst, {"extra": b"gone after the run"}, mtime=OLD)
+    report = synctool.sync(sshd_server.url(sftp_folder), str(dst), src_options=sshd_server.key_options(), **FAST)
+    assert report.exit_code == ExitCode.PARTIAL, report.to_dict()
+    assert sorted(name for name, _ in report.failed) == ["bad-\udcff-name", "folder-\udcfe/inside"]
+    assert all("not valid UTF-8" in reason for _, reason in report.failed)
+    assert report.retries == 0
+    assert read_tree(dst) == {"ok": b"ok"}  # the delete of "extra" still happened
+
+
 def test_a_folder_in_the_way_is_reported_once_not_retried(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     make_tree(src, {"y": b"a file now"}, mtime=OLD)

@@ -47,8 +47,13 @@ finally:
         del sys.modules["invoke"]
 from paramiko.sftp import (
     CMD_ATTRS,
+    CMD_CLOSE,
     CMD_EXTENDED,
+    CMD_HANDLE,
     CMD_LSTAT,
+    CMD_NAME,
+    CMD_OPENDIR,
+    CMD_READDIR,
     CMD_RENAME,
     CMD_SETSTAT,
     SFTP_FLAG_CREATE,
@@ -755,7 +760,7 @@ class SFTPBackend(Backend):
         """One folder: its files, and its subfolders as (name prefix, path)."""
         try:
             with self._sftp(f"listing {folder}") as lease:
-                items = lease.sftp.listdir_attr(folder)
+                items = _listdir_attr(lease.sftp, folder)
         except NotFound:
             if is_root:
                 raise NotFound(f"folder {folder} does not exist on {self.settings.address}") from None
@@ -1090,6 +1095,34 @@ def _final_attributes(mode: int, mtime: float | None) -> paramiko.SFTPAttributes
 def _unsupported(exc: OSError) -> bool:
     """Is this the server's answer to an extension it does not have?"""
     return exc.errno is None and "unsupported" in str(exc).lower()
+
+
+def _listdir_attr(sftp: paramiko.SFTPClient, folder: str) -> list[paramiko.SFTPAttributes]:
+    """paramiko's listdir_attr, but a name that is not UTF-8 comes with its
+    bytes escaped, as os.listdir gives it, for the plan to refuse by name:
+    paramiko's decoding fails the whole listing on it."""
+    path = folder.encode("utf-8", "surrogateescape")
+    kind, msg = sftp._request(CMD_OPENDIR, path)
+    if kind != CMD_HANDLE:
+        raise paramiko.SFTPError("Expected handle")
+    handle = msg.get_binary()
+    items = []
+    try:
+        while True:
+            try:
+                kind, msg = sftp._request(CMD_READDIR, handle)
+            except EOFError:
+                return items
+            if kind != CMD_NAME:
+                raise paramiko.SFTPError("Expected name response")
+            for _ in range(msg.get_int()):
+                name = msg.get_string().decode("utf-8", "surrogateescape")
+                longname = msg.get_string().decode("utf-8", "surrogateescape")
+                attr = paramiko.SFTPAttributes._from_msg(msg, name, longname)
+                if name not in (".", ".."):
+                    items.append(attr)
+    finally:
+        sftp._request(CMD_CLOSE, handle)
 
 
 def _realpath(sftp: paramiko.SFTPClient, path: str) -> str:
