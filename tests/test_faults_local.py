@@ -54,6 +54,26 @@ def test_unreadable_source_file_fails_alone(tmp_path):
     assert read_tree(dst) == {"ok/a": b"a", "ok/b": b"b"}
 
 
+def test_a_source_folder_that_can_be_read_but_not_entered_stops_the_listing_cleanly(tmp_path):
+    """A folder left without its x bit (chmod -R 644) lists its names but
+    not their details: the listing fails, said once, and nothing is deleted."""
+    import sys
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_tree(src, {"shut/a": b"a", "b": b"b"})
+    make_tree(dst, {"extra": b"would be deleted"})
+    os.chmod(src / "shut", 0o644)
+    command = [sys.executable, "-m", "synctool", str(src), str(dst), "-y", "--workers", "2", "--backend-retry-delay", "10ms"]
+    try:
+        done = subprocess.run(without_root_overrides(command), capture_output=True, text=True, timeout=60)
+    finally:
+        os.chmod(src / "shut", 0o755)
+    assert done.returncode == ExitCode.FATAL, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.count("listing the source failed: listing shut/a failed: permission denied") == 1, done.stderr
+    assert read_tree(dst)["extra"] == b"would be deleted"
+
+
 @pytest.mark.slow
 def test_workers_killed_over_and_over_never_stall_the_run(tmp_path):
     """Found by the stress run: a worker SIGKILLed while it was writing to a

@@ -205,7 +205,12 @@ class LocalBackend(Backend):
             raise BackendError(f"cannot list {folder}: {exc.strerror}") from exc
         files, folders = [], []
         for item in items:
-            st = item.stat(follow_symlinks=False)
+            try:
+                st = item.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # removed since the folder was read
+            except OSError as exc:  # a folder that can be read but not entered, say
+                raise _os_error("listing", prefix + item.name, exc) from exc
             mode = st.st_mode
             if S_ISREG(mode):
                 files.append(Entry(prefix + item.name, st.st_size, st.st_mtime_ns / 1e9))
