@@ -34,9 +34,8 @@ def scanner(calls: list[str] | None = None):
     def scan(prefix: str, folder: dict):
         if calls is not None:
             calls.append(prefix)
-        files = [Entry(prefix + name, 1, 0.0) for name, child in folder.items() if child is None]
-        folders = [(prefix + name + "/", child) for name, child in folder.items() if child is not None]
-        return files, folders
+        return [Entry(prefix + name, 1, 0.0) if child is None else (prefix + name + "/", child)
+                for name, child in folder.items()]  # fmt: skip
 
     return scan
 

@@ -65,7 +65,7 @@ from urllib.parse import unquote, urlsplit
 
 import blake3
 
-from synctool.backends import s3_native
+from synctool.backends import s3_list, s3_native
 from synctool.backends.base import (
     AlreadyExists,
     Backend,
@@ -90,6 +90,7 @@ MIN_PART = 5 * MiB  # S3's smallest part (all but the last)
 MAX_PARTS = 10_000  # S3's most parts in one upload
 PART_HEADROOM = 9_000  # size parts for this many, in case the file grew since listing
 DELETE_BATCH = 1_000  # S3's most keys per DeleteObjects request
+LIST_THREADS = 4  # key ranges listed at once
 ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
 
 # Error codes that mean "these credentials are not accepted here".
@@ -481,29 +482,35 @@ class S3Backend(Backend):
             raise self._error(exc, f"listing s3://{self.bucket}/{self.prefix}") from exc
         return bool(page.get("KeyCount") or page.get("Contents"))
 
-    def list(self) -> Iterator[Entry]:
+    def list(self, start_after: str | None = None) -> Iterator[Entry]:
+        after = None if start_after is None else self.prefix + start_after
         with self._listing_client() as native:
+            page = self._native_page(native) if native else self._boto3_page
             try:
-                # One page (up to 1,000 keys) at a time: the plan holds the rest.
-                for objects in self._native_pages(native) if native else self._boto3_pages():
-                    for obj in objects:
-                        entry = self._entry(obj)
-                        if entry is not None:
-                            yield entry
+                # A few pages per key range at a time (see s3_list): the plan holds the rest.
+                for obj in s3_list.ordered_keys(page, self.prefix, after, LIST_THREADS):
+                    entry = self._entry(obj)
+                    if entry is not None:
+                        yield entry
             except Exception as exc:
                 raise self._error(exc, f"listing s3://{self.bucket}/{self.prefix}") from exc
 
-    def _native_pages(self, native: s3_native.NativeS3) -> Iterator[list[dict]]:
-        token = None
-        while True:
-            objects, token = native.list_page(self.prefix, token)
-            yield objects
-            if token is None:
-                return
+    @staticmethod
+    def _native_page(native: s3_native.NativeS3) -> s3_list.PageOf:
+        def page(prefix: str, start_after: str | None, token: str | None, delimited: bool) -> s3_list.Page:
+            objects, token, prefixes = native.list_page(prefix, token, start_after=start_after, delimited=delimited)
+            return s3_list.Page(objects, prefixes, token)
 
-    def _boto3_pages(self) -> Iterator[list[dict]]:
-        for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix):
-            yield page.get("Contents", [])
+        return page
+
+    def _boto3_page(self, prefix: str, start_after: str | None, token: str | None, delimited: bool) -> s3_list.Page:
+        given = {"ContinuationToken": token, "StartAfter": start_after, "Delimiter": "/" if delimited else None}
+        got = self._client.list_objects_v2(
+            Bucket=self.bucket, Prefix=prefix, **{key: value for key, value in given.items() if value}
+        )
+        prefixes = [p["Prefix"] for p in got.get("CommonPrefixes", ())]
+        token = got.get("NextContinuationToken") if got.get("IsTruncated") else None
+        return s3_list.Page(got.get("Contents", []), prefixes, token)
 
     def _entry(self, obj: dict) -> Entry | None:
         key, size = obj["Key"], obj["Size"]
