@@ -295,11 +295,11 @@ class Coordinator:
         self, backend: Backend, into: list[Entry], side: str, each_batch: Callable[[], None] | None = None
     ) -> None:
         for attempt in itertools.count():
-            into.clear()
             if side == "destination" and self.create_destination:
                 return
             try:
-                entries = iter(backend.list())
+                # A retry goes on after the last name listed (in order).
+                entries = iter(backend.list(start_after=into[-1].name if into else None))
                 while batch := list(itertools.islice(entries, LIST_BATCH)):
                     into.extend(batch)
                     if each_batch:

@@ -21,8 +21,8 @@ folder the walk stopped in is listed again without its earlier names.
 
 from __future__ import annotations
 
-import bisect
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
@@ -39,6 +39,9 @@ AHEAD_PER_THREAD = 16
 #: Entries of listings read ahead held in memory, at most, in all; a larger
 #: listing read ahead waits on disk.
 AHEAD_WINDOW = 65_536
+#: Items of the folder being walked read early, at most, to find the
+#: subfolders to list ahead.
+LOOKAHEAD = 1_024
 
 
 def ordered_walk(
@@ -48,21 +51,23 @@ def ordered_walk(
     ``start_after``, only those whose names sort after it."""
     after = _After(start_after)
     ahead = _Ahead(scan, threads, run_size, after)
-    stack: list[Iterator[Any]] = []
+    stack: list[_Lookahead] = []
     try:
-        stack.append(ahead.listing("", root))
+        stack.append(_Lookahead(ahead.listing("", root)))
         while stack:
-            item = next(stack[-1], None)
+            top = stack[-1]
+            ahead.request(top)
+            item = top.next()
             if item is None:
-                stack.pop()
+                stack.pop().close()
             elif isinstance(item, Entry):
                 if after.keeps(item.name):
                     yield item
             elif after.enters(item[0]):
-                stack.append(ahead.listing(*item))
+                stack.append(_Lookahead(ahead.listing(*item)))
     finally:
         for listing in stack:
-            getattr(listing, "close", lambda: None)()
+            listing.close()
         ahead.close()
 
 
@@ -99,29 +104,42 @@ class _Stopped(Exception):
     """The walk ended while a folder was being listed ahead of it."""
 
 
-class _Listing:
-    """One folder's entries and subfolders in order, and its first few subfolders (to list ahead)."""
-
-    def __init__(self, scan: Scan, prefix: str, folder: Any, run_size: int, firsts: int, stop: threading.Event):
-        self.sorter = ExternalSorter(WALK_CODEC, run_size)
-        self.firsts: list[tuple[str, Any]] = []
-        try:
-            for item in scan(prefix, folder):
-                if stop.is_set():
-                    raise _Stopped
-                self.sorter.add(item)
-                if firsts and not isinstance(item, Entry) and (
-                    len(self.firsts) < firsts or item[0] < self.firsts[-1][0]
-                ):
-                    bisect.insort(self.firsts, item, key=_prefix_of)
-                    del self.firsts[firsts:]
-        except BaseException:
-            self.sorter.close()
-            raise
+def _listing(scan: Scan, prefix: str, folder: Any, run_size: int, stop: threading.Event) -> ExternalSorter:
+    """One folder's entries and subfolders, sorted as they stream in."""
+    sorter = ExternalSorter(WALK_CODEC, run_size)
+    try:
+        for item in scan(prefix, folder):
+            if stop.is_set():
+                raise _Stopped
+            sorter.add(item)
+    except BaseException:
+        sorter.close()
+        raise
+    return sorter
 
 
-def _prefix_of(folder: tuple[str, Any]) -> str:
-    return folder[0]
+class _Lookahead:
+    """A folder's items in order, with the next few read early: the
+    subfolders among them are the ones to list ahead."""
+
+    def __init__(self, sorter: ExternalSorter):
+        self.sorter = sorter
+        self.items = iter(sorter)
+        self.early: deque[Any] = deque()
+
+    def next(self) -> Any:
+        return self.early.popleft() if self.early else next(self.items, None)
+
+    def peek(self) -> Any:
+        """The next item not peeked at yet, None at the end."""
+        item = next(self.items, None)
+        if item is not None:
+            self.early.append(item)
+        return item
+
+    def close(self) -> None:
+        getattr(self.items, "close", lambda: None)()
+        self.sorter.close()
 
 
 class _Ahead(Generic[Folder]):
@@ -134,33 +152,32 @@ class _Ahead(Generic[Folder]):
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="list") if threads > 1 else None
         self.limit = threads * AHEAD_PER_THREAD
         self.share = max(1, AHEAD_WINDOW // self.limit)
-        self.started: dict[str, Future[_Listing]] = {}
+        self.started: dict[str, Future[ExternalSorter]] = {}
         self.stop = threading.Event()
 
-    def listing(self, prefix: str, folder: Folder) -> Iterator[Any]:
-        """The folder's items in order; its first subfolders are requested ahead."""
+    def listing(self, prefix: str, folder: Folder) -> ExternalSorter:
+        """The folder's items, sorted: listed ahead, or now."""
         future = self.started.pop(prefix, None)
-        listing = future.result() if future is not None else self._list(prefix, folder)
-        self._request(listing.firsts)
-        return iter(listing.sorter)
+        if future is not None:
+            return future.result()
+        return _listing(self.scan, prefix, folder, self.run_size, self.stop)
 
-    def _list(self, prefix: str, folder: Folder) -> _Listing:
-        return _Listing(self.scan, prefix, folder, self.run_size, self.limit if self.pool else 0, self.stop)
+    def _list_ahead(self, prefix: str, folder: Folder) -> ExternalSorter:
+        sorter = _listing(self.scan, prefix, folder, self.run_size, self.stop)
+        if sorter.held > self.share:
+            sorter.spill()  # it waits its turn on disk
+        return sorter
 
-    def _list_ahead(self, prefix: str, folder: Folder) -> _Listing:
-        listing = self._list(prefix, folder)
-        if listing.sorter.held > self.share:
-            listing.sorter.spill()  # it waits its turn on disk
-        return listing
-
-    def _request(self, folders: list[tuple[str, Folder]]) -> None:
+    def request(self, top: _Lookahead) -> None:
+        """Start listing the subfolders among the next items of ``top``, while there is room."""
         if self.pool is None:
             return
-        for prefix, folder in folders:
-            if len(self.started) >= self.limit:
+        while len(self.started) < self.limit and len(top.early) < LOOKAHEAD:
+            item = top.peek()
+            if item is None:
                 return
-            if prefix not in self.started and self.after.wants(prefix):
-                self.started[prefix] = self.pool.submit(self._list_ahead, prefix, folder)
+            if not isinstance(item, Entry) and self.after.wants(item[0]):
+                self.started[item[0]] = self.pool.submit(self._list_ahead, *item)
 
     def close(self) -> None:
         self.stop.set()
@@ -168,5 +185,5 @@ class _Ahead(Generic[Folder]):
             self.pool.shutdown(wait=True, cancel_futures=True)
         for future in self.started.values():
             if future.done() and not future.cancelled() and future.exception() is None:
-                future.result().sorter.close()
+                future.result().close()
         self.started.clear()
