@@ -110,7 +110,7 @@ def _pieces(page: PageOf, prefix: str, start_after: str | None, threads: int, de
     while True:
         got = page(prefix, first if token is None else None, token, True)
         token = got.token
-        split_further = depth < MAX_DEPTH and token is None and not got.objects and len(got.prefixes) < threads
+        split_further = depth < MAX_DEPTH and token is None and len(got.prefixes) < threads
         keyed = heapq.merge(((o["Key"], o) for o in got.objects), ((p, p) for p in got.prefixes), key=_first)
         for key, piece in keyed:
             if isinstance(piece, dict):

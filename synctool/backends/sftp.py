@@ -1106,7 +1106,9 @@ def _folder_items(sftp: paramiko.SFTPClient, path: str) -> Iterator[paramiko.SFT
             try:
                 kind, msg = sftp._request(CMD_READDIR, handle)
             except EOFError:
-                break  # the end of the folder
+                # The folder's end, or a channel that died: paramiko says both
+                # the same way. The CLOSE below is answered only in the first case.
+                break
             if kind != CMD_NAME:
                 raise paramiko.SFTPError("Expected name response")
             for _ in range(msg.get_int()):
