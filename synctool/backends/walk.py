@@ -38,7 +38,7 @@ Scan = Callable[[str, Folder], Iterable[Any]]
 AHEAD_PER_THREAD = 16
 #: Entries of listings read ahead held in memory, at most, in all; a larger
 #: listing read ahead waits on disk.
-AHEAD_WINDOW = 65_536
+AHEAD_WINDOW = 131_072
 #: Items of the folder being walked read early, at most, to find the
 #: subfolders to list ahead.
 LOOKAHEAD = 1_024
