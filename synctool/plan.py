@@ -15,7 +15,7 @@ import dataclasses
 import hashlib
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 
 from synctool.backends.base import JOURNAL_RE, Backend, Entry, UnsafeName, check_name, is_journal
@@ -24,6 +24,9 @@ from synctool.march import march
 #: ``20261128043100.old.name``: a version kept by --retention.
 RETENTION_RE = re.compile(r"^\d{14}\.old\.")
 STAMP_FORMAT = "%Y%m%d%H%M%S"
+#: Retention names tried for one file before giving up: each one taken means
+#: another writer is busy at the destination.
+MAX_NAME_CONFLICTS = 100
 #: A source dated further than this ahead of the clock gets a warning.
 FUTURE_SLACK_SECONDS = 60.0
 __all__ = ["JOURNAL_RE", "RETENTION_RE", "Copy", "Compare", "Plan", "RetentionNames", "make_plan", "retention_name"]
@@ -58,6 +61,7 @@ class RetentionNames:
 
     def __init__(self, stamp: str, taken: Iterable[str] = (), max_segment_bytes: int | None = None):
         self.stamp = datetime.strptime(stamp, STAMP_FORMAT)
+        self.first_stamp = stamp
         self.taken = set(taken)
         self.max_segment_bytes = max_segment_bytes
         self._lock = threading.Lock()  # renames choose names from several threads
@@ -77,6 +81,13 @@ class RetentionNames:
         """``name`` turned out to exist (another writer made it): never choose it."""
         with self._lock:
             self.taken.add(name)
+
+    def mark_listed(self, name: str) -> None:
+        """A retention name in a listing. Only one stamped this run's second or
+        later can ever be chosen, so only those are kept: a destination holding
+        millions of old versions costs no memory here."""
+        if basename(name)[:14] >= self.first_stamp:
+            self.mark_taken(name)
 
 
 def retention_name(name: str, stamp: str, max_segment_bytes: int | None = None) -> str:
@@ -136,6 +147,10 @@ class Plan:
     unchanged: int = 0
     retention: RetentionNames | None = None
 
+    def add(self, kind: str, value: object) -> None:
+        """Take one of :class:`Planner`'s events."""
+        getattr(self, kind).append(value)
+
     @property
     def copy_bytes(self) -> int:
         return sum(c.entry.size for c in self.copies)
@@ -175,45 +190,20 @@ class DestinationTraits:
         return cls(backend.keeps_mtime, backend.max_segment_bytes, backend.is_temporary)
 
 
-def make_plan(
-    source: Iterable[Entry],
-    destination: Iterable[Entry],
-    *,
-    stamp: str,
-    force: bool = False,
-    retention: bool = False,
-    verify_contents: bool = False,
-    mtime_window: float = 1.0,
-    now: float | None = None,
-    target: DestinationTraits = DestinationTraits(),
-    recheck: frozenset[str] = frozenset(),
-    ordered: bool = False,
-    source_is_temporary: Callable[[str], bool] = Backend.is_temporary,
-) -> Plan:
-    """Merge the two listings into a :class:`Plan`.
+def make_plan(source: Iterable[Entry], destination: Iterable[Entry], *, ordered: bool = False, **settings) -> Plan:
+    """The whole plan at once, in memory: for tests and small listings.
 
-    ``mtime_window`` is the coarser of the two sides' timestamp resolutions:
-    a source newer by less than that is not "newer". ``now`` (the run's
-    start) finds source files dated in the future. ``recheck`` names files
-    whose copy at the destination was never read back (an interrupted
-    --verify-get-after-put run): their contents are compared.
-    ``source_is_temporary`` tells the source backend's temporary names,
-    which are never copied.
-
-    ``ordered`` listings (every backend's, see synctool/backends/walk.py)
-    are merged as they come; others are sorted first. Names are decided in
-    order: a retention name that a later name of the listings takes is
-    found taken when the rename or write refuses it, and the next is used.
+    ``settings`` are :class:`Planner`'s. ``ordered`` listings (every
+    backend's, see synctool/backends/walk.py) are merged as they come;
+    others are sorted first.
     """
     if not ordered:
         source, destination = sorted(source, key=_name), sorted(destination, key=_name)
-    plan = Plan()
-    plan.retention = RetentionNames(stamp, (), target.max_segment_bytes)
-    ctx = _Context(plan, force, retention, verify_contents, mtime_window, target, recheck, now)
-    own = (e for e in source if not (source_is_temporary(e.name) or is_journal(e.name)))
-    for s, d in march(own, destination):
-        ctx.step(s, d)
-    ctx.finish()
+    planner = Planner(**settings)
+    plan = Plan(retention=planner.retention)
+    for kind, value in planner.events(source, destination):
+        plan.add(kind, value)
+    plan.unchanged, plan.kept = planner.unchanged, planner.kept
     return plan
 
 
@@ -231,24 +221,75 @@ def _beyond(name: str | None, prefix: str) -> bool:
     return name is None or (name > folder and not name.startswith(folder))
 
 
-@dataclasses.dataclass
-class _Context:
-    plan: Plan
-    force: bool
-    retention: bool
-    verify_contents: bool
-    window: float
-    target: DestinationTraits
-    recheck: frozenset[str]
-    now: float | None
-    dst_links: set[str] = dataclasses.field(default_factory=set)
-    #: Removed destination names that may still be the folder of a coming
-    #: source name (the march has not passed their ``name/`` range). A later
-    #: one's range lies inside an earlier one's, or ends before it starts.
-    removed: list[str] = dataclasses.field(default_factory=list)
-    #: New source files whose ``name/`` range the destination may still fill
-    #: with files to remove: decided once the march has passed it.
-    waiting: list[Copy] = dataclasses.field(default_factory=list)
+class Planner:
+    """Merge two name-ordered listings into a stream of what to do.
+
+    :meth:`events` yields ``(kind, value)`` pairs as the march goes (the
+    kinds are :class:`Plan`'s fields: "copies", "renames", "deletes", ...),
+    holding only the small state that the order needs:
+
+    - ``waiting``: new source files whose ``name/`` range the destination may
+      still fill with files to remove; they are decided once the march has
+      passed that range (a folder of removed files then stands where the
+      file goes, and the copy is ``blocked``: written after the removals);
+    - ``removed``: destination names being removed that may still be the
+      folder of a coming source name (a removed file standing where a folder
+      goes blocks the copies below it).
+
+    Both hold one entry per folder level at most in a listing of the usual
+    shape. ``unchanged`` and ``kept`` are counted, not yielded.
+
+    ``mtime_window`` is the coarser of the two sides' timestamp resolutions:
+    a source newer by less than that is not "newer". ``now`` (the run's
+    start) finds source files dated in the future. ``recheck`` names files
+    whose copy at the destination was never read back (an interrupted
+    --verify-get-after-put run): their contents are compared.
+    ``source_is_temporary`` tells the source backend's temporary names,
+    which are never copied. Names are decided in order: a retention name
+    that a later name of the listings takes is found taken when the rename
+    or write refuses it, and the next is used.
+    """
+
+    def __init__(
+        self,
+        *,
+        stamp: str,
+        force: bool = False,
+        retention: bool = False,
+        verify_contents: bool = False,
+        mtime_window: float = 1.0,
+        now: float | None = None,
+        target: DestinationTraits = DestinationTraits(),
+        recheck: frozenset[str] = frozenset(),
+        source_is_temporary: Callable[[str], bool] = Backend.is_temporary,
+    ):
+        self.force = force
+        self.keep_old = retention
+        self.verify_contents = verify_contents
+        self.window = mtime_window
+        self.now = now
+        self.target = target
+        self.recheck = recheck
+        self.source_is_temporary = source_is_temporary
+        self.retention = RetentionNames(stamp, (), target.max_segment_bytes)
+        self.unchanged = 0
+        self.kept = 0
+        self.dst_links: set[str] = set()
+        self.removed: list[str] = []
+        self.waiting: list[Copy] = []
+        self.out: list[tuple[str, object]] = []
+
+    def events(self, source: Iterable[Entry], destination: Iterable[Entry]) -> Iterator[tuple[str, object]]:
+        own = (e for e in source if not (self.source_is_temporary(e.name) or is_journal(e.name)))
+        out = self.out
+        for s, d in march(own, destination):
+            self.step(s, d)
+            if out:
+                yield from out
+                out.clear()
+        self._pass(None)
+        yield from out
+        out.clear()
 
     def step(self, s: Entry | None, d: Entry | None) -> None:
         name = (s or d).name  # type: ignore[union-attr]
@@ -256,18 +297,15 @@ class _Context:
         if d is not None and d.link:
             self.dst_links.add(d.name)
         if is_retention_name(name):
-            self.plan.retention.mark_taken(name)  # type: ignore[union-attr]
+            self.retention.mark_listed(name)
         if s is not None and self.now is not None and not s.link and s.mtime > self.now + FUTURE_SLACK_SECONDS:
-            self.plan.future.append(s.name)
+            self.out.append(("future", s.name))
         if d is None:
             self.source_only(s)  # type: ignore[arg-type]
         elif s is None:
             self.destination_only(d)
         else:
             self.both(s, d)
-
-    def finish(self) -> None:
-        self._pass(None)
 
     def _pass(self, name: str | None) -> None:
         """The march has reached ``name`` (None: the end): close the ranges it is beyond."""
@@ -277,7 +315,7 @@ class _Context:
             done = [c for c in self.waiting if _beyond(name, c.entry.name)]
             if done:
                 self.waiting = [c for c in self.waiting if c not in done]
-                self.plan.copies.extend(done)
+                self.out.extend(("copies", c) for c in done)
 
     def _removing(self, name: str) -> None:
         """The destination-only ``name`` leaves: what waits inside its folders, or below it, must wait longer."""
@@ -292,7 +330,7 @@ class _Context:
         if copy.new:
             self.waiting.append(copy)
         else:
-            self.plan.copies.append(copy)
+            self.out.append(("copies", copy))
 
     def _problem(self, s: Entry) -> str | None:
         """Why the source file ``s`` cannot be mirrored, or None."""
@@ -316,11 +354,11 @@ class _Context:
     def _accept(self, s: Entry) -> bool:
         """Whether the source entry ``s`` takes part; refused names are noted."""
         if s.link:
-            self.plan.skipped_links.append(s.name)
+            self.out.append(("skipped_links", s.name))
             return False
         problem = self._problem(s)
         if problem:
-            self.plan.refused.append((s.name, problem))
+            self.out.append(("refused", (s.name, problem)))
             return False
         return True
 
@@ -329,40 +367,37 @@ class _Context:
             self._add_copy(Copy(s, "missing", new=True))
 
     def destination_only(self, d: Entry) -> None:
-        plan = self.plan
         if d.link:
-            plan.links.append(d.name)  # never followed, renamed nor deleted
+            self.out.append(("links", d.name))  # never followed, renamed nor deleted
             return
         try:
             check_name(d.name)
         except UnsafeName:
-            plan.ignored.append(d.name)  # never act on a name that could point outside the root
+            self.out.append(("ignored", d.name))  # never act on a name that could point outside the root
             return
         if self.target.is_temporary(d.name):
-            plan.deletes.append(d.name)  # debris of a killed run, never user data
+            self.out.append(("deletes", d.name))  # debris of a killed run, never user data
             self._removing(d.name)
         elif is_journal(d.name):
-            plan.journals.append(d.name)
+            self.out.append(("journals", d.name))
         elif is_retention_name(d.name):
-            plan.kept += 1  # a kept version is never deleted nor renamed again
-        elif self.retention:
-            assert plan.retention is not None
-            plan.renames.append((d.name, plan.retention.name_for(d.name)))
+            self.kept += 1  # a kept version is never deleted nor renamed again
+        elif self.keep_old:
+            self.out.append(("renames", (d.name, self.retention.name_for(d.name))))
             self._removing(d.name)
         else:
-            plan.deletes.append(d.name)
+            self.out.append(("deletes", d.name))
             self._removing(d.name)
 
     def both(self, s: Entry, d: Entry) -> None:
-        plan = self.plan
         if d.link and not s.link:
             # A link at the destination where the source has a file.
             problem = self._problem(s)
-            plan.refused.append((s.name, problem or f"{s.name}: a symbolic link at the destination is in the way"))
+            self.out.append(("refused", (s.name, problem or f"{s.name}: a symbolic link at the destination is in the way")))
             return
         if d.link:
-            plan.links.append(d.name)
-            plan.skipped_links.append(s.name)
+            self.out.append(("links", d.name))
+            self.out.append(("skipped_links", s.name))
             return
         if not self._accept(s):
             return
@@ -375,11 +410,11 @@ class _Context:
         else:
             reason = None
         if reason is None and not (self.verify_contents or s.name in self.recheck):
-            plan.unchanged += 1
+            self.unchanged += 1
             return
-        keep = plan.retention.name_for(d.name) if self.retention and plan.retention else None
+        keep = self.retention.name_for(d.name) if self.keep_old else None
         if reason is None:
-            plan.compares.append(Compare(s, d, keep))
+            self.out.append(("compares", Compare(s, d, keep)))
         else:
             stored = reason == "newer" and not self.target.keeps_mtime
             self._add_copy(Copy(s, reason, keep, unless_stored_mtime=stored))

@@ -22,6 +22,8 @@ class Progress:
         self.files_total = self.bytes_total = 0
         self.files_done = self.bytes_done = 0
         self.started = self.last_draw = 0.0
+        #: False while the totals still grow: no ETA until they are known.
+        self.final = True
 
     @property
     def enabled(self) -> bool:
@@ -30,10 +32,16 @@ class Progress:
     def start(self, phase: str, files: int = 0, nbytes: int = 0) -> None:
         self.finish()
         self.phase, self.files_total, self.bytes_total = phase, files, nbytes
+        self.final = True
         self.files_done = self.bytes_done = 0
         self.started = time.monotonic()
         self.last_draw = 0.0
         self.draw(force=True)
+
+    def grow(self, files: int = 0, nbytes: int = 0) -> None:
+        """More work found while the phase runs (the plan streams in as the listing goes)."""
+        self.files_total += files
+        self.bytes_total += nbytes
 
     def add(self, files: int = 0, nbytes: int = 0) -> None:
         self.files_done += files
@@ -43,13 +51,16 @@ class Progress:
     def line(self) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-9)
         rate = self.bytes_done / elapsed
-        parts = [f"{self.phase}:", f"{self.files_done}" + (f"/{self.files_total}" if self.files_total else "") + " files"]
+        more = "" if self.final else "+"  # the listing goes on: more may come
+        parts = [f"{self.phase}:", f"{self.files_done}" + (f"/{self.files_total}{more}" if self.files_total else "") + " files"]
         if self.bytes_total or self.bytes_done:
             parts.append(
-                f"{human_bytes(self.bytes_done)}" + (f"/{human_bytes(self.bytes_total)}" if self.bytes_total else "")
+                f"{human_bytes(self.bytes_done)}" + (f"/{human_bytes(self.bytes_total)}{more}" if self.bytes_total else "")
             )
             parts.append(f"{human_bytes(rate)}/s")
-        if self.bytes_total and rate > 0 and self.bytes_done < self.bytes_total:
+        if not self.final:
+            pass
+        elif self.bytes_total and rate > 0 and self.bytes_done < self.bytes_total:
             parts.append(f"ETA {_clock((self.bytes_total - self.bytes_done) / rate)}")
         elif self.files_total and self.files_done and self.files_done < self.files_total:
             parts.append(f"ETA {_clock((self.files_total - self.files_done) * elapsed / self.files_done)}")

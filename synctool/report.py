@@ -19,6 +19,12 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+#: Failed files and warnings kept by name in the report; past that they are
+#: counted (each was logged as it happened), so a run that fails a million
+#: files holds a bounded report.
+LISTED_CAP = 1000
+
+
 @dataclasses.dataclass
 class Report:
     source: str = ""
@@ -41,9 +47,11 @@ class Report:
     unchanged: int = 0
     kept: int = 0  # retention versions left alone
     retries: int = 0
-    failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # the first LISTED_CAP
+    failed_count: int = 0
     errors: list[str] = dataclasses.field(default_factory=list)
-    warnings: list[str] = dataclasses.field(default_factory=list)
+    warnings: list[str] = dataclasses.field(default_factory=list)  # the first LISTED_CAP
+    warnings_count: int = 0
     elapsed: float = 0.0  # wall time of the whole run
     prompt_seconds: float = 0.0  # of that, time spent waiting at the [y/N] prompt
     worker_peak_rss: int = 0
@@ -54,6 +62,16 @@ class Report:
         """Bytes copied per second of the run, the time waiting for an answer at the prompt left out."""
         working = self.elapsed - self.prompt_seconds
         return self.copied_bytes / working if working > 0 else 0.0
+
+    def add_failure(self, name: str, error: str) -> None:
+        self.failed_count += 1
+        if len(self.failed) < LISTED_CAP:
+            self.failed.append((name, redact(error)))
+
+    def add_warning(self, message: str) -> None:
+        self.warnings_count += 1
+        if len(self.warnings) < LISTED_CAP:
+            self.warnings.append(redact(message))
 
     @property
     def ok(self) -> bool:
@@ -107,7 +125,7 @@ class Report:
             lines.append(
                 f"Renamed {self.renamed}, deleted {self.deleted}, verified {self.verified} "
                 f"({self.verify_mismatches} differed), read back {self.verified_after_put}, "
-                f"unchanged {self.unchanged}, failed {len(self.failed)}"
+                f"unchanged {self.unchanged}, failed {self.failed_count}"
             )
         return [printable(redact(line)) for line in lines]
 
@@ -115,5 +133,5 @@ class Report:
 class SyncFailed(Exception):
     def __init__(self, report: Report):
         self.report = report
-        detail = "; ".join(report.errors) or f"{len(report.failed)} file(s) failed"
+        detail = "; ".join(report.errors) or f"{report.failed_count} file(s) failed"
         super().__init__(f"sync failed (exit code {int(report.exit_code)}): {redact(detail)}")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import os
 
 import pytest
 
 import synctool
+from synctool.coordinator import Coordinator, Env
 from synctool.errors import ExitCode
+from synctool.options import SyncOptions
 from tests.helpers import FAST, FAST_CLI, OLD, make_tree, read_tree, start_synctool
 
 BIG = 3 << 20  # more than the 2 MiB of small_fs
@@ -26,10 +29,12 @@ def test_a_local_destination_without_room_stops_before_writing(tmp_path, small_f
     proc = start_synctool(src, small_fs, "-y", *FAST_CLI)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == ExitCode.FATAL, (out, err)
-    assert "not enough free space at the destination: the copies need 3.0 MiB" in err
+    # Copies start while the listing goes on: the run stops at the first that does not fit.
+    assert "not enough free space at the destination: the copies need at least 3.0 MiB" in err
+    assert "nothing was deleted" in err
     assert "quota-disable=true" in err
     assert err.count("not enough free space") == 1
-    # Nothing written, nothing deleted: not even the file that would fit.
+    # Nothing written (the first copy does not fit, and the run stops there), nothing deleted.
     assert read_tree(small_fs) == BEFORE
     # Once the plan fits, it runs.
     (src / "big").unlink()
@@ -66,8 +71,32 @@ def test_a_full_sftp_server_stops_the_run_before_writing(sshd_server, small_fs, 
     url = sshd_server.url(str(small_fs).lstrip("/"), served_as="")
     report = synctool.sync(str(_source(tmp_path)), url, dst_options=sshd_server.key_options(), **FAST)
     assert report.exit_code == ExitCode.FATAL
-    assert report.errors[0].startswith("not enough free space at the destination: the copies need 3.0 MiB")
+    assert report.errors[0].startswith("not enough free space at the destination: the copies need at least 3.0 MiB")
     assert report.copied == 0 and read_tree(small_fs) == BEFORE
     options = {**sshd_server.key_options(), "quota-disable": "true"}
     report = synctool.sync(str(_source(tmp_path)), url, dst_options=options, **FAST)
     assert report.exit_code == ExitCode.PARTIAL and "not enough free space" not in " ".join(report.errors)
+
+
+def test_copies_that_fit_before_one_that_does_not_are_kept_and_nothing_is_deleted(tmp_path, small_fs):
+    """Copies start while the listing goes on: those that fit are written,
+    none after the one that does not, and nothing is deleted."""
+    src = tmp_path / "src"
+    make_tree(src, {"a-small": b"s" * 100, "b-big": os.urandom(BIG), "c-small": b"c" * 100}, mtime=OLD)
+    make_tree(small_fs, BEFORE)
+    report = synctool.sync(str(src), str(small_fs), **FAST)
+    assert report.exit_code == ExitCode.FATAL
+    assert "stopped before the copy that does not fit, nothing was deleted" in report.errors[0]
+    assert read_tree(small_fs) == {**BEFORE, "a-small": b"s" * 100}
+
+
+def test_a_plan_to_confirm_is_checked_whole_before_anything_is_written(tmp_path, small_fs):
+    src = tmp_path / "src"
+    make_tree(src, {"a-small": b"s" * 100, "b-big": os.urandom(BIG)}, mtime=OLD)
+    make_tree(small_fs, BEFORE)
+    env = Env(io.StringIO("y\n"), io.StringIO(), stdin_isatty=True)
+    report = Coordinator(SyncOptions(str(src), str(small_fs), confirm=False, **FAST), env).run()
+    assert report.exit_code == ExitCode.FATAL
+    assert "the copies need 3.0 MiB" in report.errors[0] and "nothing was written" in report.errors[0]
+    assert "Continue?" not in env.stdout.getvalue()  # refused before the question
+    assert read_tree(small_fs) == BEFORE

@@ -202,11 +202,12 @@ def test_the_dry_run_lists_on_stdout(tmp_path, changes):
     log = tmp_path / "run.log"
     p = synctool_run(src, dst, "--dry-run", *FAST_CLI, "--log-file", log)
     assert p.returncode == 0, p.stderr
+    # In name order, as the plan goes.
     assert p.stdout.splitlines() == [
+        "would delete extra.txt",
         "would copy missing.txt (3 B, missing)",
         "would copy newer.txt (5 B, newer)",
         "would copy resized.txt (10 B, size)",
-        "would delete extra.txt",
         "Would copy 3 file(s), 18 B",
         "Would rename 0, delete 1, verify 0 file(s)",
     ]

@@ -22,6 +22,9 @@ class Job:
     #: COPY: skip when the destination stored this very source mtime with the file
     unless_stored_mtime: bool = False
     reason: str = ""  # COPY: why the plan copies it (missing, size, newer, force, content), for the log
+    #: COMPARE: a copy whose earlier attempt may have written it already: the
+    #: same content there is that copy, other content is another writer's.
+    rechecking: bool = False
 
 
 @dataclasses.dataclass(slots=True)

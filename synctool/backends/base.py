@@ -46,10 +46,12 @@ TEMP_RE = re.compile(r"^\.synctool-[0-9a-f]+\.tmp$")
 #: A list of files written but not yet read back (--verify-get-after-put on
 #: a backend that cannot verify before a name becomes visible): at the root.
 JOURNAL_RE = re.compile(r"^\.synctool-unverified-[0-9a-f]+\.json$")
+#: What every journal's name starts with: a listing by prefix finds them all.
+JOURNAL_START = INTERNAL_PREFIX + "unverified-"
 
 
 def journal_name() -> str:
-    return f"{INTERNAL_PREFIX}unverified-{os.urandom(6).hex()}.json"
+    return f"{JOURNAL_START}{os.urandom(6).hex()}.json"
 
 
 def is_journal(name: str) -> bool:
@@ -441,6 +443,17 @@ class Backend(abc.ABC):
     def free_bytes(self) -> int | None:
         """Bytes free for new files below the root; None when the backend cannot tell."""
         return None
+
+    def journals(self) -> list[str]:
+        """The names of synctool's journals at the root (see workers/journal.py).
+
+        Only a backend that reads a write back after it became visible
+        (``verifies_before_commit`` False) has any; such a backend lists
+        them by their common start instead of listing everything.
+        """
+        if self.verifies_before_commit:
+            return []
+        return [e.name for e in self.list() if is_journal(e.name)]
 
     def read_small(self, name: str) -> bytes:
         """A small file whole, read by the coordinator (which forks workers

@@ -73,10 +73,12 @@ from synctool.backends.base import (
     BackendSpec,
     DeleteError,
     Entry,
+    JOURNAL_START,
     FatalBackendError,
     NotFound,
     Place,
     check_name,
+    is_journal,
 )
 from synctool.backends.budget import ByteBudget
 from synctool.backends.optiontable import NO_EFFECT, TIMEOUT_OPTIONS, Option, table
@@ -483,12 +485,19 @@ class S3Backend(Backend):
         return bool(page.get("KeyCount") or page.get("Contents"))
 
     def list(self, start_after: str | None = None) -> Iterator[Entry]:
+        return self._listed(self.prefix, start_after)
+
+    def journals(self) -> list[str]:
+        return [e.name for e in self._listed(self.prefix + JOURNAL_START) if is_journal(e.name)]
+
+    def _listed(self, prefix: str, start_after: str | None = None) -> Iterator[Entry]:
+        """Every object below the root whose key starts with ``prefix`` (and whose name sorts after ``start_after``)."""
         after = None if start_after is None else self.prefix + start_after
         with self._listing_client() as native:
             page = self._native_page(native) if native else self._boto3_page
             try:
                 # A few pages per key range at a time (see s3_list): the plan holds the rest.
-                for obj in s3_list.ordered_keys(page, self.prefix, after, LIST_THREADS):
+                for obj in s3_list.ordered_keys(page, prefix, after, LIST_THREADS):
                     entry = self._entry(obj)
                     if entry is not None:
                         yield entry

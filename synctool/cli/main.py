@@ -25,7 +25,8 @@ from synctool.backends.registry import backend_classes
 from synctool.cli.args import expand_bool_options, expand_option_lists
 from synctool.cli.helptext import COMMANDS, help_command, schemes_line
 from synctool.cli.console import entry  # noqa: F401 - what console scripts installed before synctool.cli.console run
-from synctool.coordinator import Env, open_side, refuse_overlap
+from synctool.coordinator import Env
+from synctool.preflight import open_side, refuse_overlap
 from synctool.errors import ExitCode, SyncError, UsageError
 from synctool.options import SyncOptions, default_workers, parse_log_level, parse_option_list, read_tool_option
 
