@@ -7,8 +7,8 @@
 
 It makes ``--count`` empty files in folders of 1,000 (100 folders to a top
 folder) twice: a local source, and the folder that ``rclone serve s3``
-serves as bucket ``scale`` (each file there is an object; writing the files
-is far quicker than a PUT each). Both trees carry one mtime, so a sync
+serves as bucket ``scale``, as hard links to the first (each file there is
+an object; making files is far quicker than a PUT each). Both trees carry one mtime, so a sync
 between them has nothing to do and measures listing and planning alone.
 The trees are kept under ``--where`` and reused by the next run of the same
 count.
@@ -58,23 +58,28 @@ def names(count: int):
         yield f"t{folder // FOLDERS_PER_TOP:03}/d{folder % FOLDERS_PER_TOP:03}/f{i % PER_FOLDER:04}"
 
 
-def make_tree(root: Path, count: int) -> None:
-    """``count`` empty files below ``root``, unless a complete tree of that count is there."""
+def make_tree(root: Path, count: int, like: Path | None = None) -> None:
+    """``count`` empty files below ``root`` (hard links to those of ``like``:
+    the same names, sizes and times, made several times faster), unless a
+    complete tree of that count is there."""
     done = root.parent / f".{root.name}-{count}.done"
     if done.exists():
         return
     if root.exists():
         shutil.rmtree(root)
     started = time.perf_counter()
-    made: set[str] = set()
-    for name in names(count):
-        folder, _, base = name.rpartition("/")
-        if folder not in made:
-            (root / folder).mkdir(parents=True, exist_ok=True)
-            made.add(folder)
-        path = os.path.join(root, name)
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
-        os.utime(path, (MTIME, MTIME))
+    if like is not None:
+        shutil.copytree(like, root, copy_function=os.link)
+    else:
+        made: set[str] = set()
+        for name in names(count):
+            folder = name.rpartition("/")[0]
+            if folder not in made:
+                (root / folder).mkdir(parents=True, exist_ok=True)
+                made.add(folder)
+            path = os.path.join(root, name)
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+            os.utime(path, (MTIME, MTIME))
     done.touch()
     print(f"made {count:,} files in {root} in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
 
@@ -161,7 +166,7 @@ def main() -> None:
     where = args.where / str(args.count)
     where.mkdir(parents=True, exist_ok=True)
     make_tree(where / "src", args.count)
-    make_tree(where / "s3" / BUCKET, args.count)
+    make_tree(where / "s3" / BUCKET, args.count, like=where / "src")
     s3_wanted = "s3" in targets
     with rclone_s3(where / "s3") if s3_wanted else contextlib.nullcontext() as s3:
         scale = Scale(args, where, s3)

@@ -28,7 +28,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
 from synctool.backends.base import Entry
-from synctool.backends.sorter import RUN_SIZE, WALK_CODEC, ExternalSorter
+from synctool.backends import sorter
+from synctool.backends.sorter import WALK_CODEC, ExternalSorter
 
 Folder = TypeVar("Folder")
 #: scan(prefix, folder) -> the folder's entries and its subfolders as
@@ -45,12 +46,13 @@ LOOKAHEAD = 1_024
 
 
 def ordered_walk(
-    scan: Scan, root: Folder, threads: int = 1, start_after: str | None = None, run_size: int = RUN_SIZE
+    scan: Scan, root: Folder, threads: int = 1, start_after: str | None = None, run_size: int | None = None
 ) -> Iterator[Entry]:
     """Every entry below ``root`` in name order (see the module notes); with
-    ``start_after``, only those whose names sort after it."""
+    ``start_after``, only those whose names sort after it. ``run_size``:
+    entries of one folder held in memory (default: sorter.RUN_SIZE)."""
     after = _After(start_after)
-    ahead = _Ahead(scan, threads, run_size, after)
+    ahead = _Ahead(scan, threads, run_size or sorter.RUN_SIZE, after)
     stack: list[_Lookahead] = []
     try:
         stack.append(_Lookahead(ahead.listing("", root)))
