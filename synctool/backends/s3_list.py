@@ -4,7 +4,7 @@ ListObjectsV2 answers up to 1,000 keys a request, and each request needs the
 last one's continuation token: one listing is a chain of round trips. So
 the keys below the root are split at their common prefixes, which a listing
 with ``Delimiter='/'`` names, going a level deeper while there are fewer
-prefixes than threads. Each prefix is a key range listed in its own thread;
+than :data:`SPLIT_FACTOR` prefixes per thread. Each prefix is a key range listed in its own thread;
 the ranges are read back one after the other, so the result is one stream
 in key order, as one chain would give (s5cmd and rclone split the same way).
 
@@ -41,7 +41,11 @@ PageOf = Callable[[str, "str | None", "str | None", bool], Page]
 #: Pages of a range listed ahead and not yet read, at most, per range.
 PAGES_AHEAD = 2
 #: Levels of common prefixes gone down, at most, to find enough ranges.
-MAX_DEPTH = 3
+MAX_DEPTH = 2
+#: Ranges wanted per thread: below that many prefixes, go a level deeper.
+#: Many short ranges keep every thread busy to the end, where a few long
+#: ones leave the last of them listing alone.
+SPLIT_FACTOR = 16
 #: Keys and ranges found by the delimited listings and not yet read, at most.
 PIECES_AHEAD = 2_000
 
@@ -110,7 +114,7 @@ def _pieces(page: PageOf, prefix: str, start_after: str | None, threads: int, de
     while True:
         got = page(prefix, first if token is None else None, token, True)
         token = got.token
-        split_further = depth < MAX_DEPTH and token is None and len(got.prefixes) < threads
+        split_further = depth < MAX_DEPTH and token is None and len(got.prefixes) < threads * SPLIT_FACTOR
         keyed = heapq.merge(((o["Key"], o) for o in got.objects), ((p, p) for p in got.prefixes), key=_first)
         for key, piece in keyed:
             if isinstance(piece, dict):
