@@ -4,6 +4,7 @@
     python scripts/bench.py                         # everything, 3 runs each (long)
     python scripts/bench.py --quick                 # small workloads: checks the script
     python scripts/bench.py --routes local-s3 --workloads small --cases full,noop --repeat 5
+    python scripts/bench.py --defaults --rtt 40 --routes local-s3,local-sftp,s3-sftp --cases full,noop
 
 For each route (local-local, local-s3, local-sftp, s3-sftp, local-ftp, local-webdav), workload (small,
 large, mixed) and case (full: first sync into a fresh destination; noop: the
@@ -12,7 +13,10 @@ same sync again, nothing changed; verify: first sync with
 fresh destination, checks that every destination equals the source (names,
 sizes and BLAKE3 of every file, outside the timed part), and prints one table
 of medians. The table also goes to BENCHMARKS.md with the machine and the
-versions used. Issue 5 says what is measured and why; BENCHMARKS.md says how.
+versions used. --defaults runs both tools as a user does (endpoints and
+credentials only), --rtt puts the S3 and SSH servers a round trip away
+(scripts/latency_proxy.py); each such run writes its own section of the
+report and leaves the rest. Issue 5 says what is measured and why; BENCHMARKS.md says how.
 
 Everything lives on tmpfs (/dev/shm): the workloads, the local destinations
 and the servers' folders, so both tools see the same steady storage.
@@ -29,6 +33,7 @@ import json
 import os
 import platform
 import random
+import re
 import shlex
 import shutil
 import statistics
@@ -36,7 +41,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -48,9 +53,12 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))  # scripts/servers.py
 sys.path.insert(1, str(REPO))  # synctool, when not installed
 
-from servers import S3Server, SSHServer, openssh_sftp, rclone_s3, real_executable  # noqa: E402
+from latency_proxy import delayed  # noqa: E402
+from servers import LOOPBACK, S3Server, SSHServer, openssh_sftp, rclone_s3, real_executable  # noqa: E402
 from servers_ftp import FTPServer, rclone_ftp  # noqa: E402
+from servers_dask import dask_cluster  # noqa: E402
 from servers_webdav import WebDAVServer, rclone_webdav  # noqa: E402
+from servers_azure import AzuriteServer, azurite  # noqa: E402
 
 from synctool.backends.base import BackendSpec  # noqa: E402
 from synctool.backends.registry import open_backend  # noqa: E402
@@ -65,7 +73,7 @@ GENERATOR = 2
 
 ROUTES = {"local-local": ("local", "local"), "local-s3": ("local", "s3"),
           "local-sftp": ("local", "sftp"), "s3-sftp": ("s3", "sftp"), "local-ftp": ("local", "ftp"),
-          "local-webdav": ("local", "webdav")}  # fmt: skip
+          "local-webdav": ("local", "webdav"), "local-azure": ("local", "azure")}  # fmt: skip
 WORKLOADS = ("small", "large", "mixed")
 CASES = ("full", "noop", "verify")
 SRC_BUCKET = "benchsrc"
@@ -169,40 +177,39 @@ def make_workload(cache: Path, name: str, quick: bool) -> Workload:
 
 
 # -- checking a destination --------------------------------------------------------
-def listing(root: Path) -> dict[str, os.stat_result]:
+def listing(side: Side) -> dict[str, tuple[int, object]]:
+    """name -> (size, a stamp that changes when the file is written again)."""
+    if side.blobs is not None:
+        return side.blobs()  # a blob's stamp is its ETag
     out = {}
-    for folder, _, names in os.walk(root):
+    for folder, _, names in os.walk(side.disk):
         for n in names:
-            path = os.path.join(folder, n)
-            out[os.path.relpath(path, root)] = os.stat(path)
+            st = os.stat(os.path.join(folder, n))
+            out[os.path.relpath(os.path.join(folder, n), side.disk)] = (st.st_size, (st.st_ino, st.st_mtime_ns))
     return out
 
 
-def differences(workload: Workload, root: Path) -> str | None:
-    """None when ``root`` holds exactly the workload's files, byte for byte."""
-    if not root.is_dir():
-        return f"{root} does not exist"
-    found = listing(root)
+def differences(workload: Workload, side: Side) -> str | None:
+    """None when ``side`` holds exactly the workload's files, byte for byte."""
+    if side.blobs is None and not side.disk.is_dir():
+        return f"{side.disk} does not exist"
+    found = listing(side)
     missing = sorted(set(workload.manifest) - set(found))
     extra = sorted(set(found) - set(workload.manifest))
     if missing or extra:
         return f"{len(missing)} missing (e.g. {missing[:3]}), {len(extra)} extra (e.g. {extra[:3]})"
     for rel, (size, digest) in workload.manifest.items():
-        if found[rel].st_size != size:
-            return f"{rel}: {found[rel].st_size} bytes, expected {size}"
-        if hash_file(root / rel) != digest:
+        if found[rel][0] != size:
+            return f"{rel}: {found[rel][0]} bytes, expected {size}"
+        if (side.hash(rel) if side.hash else hash_file(side.disk / rel)) != digest:
             return f"{rel}: content differs"
     return None
 
 
-def rewritten(before: dict[str, os.stat_result], root: Path) -> int:
-    """Files a no-op run replaced or touched (new inode or new mtime)."""
-    after = listing(root)
-    return sum(
-        1
-        for rel, st in before.items()
-        if rel not in after or (after[rel].st_ino, after[rel].st_mtime_ns) != (st.st_ino, st.st_mtime_ns)
-    )
+def rewritten(before: dict[str, tuple[int, object]], side: Side) -> int:
+    """Files a no-op run replaced or touched (new inode or mtime; a new ETag)."""
+    after = listing(side)
+    return sum(1 for rel, stamp in before.items() if after.get(rel) != stamp)
 
 
 # -- running and measuring one command ---------------------------------------------
@@ -213,6 +220,7 @@ class Run:
     error: str | None = None  # the tool failed, or its destination is wrong
     rewritten: int = 0  # no-op runs only: files the run wrote anyway
     capped: bool = False  # stopped at --cap: ``seconds`` is a lower bound
+    load: float = 0.0  # the machine's 1-minute load average as the run started
 
 
 def timed(commands: list[list[str]], log: Path, env: dict[str, str], cap: float) -> Run:
@@ -227,6 +235,7 @@ def timed(commands: list[list[str]], log: Path, env: dict[str, str], cap: float)
     its children every 20 ms (synctool's workers are child processes).
     """
     total, peak = 0.0, 0
+    load = os.getloadavg()[0]
     with open(log, "ab") as out:
         for cmd in commands:
             out.write(f"$ {shlex.join(cmd)}\n".encode())
@@ -262,10 +271,10 @@ def timed(commands: list[list[str]], log: Path, env: dict[str, str], cap: float)
             peak = max(peak, peaks[0])
             if code is None:
                 out.write(f"stopped at the cap of {cap:.0f} s\n".encode())
-                return Run(cap, peak, capped=True)
+                return Run(cap, peak, capped=True, load=load)
             if code != 0:
-                return Run(total, peak, f"{Path(cmd[0]).name} {cmd[1] if len(cmd) > 1 else ''} exit {code}, see {log}")
-    return Run(total, peak)
+                return Run(total, peak, f"{Path(cmd[0]).name} {cmd[1] if len(cmd) > 1 else ''} exit {code}, see {log}", load=load)
+    return Run(total, peak, load=load)
 
 
 # -- the bench ---------------------------------------------------------------------
@@ -277,6 +286,9 @@ class Side:
     options: dict[str, str]
     rclone: str
     disk: Path
+    #: Where the files are no plain files (Azurite's blobs): list and hash them through the server.
+    blobs: Callable[[], dict[str, tuple[int, object]]] | None = None
+    hash: Callable[[str], str] | None = None
 
 
 class Bench:
@@ -288,10 +300,18 @@ class Bench:
         ssh: SSHServer | None,
         ftp: FTPServer | None = None,
         dav: WebDAVServer | None = None,
+        az: AzuriteServer | None = None,
+        s3_nearby: S3Server | None = None,
+        dask=None,
     ):
+        """``s3`` and ``ssh`` are the servers as the tools reach them (through
+        the latency proxy with --rtt); ``s3_nearby`` is the same S3 server
+        reached directly, for setting up buckets outside the timing."""
         self.args = args
+        self.dask = dask  # a DaskCluster: synctool-dask runs the shards there
         self.run_dir = run_dir
-        self.s3, self.ssh, self.ftp, self.dav = s3, ssh, ftp, dav
+        self.s3, self.ssh, self.ftp, self.dav, self.az = s3, ssh, ftp, dav, az
+        self.s3_nearby = s3_nearby or s3
         self.synctool = real_executable("synctool")
         self.rclone = real_executable("rclone")
         self.counter = 0
@@ -306,6 +326,8 @@ class Bench:
             self.env.update(ftp.rclone_env("benchftp"))
         if dav:
             self.env.update(dav.rclone_env("benchdav"))
+        if az:
+            self.env.update(az.rclone_env("benchaz"))
         self.results: dict[tuple[str, str, str, str], list[Run]] = {}
         self.transfers: dict[str, int] = {}
 
@@ -325,9 +347,9 @@ class Bench:
             path = self.run_dir / "local" / f"d{n:04d}"
             return Side(str(path), {}, str(path), path)
         if kind == "s3":
-            assert self.s3
+            assert self.s3 and self.s3_nearby
             bucket = f"dst{n:04d}"
-            self.s3.create_bucket(bucket)  # for both tools alike, outside the timing
+            self.s3_nearby.create_bucket(bucket)  # for both tools alike, outside the timing
             return Side(f"s3://{bucket}/mirror", self.s3.synctool_options(), f"benchs3:{bucket}/mirror",
                         self.s3.root / bucket / "mirror")  # fmt: skip
         if kind == "ftp":
@@ -338,11 +360,21 @@ class Bench:
             assert self.dav
             folder = f"d{n:04d}"
             return Side(self.dav.url(folder), self.dav.synctool_options(), f"benchdav:{folder}", self.dav.root / folder)
+        if kind == "azure":
+            assert self.az
+            container = f"dst{n:04d}"
+            self.az.create_container(container)
+            return Side(f"azure://{container}/mirror", self.az.synctool_options(), f"benchaz:{container}/mirror",
+                        Path(container), lambda: self.az.stamps(container, "mirror/"),
+                        lambda rel: self.az.blake3(container, f"mirror/{rel}"))  # fmt: skip
         assert self.ssh
         path = self.run_dir / "sftp" / f"d{n:04d}"
         return Side(self.ssh.url(str(path)), self.ssh.synctool_options(), f"benchsftp:{path}", path)
 
     def remove(self, dst: Side) -> None:
+        if dst.blobs is not None:
+            self.az.container(str(dst.disk)).delete_container()
+            return
         # An S3 destination's bucket folder goes too (bucket names are never reused).
         shutil.rmtree(dst.disk.parent if dst.synctool.startswith("s3://") else dst.disk, ignore_errors=True)
 
@@ -357,9 +389,14 @@ class Bench:
         return self.args.workers * per_worker
 
     # -- commands --------------------------------------------------------------------
-    def synctool_command(self, src: Side, dst: Side, verify: bool) -> list[list[str]]:
-        cmd = [self.synctool, src.synctool, dst.synctool, "-y", "--log-level", "warning",
-               "--workers", str(self.args.workers)]  # fmt: skip
+    def synctool_command(self, src: Side, dst: Side, verify: bool, dask: bool = False) -> list[list[str]]:
+        # At --defaults, as a user runs it: endpoints, credentials, and -y
+        # (there is no one to answer the question).
+        cmd = [self.synctool, src.synctool, dst.synctool, "-y"]
+        if not self.args.defaults:
+            cmd += ["--log-level", "warning", "--workers", str(self.args.workers)]
+        if dask:
+            cmd += ["--scheduler", self.dask.address]
         for flag, side in (("--src-options", src), ("--dst-options", dst)):
             if side.options:
                 cmd += [flag, *(f"{k}={v}" for k, v in side.options.items())]
@@ -368,8 +405,10 @@ class Bench:
         return [cmd]
 
     def rclone_command(self, tool: str, src: Side, dst: Side, verify: bool, transfers: int | None) -> list[list[str]]:
-        flags = ["--config", "/dev/null", "-q"]
-        if transfers:
+        # --config /dev/null: the remotes come from the environment, and no
+        # config file of the user's changes what is measured.
+        flags = ["--config", "/dev/null"] + ([] if self.args.defaults else ["-q"])
+        if transfers and not self.args.defaults:
             flags += ["--transfers", str(transfers), "--checkers", str(transfers)]
         if tool == "rclone-nohash":
             flags.append("--sftp-disable-hashcheck")
@@ -388,9 +427,9 @@ class Bench:
         transfers = self.parallel_transfers(src, probe)
         self.remove(probe)
         # local-local: synctool copies inline (1 job per worker); rclone keeps its defaults.
-        rclone_transfers = None if route == "local-local" else transfers
+        rclone_transfers = None if route == "local-local" or self.args.defaults else transfers
         self.transfers[route] = transfers
-        tools = ["synctool", "rclone"] + (["rclone-nohash"] if dst_kind == "sftp" else [])
+        tools = ["synctool", *(["synctool-dask"] if self.dask else []), "rclone"] + (["rclone-nohash"] if dst_kind == "sftp" else [])
         cases = self.args.cases
         given_up: set[tuple[str, str]] = set()  # (tool, case group) slower than --slow
         log = self.run_dir / "logs" / f"{route}-{workload.name}.log"
@@ -404,13 +443,13 @@ class Bench:
                   f"peak {run.peak_rss / MiB:.0f} MiB{mark}", file=sys.stderr, flush=True)  # fmt: skip
 
         def command(tool: str, dst: Side, verify: bool) -> list[list[str]]:
-            if tool == "synctool":
-                return self.synctool_command(src, dst, verify)
+            if tool.startswith("synctool"):
+                return self.synctool_command(src, dst, verify, dask=tool == "synctool-dask")
             return self.rclone_command(tool, src, dst, verify, rclone_transfers)
 
         def checked(run: Run, dst: Side) -> Run:
             if run.error is None and not run.capped:
-                run.error = differences(workload, dst.disk)
+                run.error = differences(workload, dst)
             return run
 
         for rep in range(self.args.repeat):
@@ -428,9 +467,9 @@ class Bench:
                         given_up.add((tool, "sync"))
                     # A capped first sync left a partial destination: no no-op to time.
                     if "noop" in cases and run.error is None and not run.capped:
-                        before = listing(dst.disk)
+                        before = listing(dst)
                         again = timed(command(tool, dst, False), log, self.env, self.args.cap)
-                        again.rewritten = rewritten(before, dst.disk)
+                        again.rewritten = rewritten(before, dst)
                         checked(again, dst)
                         record("noop", tool, again)
                     self.remove(dst)
@@ -459,12 +498,13 @@ def table_rows(bench: Bench, workloads: dict[str, Workload]) -> list[list[str]]:
                 continue
             s, r = summary(st, bench.args.repeat), summary(rc, bench.args.repeat)
             ratio = ratio_text(s, r)
+            loads = [run.load for run in st + rc]
             rows.append([
                 route, wl, case, RCLONE_LABEL[variant],
                 s["time"], r["time"], ratio,
                 rate(w.bytes / 1e6, s, case), rate(w.bytes / 1e6, r, case),
                 rate(w.files, s), rate(w.files, r),
-                s["peak"], r["peak"],
+                s["peak"], r["peak"], f"{statistics.median(loads):.1f}" if loads else "–",
             ])  # fmt: skip
     return rows
 
@@ -504,7 +544,7 @@ def rate(amount: float, s: dict, case: str = "") -> str:
 
 HEADER = ["route", "workload", "case", "compared with", "synctool s", "rclone s", "ratio",
           "synctool MB/s", "rclone MB/s", "synctool files/s", "rclone files/s",
-          "synctool peak MiB", "rclone peak MiB"]  # fmt: skip
+          "synctool peak MiB", "rclone peak MiB", "load"]  # fmt: skip
 
 
 def text_table(rows: list[list[str]]) -> str:
@@ -519,19 +559,33 @@ def markdown_table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def ratio_target(args, workload: str) -> float:
+    """The largest synctool / rclone ratio a row may show.
+
+    Across a network, small files are round trips, and synctool keeps more
+    of them in flight than rclone's defaults do: it must take at most half
+    rclone's time there; large files are bandwidth, which both share alike.
+    """
+    if args.rtt:
+        return 1.0 if workload == "large" else 0.5
+    return 1.0
+
+
 def target_misses(bench: Bench) -> list[str]:
-    """Issue 5's targets, checked on this run's figures."""
+    """The targets, checked on this run's figures."""
     def med(route, wl, case, tool):
         s = summary(bench.results.get((route, wl, case, tool), []), bench.args.repeat)
         return s["median"] if s["ok"] and not s["capped"] else None
 
     misses = []
     for route, wl, case, tool in sorted(bench.results):
-        if tool == "synctool":
+        if tool.startswith("synctool"):
             continue
         st, rc = med(route, wl, case, "synctool"), med(route, wl, case, tool)
-        if st and rc and st > rc:
-            misses.append(f"{route} {wl} {case}: synctool {st:.2f} s > {RCLONE_LABEL[tool]} {rc:.2f} s (ratio {st / rc:.2f})")
+        target = ratio_target(bench.args, wl)
+        if st and rc and st > target * rc:
+            misses.append(f"{route} {wl} {case}: synctool {st:.2f} s, {RCLONE_LABEL[tool]} {rc:.2f} s "
+                          f"(ratio {st / rc:.2f}, target ≤ {target:.1f})")  # fmt: skip
     for route, wl in sorted({k[:2] for k in bench.results}):
         full, verify = med(route, wl, "full", "synctool"), med(route, wl, "verify", "synctool")
         if full and verify and verify > 1.3 * full:
@@ -539,6 +593,10 @@ def target_misses(bench: Bench) -> list[str]:
         runs = [r for r in bench.results.get((route, wl, "full", "synctool"), []) if r.error is None]
         if wl == "large" and runs and max(r.peak_rss for r in runs) >= 300 * MiB:
             misses.append(f"{route} large: synctool peak {max(r.peak_rss for r in runs) / MiB:.0f} MiB (target < 300)")
+    for route, wl, case, pool, dask in dask_rows(bench):
+        if pool and dask and dask > (1 + DASK_OVERHEAD_TARGET) * pool:
+            misses.append(f"{route} {wl} {case}: synctool on Dask {dask:.2f} s, "
+                          f"{dask / pool - 1:+.0%} over the process pool {pool:.2f} s (target ≤ {DASK_OVERHEAD_TARGET:+.0%})")
     for key, runs in sorted(bench.results.items()):
         for r in runs:
             if r.error:
@@ -548,6 +606,93 @@ def target_misses(bench: Bench) -> list[str]:
             elif r.rewritten:
                 misses.append(f"{' '.join(key)}: the no-op run rewrote {r.rewritten} files")
     return misses
+
+
+# -- synctool on Dask -------------------------------------------------------------------
+DASK_OVERHEAD_TARGET = 0.10  # at most this much slower than the process pool on the same host
+SCHEDULER_PROBE_TASKS = 1000
+
+
+def dask_rows(bench: Bench) -> list[tuple[str, str, str, float | None, float | None]]:
+    """(route, workload, case, process pool median s, Dask median s) of every case both ran."""
+    rows = []
+    for route, wl, case, tool in sorted(bench.results):
+        if tool != "synctool-dask":
+            continue
+        pool, dask = (summary(bench.results.get((route, wl, case, t), []), bench.args.repeat) for t in ("synctool", tool))
+        rows.append((route, wl, case, *(s["median"] if s["ok"] and not s["capped"] else None for s in (pool, dask))))
+    return rows
+
+
+def scheduler_costs(cluster) -> dict[str, float]:
+    """What the scheduler costs per task, and per round trip, on this cluster (seconds)."""
+    with cluster.client() as client:
+        for _ in range(2):  # the first round warms the workers up
+            started = time.perf_counter()
+            client.gather(client.map(abs, range(SCHEDULER_PROBE_TASKS), pure=False))
+            per_task = (time.perf_counter() - started) / SCHEDULER_PROBE_TASKS
+        started = time.perf_counter()
+        for _ in range(200):
+            client.get_metadata(["bench-probe"], None)
+        round_trip = (time.perf_counter() - started) / 200
+    imports = []
+    for _ in range(3):  # what every run with --scheduler pays before it can connect
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import distributed"], check=True)
+        imports.append(time.perf_counter() - started)
+    return {"task": per_task, "round_trip": round_trip, "import": statistics.median(imports)}
+
+
+def dask_section(bench: Bench, workloads: dict[str, Workload]) -> list[str]:
+    if bench.dask is None:
+        return []
+    costs = bench.scheduler_costs
+    rows = [f"| {route} | {wl} | {case} | {pool or 0:.2f} | {dask or 0:.2f} | "
+            f"{f'{dask / pool - 1:+.1%}' if pool and dask else '–'} |" for route, wl, case, pool, dask in dask_rows(bench)]  # fmt: skip
+    noop = [(workloads[wl].files / pool, route) for route, wl, case, pool, _ in dask_rows(bench)
+            if case == "noop" and wl == "small" and pool]  # fmt: skip
+    listing = f"{max(noop)[0]:,.0f} files/s ({max(noop)[1]} no-op, small workload)" if noop else "the noop rows of the table above give its rate"
+    per_shard = costs["task"] + 2 * costs["round_trip"]
+    return [
+        "## synctool on a Dask cluster (`--scheduler`)",
+        "",
+        f"The same runs with `--scheduler`: a `dask scheduler` and `dask worker --nworkers {bench.args.workers} "
+        "--nthreads 2` on this host (as many Dask workers as pool workers; two shards at a time each, as a pool "
+        "worker holds one running and one waiting), started once before the timing by `scripts/servers_dask.py`. "
+        "Overhead = Dask / process pool − 1 (target: at most "
+        f"{DASK_OVERHEAD_TARGET:+.0%}). Peak memory above counts synctool's own process tree only: the Dask "
+        "workers are not its children.",
+        "",
+        "| route | workload | case | process pool s | Dask s | overhead |",
+        "|---|---|---|--:|--:|--:|",
+        *rows,
+        "",
+        f"Scheduler cost measured here: {costs['task'] * 1e3:.2f} ms per task ({SCHEDULER_PROBE_TASKS} "
+        f"trivial tasks in a row), {costs['round_trip'] * 1e3:.2f} ms per round trip to the scheduler; a "
+        f"shard task costs about {per_shard * 1e3:.2f} ms (the task, and the two round trips with which it "
+        "marks itself started), plus one event per 64 results. Each run also imports Dask's `distributed` "
+        f"package before it connects: {costs['import']:.2f} s here (a fresh `python -c 'import distributed'`), "
+        "a fixed cost that dominates the overhead of short runs.",
+        "",
+        "### How throughput grows with hosts",
+        "",
+        "With H hosts each moving B bytes/s (its network, or its cores hashing BLAKE3 and speaking "
+        "TLS/HTTP, whichever is less), a run copies at about min(H × B, S, C, Q):",
+        "",
+        f"- **S, the scheduler**: one task per shard, shards of up to 64 small files or 64 MiB: about "
+        f"64 / {per_shard * 1e3:.2f} ms ≈ {64 / per_shard:,.0f} files/s, or 64 MiB per task of large files, "
+        "on one scheduler core.",
+        f"- **C, the coordinator**: one process lists both sides and plans ({listing}: a bound on "
+        "what a no-op run checks, and the floor under every run's start), and books every result.",
+        "- **Q, the storage itself**: an S3 service's request rate per prefix, an SFTP server's disks; "
+        "more hosts do not raise it.",
+        "",
+        "So large files scale with hosts until the storage or the network between them is full; small "
+        "files scale until the scheduler's few thousand tasks per second, times 64 files a task, or the "
+        "coordinator's single listing stream bounds them. Loopback on one 2-core host measures the costs, "
+        "not B.",
+        "",
+    ]
 
 
 # -- the report ---------------------------------------------------------------------
@@ -577,7 +722,106 @@ def machine_facts(bench: Bench) -> list[str]:
     ]
 
 
+SECTION_START, SECTION_END = "<!-- bench section {} -->", "<!-- end of bench section {} -->"
+
+
+def section_key(args) -> str | None:
+    """The part of the report a run of these options owns; None: the main tables."""
+    if not (args.defaults or args.rtt):
+        return None
+    return f"{'defaults' if args.defaults else 'matched'}-rtt{args.rtt:g}"
+
+
+def sections(text: str) -> dict[str, str]:
+    """The marked sections of a report, each with its markers, by key."""
+    pattern = re.escape(SECTION_START.format("KEY")).replace("KEY", r"(\S+)") + r".*?" + re.escape(SECTION_END.format("KEY")).replace("KEY", r"\1")
+    return {m.group(1): m.group(0) for m in re.finditer(pattern, text, re.DOTALL)}
+
+
 def write_report(path: Path, bench: Bench, workloads: dict[str, Workload], command: str, started: float, finished: bool) -> None:
+    """Write this run's tables into the report, keeping the other runs' sections.
+
+    The main run (matched transfers, loopback) writes the whole file around
+    the sections; a --defaults or --rtt run replaces only its own section.
+    """
+    old = path.read_text() if path.exists() else ""
+    kept = sections(old)
+    key = section_key(bench.args)
+    if key is None:
+        body = main_report(bench, workloads, command, started, finished)
+        path.write_text("\n".join([*body, *(kept[k] + "\n" for k in sorted(kept))]))
+        return
+    mine = "\n".join(section_report(bench, workloads, command, started, finished, key))
+    if key in kept:
+        path.write_text(old.replace(kept[key], mine))
+    else:
+        path.write_text(old.rstrip("\n") + "\n\n" + mine + "\n")
+
+
+def run_facts(bench: Bench, command: str, started: float, finished: bool) -> list[str]:
+    """When the run was, how it was started, and on what."""
+    return [
+        f"Run {datetime.datetime.fromtimestamp(started).strftime('%Y-%m-%d %H:%M')} "
+        f"(took {(time.time() - started) / 60:.0f} min{'' if finished else ', unfinished'}), with:",
+        "",
+        f"    {command}",
+        "",
+        *machine_facts(bench),
+    ]
+
+
+def section_report(bench: Bench, workloads, command: str, started: float, finished: bool, key: str) -> list[str]:
+    args = bench.args
+    where = f"across a {args.rtt:g} ms round trip" if args.rtt else "over loopback"
+    how = "both tools at their defaults" if args.defaults else "rclone given synctool's transfers"
+    loads = [r.load for runs in bench.results.values() for r in runs]
+    return [
+        SECTION_START.format(key),
+        f"## {how[0].upper() + how[1:]}, {where}",
+        "",
+        *run_facts(bench, command, started, finished),
+        f"- Load (1-minute average as each run started): {min(loads, default=0):.1f} to "
+        f"{max(loads, default=0):.1f}; the table's last column is each row's median. "
+        "Compare the tools within a row, not times across rows.",
+        *([f"- Workloads: {', '.join(f'{w.name} {w.files:,} files, {w.bytes / MiB:,.1f} MiB' for w in workloads.values())}."]),
+        "",
+        f"Median wall time of {args.repeat} runs each, the tools alternating (fewer where marked); "
+        "ratio = synctool / rclone.",
+        "",
+        markdown_table(table_rows(bench, workloads)),
+        "",
+        "Targets missed in this run (ratio at most "
+        + ("0.5 on small and mixed, 1.0 on large" if args.rtt else "1.0 on every row") + "):",
+        "",
+        *(f"- {m}" for m in target_misses(bench) or ["none"]),
+        "",
+        "How:",
+        "",
+        *([
+            "- synctool: `synctool SRC DST -y` and the backends' endpoint and credentials "
+            "(`--src-options`/`--dst-options`: S3 endpoint and keys; SSH key file, pinned host key, agent off), nothing else.",
+            "- rclone: `rclone sync SRC DST --config /dev/null`, its remotes (endpoint, credentials, "
+            "known_hosts) in environment variables, nothing else: 4 transfers, 8 checkers, its "
+            "own S3 upload cutoff and chunk size; on SFTP its default md5sum check after each upload, and a second row with "
+            "`--sftp-disable-hashcheck`.",
+        ] if args.defaults else [
+            "- synctool and rclone as in the main table above.",
+        ]),
+        *([
+            f"- The network: each server (S3, SSH) sits behind its own `scripts/latency_proxy.py` on "
+            f"loopback, which holds every chunk {args.rtt / 2:g} ms in each direction (a round trip "
+            f"of {args.rtt:g} ms), makes a new connection wait one round trip before its first "
+            "byte, and lets at most 4 MiB per direction of a connection be in flight (besides the "
+            "kernel's socket buffers), as a TCP window would; no bandwidth cap. Buckets are made and "
+            "the S3 source loaded directly, outside the timing.",
+        ] if args.rtt else []),
+        "- Everything else (tmpfs, servers, checking every destination, stopped runs) as in "
+        "\"How it is measured\" above.",
+        SECTION_END.format(key),
+    ]
+
+
+def main_report(bench: Bench, workloads: dict[str, Workload], command: str, started: float, finished: bool) -> list[str]:
     rows = table_rows(bench, workloads)
     transfers = ", ".join(f"{r} {t}" for r, t in bench.transfers.items())
     lines = [
@@ -585,12 +829,7 @@ def write_report(path: Path, bench: Bench, workloads: dict[str, Workload], comma
         "",
         "Generated by `scripts/bench.py`; edit that, not this file. Issue 5 defines what is measured.",
         "",
-        f"Run {datetime.datetime.fromtimestamp(started).strftime('%Y-%m-%d %H:%M')} "
-        f"(took {(time.time() - started) / 60:.0f} min{'' if finished else ', unfinished'}), with:",
-        "",
-        f"    {command}",
-        "",
-        *machine_facts(bench),
+        *run_facts(bench, command, started, finished),
         "- Other work shared the machine's cores during the run: compare the two tools within a row "
         "(their runs alternate), not absolute times across rows or runs.",
         "",
@@ -607,10 +846,12 @@ def write_report(path: Path, bench: Bench, workloads: dict[str, Workload], comma
         f"Median wall time of {bench.args.repeat} runs each (fewer where marked); ratio = synctool / rclone, "
         "below 1.0 synctool is faster. MB = 10⁶ bytes; MB/s and files/s are the workload's size and file "
         "count over the median time (for noop, files compared per second). Peak = the largest summed RSS "
-        "of the tool's whole process tree.",
+        "of the tool's whole process tree; load = the machine's 1-minute load average as the row's runs "
+        "started (median).",
         "",
         markdown_table(rows),
         "",
+        *dask_section(bench, workloads),
         "## Issue 5's targets missed in this run",
         "",
         *(f"- {m}" for m in target_misses(bench) or ["none"]),
@@ -662,7 +903,7 @@ def write_report(path: Path, bench: Bench, workloads: dict[str, Workload], comma
         "(RSS counts shared pages once per process, so forked workers are slightly over-counted).",
         "",
     ]
-    path.write_text("\n".join(lines))
+    return lines
 
 
 # -- main ---------------------------------------------------------------------------
@@ -692,11 +933,18 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="synctool --workers [CPU count]")
     ap.add_argument("--slow", type=float, default=60.0, help="do not repeat a tool's case whose first run took longer [%(default)s s]")
     ap.add_argument("--cap", type=float, default=90.0, help="stop a run after this many seconds; its time is then a lower bound [%(default)s]")
+    ap.add_argument("--dask", action="store_true", help="also run synctool on a local Dask cluster (--scheduler)")
     ap.add_argument("--cache", type=Path, default=SHM / "synctool-bench-cache", help="where workloads are generated [%(default)s]")
+    ap.add_argument("--rtt", type=float, default=0.0, metavar="MS",
+                    help="reach the S3 and SSH servers across this round trip (scripts/latency_proxy.py) [none]")
+    ap.add_argument("--defaults", action="store_true",
+                    help="both tools as a user runs them: endpoints and credentials only (no --workers, --transfers ...)")
     args = ap.parse_args()
     args.routes = pick(args.routes, ROUTES, "route")
     args.workloads = pick(args.workloads, WORKLOADS, "workload")
     args.cases = pick(args.cases, CASES, "case")
+    if args.rtt and any(set(ROUTES[r]) & {"ftp", "webdav"} for r in args.routes):
+        raise SystemExit("--rtt puts only the S3 and SSH servers across a network; leave out the FTP and WebDAV routes")
     command = "python scripts/bench.py " + shlex.join(sys.argv[1:])
     started = time.time()
 
@@ -716,12 +964,20 @@ def main() -> int:
         needs_ssh = any("sftp" in ROUTES[r] for r in args.routes)
         needs_ftp = any("ftp" in ROUTES[r] for r in args.routes)
         needs_dav = any("webdav" in ROUTES[r] for r in args.routes)
+        needs_azure = any("azure" in ROUTES[r] for r in args.routes)
         with contextlib.ExitStack() as stack:
             s3 = stack.enter_context(rclone_s3(run_dir / "s3")) if needs_s3 else None
             ssh = stack.enter_context(openssh_sftp(run_dir / "sshd")) if needs_ssh else None
             ftp = stack.enter_context(rclone_ftp(run_dir / "ftp")) if needs_ftp else None
             dav = stack.enter_context(rclone_webdav(run_dir / "webdav")) if needs_dav else None
-            bench = Bench(args, run_dir, s3, ssh, ftp, dav)
+            az = stack.enter_context(azurite(run_dir / "azurite")) if needs_azure else None
+            s3_far, ssh_far = s3, ssh
+            if args.rtt:
+                s3_far, ssh_far = across_network(stack, s3, ssh, args.rtt)
+            dask = stack.enter_context(dask_cluster(run_dir / "dask", workers=args.workers, threads=2)) if args.dask else None
+            bench = Bench(args, run_dir, s3_far, ssh_far, ftp, dav, az, s3_nearby=s3, dask=dask)
+            if dask:
+                bench.scheduler_costs = scheduler_costs(dask)
             if s3_source:
                 load_s3_source(bench, workloads.values())
             for route in args.routes:
@@ -746,6 +1002,22 @@ def main() -> int:
             shutil.rmtree(args.cache, ignore_errors=True)
 
 
+def across_network(stack: contextlib.ExitStack, s3: S3Server | None, ssh: SSHServer | None, rtt_ms: float):
+    """The S3 and SSH servers as the tools see them from ``rtt_ms`` away: each behind its own proxy."""
+    s3_far = ssh_far = None
+    if s3:
+        proxy = stack.enter_context(delayed(s3.port, rtt_ms / 2))
+        s3_far = dataclasses.replace(s3, endpoint=f"http://{LOOPBACK}:{proxy.port}", port=proxy.port, _client=None)
+    if ssh:
+        proxy = stack.enter_context(delayed(ssh.port, rtt_ms / 2))
+        # rclone checks the host key against the address it dials: the proxy's port.
+        known_hosts = ssh.known_hosts.with_name(f"known_hosts-{proxy.port}")
+        key_type, key = ssh.known_hosts.read_text().split()[1:3]
+        known_hosts.write_text(f"[{LOOPBACK}]:{proxy.port} {key_type} {key}\n")
+        ssh_far = dataclasses.replace(ssh, port=proxy.port, known_hosts=known_hosts)
+    return s3_far, ssh_far
+
+
 def byte_compile() -> None:
     """Compile synctool's modules, as ``pip install`` does.
 
@@ -757,16 +1029,20 @@ def byte_compile() -> None:
 
 
 def load_s3_source(bench: Bench, workloads) -> None:
-    """Upload each workload once into the source bucket (not timed), and check it."""
-    assert bench.s3
-    bench.s3.create_bucket(SRC_BUCKET)
+    """Upload each workload once into the source bucket (not timed), and check it.
+
+    Straight to the server, not across --rtt's delay: this is set-up.
+    """
+    assert bench.s3_nearby
+    bench.s3_nearby.create_bucket(SRC_BUCKET)
+    env = {**bench.env, **bench.s3_nearby.rclone_env("benchs3")}
     for w in workloads:
         src = bench.source("s3", w)
         code = subprocess.run(
             [bench.rclone, "copy", str(w.root), src.rclone, "--config", "/dev/null", "-q", "--transfers", "16"],
-            env=bench.env, timeout=1200,
+            env=env, timeout=1200,
         ).returncode  # fmt: skip
-        problem = "rclone copy failed" if code else differences(w, src.disk)
+        problem = "rclone copy failed" if code else differences(w, src)
         if problem:
             raise SystemExit(f"loading the S3 source {src.rclone}: {problem}")
 

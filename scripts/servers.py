@@ -80,6 +80,18 @@ def stop_tree(proc: subprocess.Popen, timeout: float = 10) -> None:
         proc.wait(timeout)
 
 
+def takes_sigterm(pid: int) -> bool:
+    """Whether the process has a handler for SIGTERM: the synctool console
+    script's first act. Before that, Python's default handling answers a stop
+    signal (a traceback while it is still importing), which no program can change."""
+    with contextlib.suppress(OSError):
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (15 - 1) & 1)  # SIGTERM is 15
+    return False
+
+
 def _log_tail(log: Path) -> str:
     return log.read_text(errors="replace")[-2000:] if log.exists() else ""
 
@@ -90,6 +102,7 @@ def start_on_free_port(
     log: Path,
     what: str,
     env: dict[str, str] | None = None,
+    timeout: float = STARTUP_TIMEOUT,
 ) -> tuple[subprocess.Popen, int]:
     """Start ``command(port)`` on a free loopback port and wait until ``ready(port)``.
 
@@ -100,15 +113,17 @@ def start_on_free_port(
         port = free_port()
         with open(log, "ab") as out:
             proc = subprocess.Popen(command(port), stdout=out, stderr=subprocess.STDOUT, env=env)
-        if wait_until_ready(proc, port, ready):
+        if wait_until_ready(proc, port, ready, timeout):
             return proc, port
         stop_tree(proc)
     raise RuntimeError(f"{what} did not start:\n{_log_tail(log)}")
 
 
-def wait_until_ready(proc: subprocess.Popen, port: int, ready: Callable[[int], bool]) -> bool:
-    """True once ``ready(port)``; False if the process exits or time runs out."""
-    deadline = time.monotonic() + STARTUP_TIMEOUT
+def wait_until_ready(
+    proc: subprocess.Popen, port: int, ready: Callable[[int], bool], timeout: float = STARTUP_TIMEOUT
+) -> bool:
+    """True once ``ready(port)``; False if the process exits or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         if ready(port):
             return True

@@ -61,8 +61,9 @@ class Certificate:
     sha1: str  # the server certificate's SHA-1, upper-case hex (Duplicati's accept-specified-ssl-hash)
 
 
-def certificate(folder: Path, host: str = LOOPBACK) -> Certificate:
-    """A throw-away authority and a server certificate it signed for ``host``."""
+def certificate(folder: Path, host: str = LOOPBACK, client_auth: bool = False) -> Certificate:
+    """A throw-away authority and a server certificate it signed for ``host``;
+    with ``client_auth`` it may also prove a client (mutual TLS, as Dask's)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -89,7 +90,8 @@ def certificate(folder: Path, host: str = LOOPBACK) -> Certificate:
         .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host)),
                                                     x509.DNSName("localhost")]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]
+                                             + ([ExtendedKeyUsageOID.CLIENT_AUTH] if client_auth else [])), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )  # fmt: skip

@@ -63,7 +63,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run as a script: make `scripts` and `synctool` importable
 
-from scripts.servers import S3Server, SSHServer, openssh_sftp, rclone_s3  # noqa: E402
+from scripts.servers import S3Server, SSHServer, openssh_sftp, rclone_s3, takes_sigterm  # noqa: E402
 
 KiB, MiB = 1 << 10, 1 << 20
 PART_SIZE = 5 * MiB  # S3's smallest part; files above it go up in parts
@@ -554,7 +554,10 @@ class Stress:
                 if listed is None and b"listed " in out_path.read_bytes():
                     listed = now
             at = (listed + delay if listed is not None else None) if in_copying else delay
-            if kind and not injected and at is not None and now >= at:
+            # A stop signal is sent once synctool takes it: before, Python
+            # itself answers (with a traceback while importing).
+            stoppable = kind not in ("sigint", "sigterm") or takes_sigterm(proc.pid)
+            if kind and not injected and at is not None and now >= at and stoppable:
                 injected, expect, restart = self._inject(kind, proc, children)
                 if injected:
                     self.log(f"run {tag}: {kind} at {now:.2f} s")

@@ -34,7 +34,8 @@ def sync(
     ``force``, ``retention``, ``retry``, ``verify_contents``,
     ``verify_get_after_put``, ``workers``, ``max_delete``, ``retry_delay``
     (seconds), ``log_level`` ("Information", "Verbose", ...), ``log_file``,
-    ``progress``, ``report_file``. Log records go to the ``synctool`` logger
+    ``progress``, ``report_file``, ``scheduler`` (a Dask scheduler's address:
+    its workers run the copies). Log records go to the ``synctool`` logger
     (and to ``log_file``), not to stderr: the caller's logging set-up decides
     what is shown. Nothing is asked: a library call is its own confirmation.
     A failed run does not raise; look at ``report.exit_code`` or call

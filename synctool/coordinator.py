@@ -587,6 +587,7 @@ class Coordinator:
                     self.dst.spec,
                     settings,
                     logging.getLogger("synctool").level,
+                    scheduler=self.opts.scheduler,
                 )
         with deferred_interrupts():
             self.pool.start(wanted)

@@ -39,7 +39,8 @@ class Executor(Protocol):
 
     def poll(self, timeout: float) -> list[Message]:
         """Messages that arrived within ``timeout`` seconds; the jobs of a
-        worker that died come back as failed, retryable results."""
+        worker that died come back as failed, retryable results. Raises
+        SyncError when nothing can run any more (a lost cluster)."""
 
     @property
     def in_flight(self) -> int:
@@ -50,11 +51,21 @@ class Executor(Protocol):
 
 
 def open_executor(
-    workers: int, src: BackendSpec, dst: BackendSpec, settings: WorkerSettings, log_level: int
+    workers: int,
+    src: BackendSpec,
+    dst: BackendSpec,
+    settings: WorkerSettings,
+    log_level: int,
+    scheduler: str | None = None,
 ) -> Executor:
-    """The executor of this run: worker processes on this host."""
-    # Imported here: multiprocess and the worker code cost a start that a
-    # run with nothing to copy never needs.
+    """The executor of this run: tasks on the Dask cluster of ``scheduler``,
+    or else worker processes on this host."""
+    # Imported here: multiprocess, distributed and the worker code cost a
+    # start that a run with nothing to copy never needs.
+    if scheduler:
+        from synctool.dask_executor import DaskExecutor
+
+        return DaskExecutor(scheduler, src, dst, settings, log_level)
     from synctool.pool import WorkerPool
 
     return WorkerPool(workers, src, dst, settings, log_level)

@@ -9,6 +9,7 @@ steer the tool itself (``dry-run``, ``log-file``, ``log-level``, ``max-delete``,
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 import os
 from collections.abc import Iterable, Mapping
@@ -135,6 +136,8 @@ class SyncOptions:
     max_delete: int | None = None
     report_file: str | None = None
     quota_disable: bool = False
+    #: A Dask scheduler (tcp://host:8786, tls://...) whose workers run the shards.
+    scheduler: str | None = None
 
     def apply_global_keys(self, explicit: set[str]) -> None:
         """Read tool settings carried in --global-options, unless set explicitly.
@@ -162,6 +165,8 @@ class SyncOptions:
             self.quota_disable = read_tool_option("quota-disable", dst["quota-disable"])
         if self.workers < 1:
             raise UsageError("--workers must be at least 1")
+        if self.scheduler and importlib.util.find_spec("distributed") is None:
+            raise UsageError("--scheduler needs Dask's distributed package: pip install 'synctool[dask]'")
 
     def spec(self, side: str) -> BackendSpec:
         """The merged backend spec of ``side`` ("source" or "destination")."""

@@ -339,11 +339,12 @@ class Planner:
         except UnsafeName as exc:
             return str(exc)
         limit = self.target.max_segment_bytes
-        if limit is not None:
+        # A character is at most four bytes in UTF-8: most names are too short to look at.
+        if limit is not None and len(s.name) * 4 > limit:
             for part in s.name.split("/"):
-                if len(part.encode()) > limit:
+                if len(part.encode("utf-8", "surrogateescape")) > limit:
                     return f"refusing {s.name!r}: a name in it is longer than the destination's {limit} bytes"
-        for link in (s.name, *_ancestors(s.name)):
+        for link in (s.name, *_ancestors(s.name)) if self.dst_links else ():
             if link in self.dst_links:
                 return (
                     f"{s.name}: the destination has a symbolic link at {link}, which is never "

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pathlib
 import re
 import signal
+import socket
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 
-from scripts.servers import real_executable
+from scripts.servers import LOOPBACK, real_executable
 from synctool.errors import ExitCode
 
 # Library options for a quick run: retries do not wait, two workers even on one CPU.
@@ -56,13 +59,13 @@ def without_root_overrides(command: list[str]) -> list[str]:
     return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *command]
 
 
-def wait_until(predicate, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+def wait_until(predicate, proc: subprocess.Popen, timeout: float = 20.0, poll: float = 0.01) -> None:
     """Poll ``predicate`` while synctool ``proc`` runs: fail if it ends first or time runs out."""
     deadline = time.monotonic() + timeout
     while not predicate():
         assert proc.poll() is None, "synctool ended before the moment the test waits for"
         assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
+        time.sleep(poll)
 
 
 def sync_losing_a_worker(under_way, *args) -> psutil.Process:
@@ -82,6 +85,97 @@ def sync_losing_a_worker(under_way, *args) -> psutil.Process:
     assert proc.returncode == 0, (out, err)
     assert f"(process {victim.pid}) died (signal {int(signal.SIGKILL)})" in err
     return victim
+
+
+def interrupt_when(moment, proc: subprocess.Popen, sig: int, poll: float = 0.01) -> None:
+    """Once ``moment()`` holds, stop synctool ``proc`` (started in its own
+    session) with ``sig``: SIGINT to the whole process group, as Ctrl-C does;
+    SIGTERM to synctool alone, as ``kill`` does. The run must end as
+    interrupted, cleanly: no worker left running, no traceback."""
+    try:
+        wait_until(moment, proc, poll=poll)
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        assert workers
+        (os.killpg if sig == signal.SIGINT else os.kill)(proc.pid, sig)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == ExitCode.INTERRUPTED, (out, err)
+    _, alive = psutil.wait_procs(workers, timeout=5)
+    assert not alive, f"worker processes left running: {alive}"
+    assert "Traceback" not in err, err
+
+
+def read_to_its_end(proc: subprocess.Popen, source: pathlib.Path):
+    """A moment for :func:`interrupt_when`: a worker of ``proc`` has read the
+    file ``source`` to its end, whatever it has sent of it yet. A worker
+    closes the file at its end: seen open once, then no more (the read
+    takes tens of milliseconds: poll often)."""
+    target, seen_open = str(source), [False]
+
+    def moment() -> bool:
+        try:
+            open_now = any(f.path == target for w in psutil.Process(proc.pid).children() for f in w.open_files())
+        except psutil.NoSuchProcess:
+            return False
+        seen_open[0] = seen_open[0] or open_now
+        return seen_open[0] and not open_now
+
+    return moment
+
+
+class SlowUplink:
+    """A loopback TCP relay to a real server that passes what clients send at
+    ``rate`` bytes a second, all connections together (answers pass at full
+    speed): an upload stays on its way long enough for a test to act."""
+
+    def __init__(self, port: int, rate: float):
+        self.target, self.rate = port, rate
+        self.listener = socket.create_server((LOOPBACK, 0))
+        self.port = self.listener.getsockname()[1]
+        self.lock = threading.Lock()
+        self.next_free = time.monotonic()
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+                server = socket.create_connection((LOOPBACK, self.target))
+            except OSError:
+                return  # closed
+            self.sockets += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, slow: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if slow:
+                    with self.lock:  # each piece takes its own slot of time after the last
+                        self.next_free = max(self.next_free, time.monotonic()) + len(data) / self.rate
+                        due = self.next_free
+                    time.sleep(max(0.0, due - time.monotonic()))
+                sink.sendall(data)
+            sink.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+        self.listener.close()
+        for s in self.sockets:
+            s.close()
+
+    def __enter__(self) -> "SlowUplink":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def kill_when(moment, server, restart_after: float | None, never: str):

@@ -29,6 +29,7 @@ from collections.abc import Callable
 import psutil
 import pytest
 
+from scripts.servers import takes_sigterm
 from tests.helpers import FAST_CLI, make_tree, start_synctool, temp_debris
 
 FILES = 2000
@@ -48,16 +49,6 @@ def small_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("small") / "src"
     make_tree(root, {f"d{i % 20:02d}/f{i:05d}.bin": rng.randbytes(rng.randint(100, 3000)) for i in range(FILES)})
     return root
-
-
-def takes_sigterm(pid: int) -> bool:
-    """Whether the process has a handler for SIGTERM: the console script's first act."""
-    with contextlib.suppress(OSError):
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("SigCgt:"):
-                    return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
-    return False
 
 
 def run_whole(args: list) -> float:

@@ -539,6 +539,17 @@ def test_listing_leaves_no_native_threads_behind(open_s3):
 
 
 @native_only
+def test_creating_a_missing_bucket_leaves_no_native_threads_behind(open_s3, s3_bucket):
+    # The probe's 404 held the native client through its frames, so releasing
+    # it waited out its whole timeout, and the workers, forked next, then
+    # came from a fork server: seconds on every run to a new bucket.
+    open_s3()
+    before = _native_threads()
+    open_s3(url=f"s3://{s3_bucket}-new/root")  # HeadBucket answers 404: created
+    assert _native_threads() <= before
+
+
+@native_only
 def test_native_client_shuts_down_after_reads(s3_server, s3_bucket, open_s3):
     # A GET's callbacks once referred to their own request: a cycle through
     # awscrt that kept every client, and the answers it had read, alive.

@@ -148,7 +148,10 @@ def test_known_hosts_is_consulted(sshd_server, sftp_folder, no_ssh_environment):
     assert "differs from the one in known_hosts" in refused(spec)
 
 
-def test_accept_any_fingerprint_warns(sftp_server, sftp_folder, caplog):
+def test_accept_any_fingerprint_warns(sftp_server, sftp_folder, caplog, monkeypatch):
+    # An in-process command-line run earlier in this process leaves the
+    # "synctool" logger not propagating: caplog listens at the root.
+    monkeypatch.setattr(logging.getLogger("synctool"), "propagate", True)
     options = {**sftp_server.key_options(), "ssh-accept-any-fingerprints": "true"}
     del options["ssh-fingerprint"]
     with caplog.at_level(logging.WARNING, logger="synctool.backends.sftp"):

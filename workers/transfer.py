@@ -8,17 +8,11 @@ from collections.abc import Callable, Iterable, Iterator
 
 import blake3
 
-from synctool.backends.base import Backend, BackendError
+from synctool.backends.base import Backend, BackendError, Stopped
 from workers.jobs import Job
 
 # Above this size BLAKE3's multithreaded mode pays for its thread hand-off.
 MULTITHREAD_HASH_FROM = 64 << 20
-
-
-class Cancelled(BackendError):
-    """The worker was told to stop; the write in progress must be abandoned."""
-
-    retryable = True
 
 
 class SourceChanged(BackendError):
@@ -45,7 +39,7 @@ def hash_stream(chunks: Iterable[bytes], size: int, cancel: threading.Event) -> 
     count = 0
     for chunk in chunks:
         if cancel.is_set():
-            raise Cancelled("stopped")
+            raise Stopped("stopped")
         hasher.update(chunk)
         count += len(chunk)
     return hasher.hexdigest(), count
@@ -70,7 +64,7 @@ class _Metered:
         expected = self.job.size
         for chunk in self.chunks:
             if self.cancel.is_set():
-                raise Cancelled("stopped")
+                raise Stopped("stopped")
             self.count += len(chunk)
             if self.count > expected:
                 raise SourceChanged(f"{self.job.name}: source changed while copying (now larger than the listed {expected} bytes)")

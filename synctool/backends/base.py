@@ -17,6 +17,7 @@ import abc
 import dataclasses
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import ClassVar
 from urllib.parse import unquote, urlsplit
@@ -227,6 +228,12 @@ class UnsafeName(BackendError):
     retryable = False
 
 
+class Stopped(BackendError):
+    """The process was told to stop: the write in progress is abandoned, not committed."""
+
+    retryable = True
+
+
 class AlreadyExists(BackendError):
     """The name to write or rename to exists, and the caller did not mean to replace it."""
 
@@ -298,6 +305,10 @@ class Backend(abc.ABC):
     verifies_before_commit: ClassVar[bool] = True
     #: The longest name of one folder entry, in UTF-8 bytes; None: no limit known.
     max_segment_bytes: ClassVar[int | None] = None
+    #: Set when this process is told to stop: a worker hands in its own event
+    #: (see :meth:`refuse_commit_when_stopped`). None elsewhere, and in a
+    #: pickled copy, since an event does not cross processes.
+    stopping: threading.Event | None = None
 
     def __init__(self, spec: BackendSpec):
         """Read the URL and the options; never connect (``prepare`` does).
@@ -400,9 +411,11 @@ class Backend(abc.ABC):
         The iterator must be consumed to its end before the file becomes
         visible under ``name``: the caller raises from it to abort (the
         source changed, the run was interrupted), and then nothing is left
-        behind. ``mtime`` is applied where the backend can store it. Missing
-        parent folders are created; none is created or entered through a
-        symbolic link.
+        behind. A write whose commit comes well after the last chunk (blocks
+        still being sent) calls :meth:`refuse_commit_when_stopped` before it.
+        ``mtime`` is applied where the backend can store it. Missing parent
+        folders are created; none is created or entered through a symbolic
+        link.
 
         Nothing is replaced that the caller did not name: without
         ``overwrite`` an existing ``name`` is left as it is and
@@ -485,6 +498,18 @@ class Backend(abc.ABC):
         return {"scheme": self.location.scheme, "path": self.location.path}
 
     # -- helpers --------------------------------------------------------
+    def refuse_commit_when_stopped(self, name: str) -> None:
+        """Raise :class:`Stopped` once ``stopping`` is set; a write calls it
+        right before the request that makes its content visible under ``name``.
+
+        The caller stops a write by raising from its chunks, but a write that
+        sends blocks several at once has read the last chunk while blocks are
+        still on their way: a stop that comes then must still keep the commit
+        (CompleteMultipartUpload, Put Block List) from happening.
+        """
+        if self.stopping is not None and self.stopping.is_set():
+            raise Stopped(f"{name}: stopped before the write was complete; nothing was committed")
+
     def display_url(self) -> str:
         """The URL with its secrets masked, for messages."""
         return secrets.redact(self.spec.url)

@@ -25,6 +25,7 @@ BUILTIN: dict[str, str] = {
     "aftp": "synctool.backends.ftp:AlternativeFTPBackend",
     "webdav": "synctool.backends.webdav:WebDAVBackend",
     "webdavs": "synctool.backends.webdav:WebDAVBackend",
+    "azure": "synctool.backends.azure:AzureBackend",
 }
 
 #: What to install when a backend's module fails to import.
@@ -32,6 +33,7 @@ EXTRAS: dict[str, str] = {
     "synctool.backends.s3": "boto3",
     "synctool.backends.sftp": "paramiko",
     "synctool.backends.webdav": "'synctool[webdav]'",
+    "synctool.backends.azure": "'synctool[azure]'",
 }
 
 

@@ -53,17 +53,14 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import math
 import os
 import re
 import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
-
-import blake3
 
 from synctool.backends import s3_list, s3_native
 from synctool.backends.base import (
@@ -71,7 +68,6 @@ from synctool.backends.base import (
     Backend,
     BackendError,
     BackendSpec,
-    DeleteError,
     Entry,
     JOURNAL_START,
     FatalBackendError,
@@ -80,7 +76,8 @@ from synctool.backends.base import (
     check_name,
     is_journal,
 )
-from synctool.backends.budget import ByteBudget
+from synctool.backends.budget import ByteBudget, block_size_for, send_blocks, store
+from synctool.backends.objectstore import delete_in_batches, object_prefix, storage_name
 from synctool.backends.optiontable import NO_EFFECT, TIMEOUT_OPTIONS, Option, table
 
 log = logging.getLogger("synctool.backends.s3")
@@ -199,9 +196,9 @@ class S3Backend(Backend):
         super().__init__(spec)
         v = self.values
         self.bucket = _bucket_name(spec.url)
-        self.prefix = _prefix(self.location.path)
+        self.prefix = object_prefix(self.location.path)
         self.endpoint, self.is_aws = _endpoint(v, tls_default=self.location.scheme == "s3s")
-        self.storage_name = "aws" if self.endpoint is None or self.is_aws else _storage_name(self.endpoint)
+        self.storage_name = "aws" if self.endpoint is None or self.is_aws else storage_name(self.endpoint, "s3-server-name")
         self.region = v["s3-location-constraint"] or None
         self.signing_region = v["s3-authentication-region"] or self.region
         self.storage_class = v["s3-storage-class"] or None
@@ -429,9 +426,15 @@ class S3Backend(Backend):
             else:
                 try:
                     native.head_bucket()
+                    missing = False
                 except s3_native.NativeError as exc:
                     if exc.status != 404:
                         raise self._error(exc, f"bucket {self.bucket}", first_contact=True) from exc
+                    # The answer's frames hold the native client: let go of
+                    # them, or its release waits for them at the end of the block.
+                    s3_native.clear_frames(exc)
+                    missing = True
+                if missing:
                     self._missing_bucket(None, create)
             if not create and self.prefix and not self._prefix_has_objects(native):
                 # Prefixes do not exist on S3 apart from their objects. A source
@@ -611,26 +614,8 @@ class S3Backend(Backend):
             raise
 
     def _store(self, put: "_Put", chunks: Iterable[bytes], size: int) -> None:
-        part_size = self._part_size_for(size)
-        hasher = blake3.blake3(max_threads=1)
-        blocks = _blocks(chunks, part_size, hasher)
-        held = self._budget.take(min(size, part_size))  # before a byte is read: the memory bound
-        try:
-            first = next(blocks, b"")
-        except BaseException:
-            self._budget.give(held)
-            raise
-        if len(first) < part_size:
-            # A short first block is also the last: the whole content is here.
-            try:
-                self._put_whole(put, first, hasher.hexdigest())
-            finally:
-                self._budget.give(held)
-        else:
-            # Handed over in a list that the part upload empties: a local name
-            # here would keep the block alive until the whole file is sent.
-            handed, first = [first], None
-            self._put_multipart(put, (handed, held), blocks, hasher)
+        store(chunks, size, self._part_size_for(size), self._budget, functools.partial(self._put_whole, put),
+              functools.partial(self._put_multipart, put))  # fmt: skip
 
     def abort_unfinished_writes(self, names: Sequence[str]) -> None:
         """Abort the open multipart uploads of ``names``: a worker killed mid-upload
@@ -683,24 +668,12 @@ class S3Backend(Backend):
             raise self._error(exc, name) from exc
 
     def delete(self, names: Sequence[str]) -> None:
-        failures: dict[str, str] = {}
-        keys: dict[str, str] = {}
-        for name in names:
-            try:
-                keys[self._key(name)] = name
-            except BackendError as exc:
-                failures[name] = str(exc)
-        batch = list(keys)
-        for start in range(0, len(batch), DELETE_BATCH):
-            failures.update(self._delete_batch(batch[start : start + DELETE_BATCH], keys))
-        if failures:
-            raise DeleteError(failures)
+        delete_in_batches(names, self._key, DELETE_BATCH, self._delete_batch)
 
     # -- writing ---------------------------------------------------------
     def _part_size_for(self, size: int) -> int:
         """The configured part size, grown (in whole MiB) to keep under 10,000 parts."""
-        needed = math.ceil(max(size, 0) / PART_HEADROOM)
-        return max(self.part_size, math.ceil(needed / MiB) * MiB)
+        return block_size_for(size, self.part_size, PART_HEADROOM)
 
     def _object_args(self) -> dict:
         return {"StorageClass": self.storage_class} if self.storage_class else {}
@@ -743,6 +716,7 @@ class S3Backend(Backend):
     def _put_whole(self, put: "_Put", data: bytearray, digest: str) -> None:
         try:
             self._keep_old(put)
+            self.refuse_commit_when_stopped(put.name)
             native = self._native
             if native is not None:
                 headers = {f"x-amz-meta-{k}": v for k, v in {"blake3": digest, **put.metadata}.items()}
@@ -777,8 +751,11 @@ class S3Backend(Backend):
             raise self._error(exc, put.name) from exc
         upload_id = created["UploadId"]
         try:
-            parts, size = self._upload_parts(key, upload_id, first, blocks)
+            parts, size = send_blocks(
+                first, blocks, self._budget, self._pool, functools.partial(self._upload_part, key, upload_id), MAX_PARTS
+            )
             self._keep_old(put)
+            self.refuse_commit_when_stopped(put.name)
             self._client.complete_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, **put.conditions
             )
@@ -789,66 +766,6 @@ class S3Backend(Backend):
                 raise self._refused(exc, put) from exc
             raise  # the caller's own exception (it aborted us): hand it back unchanged
         self._add_blake3(key, hasher.hexdigest(), size, put.metadata)
-
-    def _upload_parts(
-        self, key, upload_id, first: tuple[list[bytes], int], blocks: Iterator[bytes]
-    ) -> tuple[list[dict], int]:
-        """Upload blocks as they arrive, several at once, within the process's memory budget.
-
-        ``first`` is the first block, in a list this empties, and the budget
-        it holds. Returns the part list for CompleteMultipartUpload and the
-        object's size.
-        """
-        futures: list[Future] = []
-        failed: list[BaseException] = []
-        size = 0
-        block: bytes | None = first[0].pop()
-        held = first[1]
-        share = len(block)  # what each further block takes: the part size, or a chunk more
-        try:
-            while block is not None:
-                if len(futures) == MAX_PARTS:
-                    self._budget.give(held)
-                    raise BackendError(f"more than {MAX_PARTS} parts: the file grew while being copied")
-                size += len(block)
-                futures.append(self._submit_part(key, upload_id, len(futures) + 1, block, held, failed))
-                del block  # the pool holds it now; let it go once uploaded
-                if failed:
-                    raise failed[0]
-                # Take the next part's share before filling it, not after:
-                # backpressure, and parts being filled count against the budget too.
-                held = self._budget.take(share)
-                try:
-                    block = next(blocks, None)
-                except BaseException:
-                    self._budget.give(held)
-                    raise
-            self._budget.give(held)  # the share taken for a part that never came
-            return [f.result() for f in futures], size
-        except BaseException:
-            # Parts still running must finish before the abort, or they outlive it.
-            for f in futures:
-                f.cancel()
-            for f in futures:
-                if not f.cancelled():
-                    f.exception()
-            raise
-
-    def _submit_part(self, key, upload_id, number: int, block: bytes, held: int, failed: list) -> Future:
-        """Upload one part in the pool; the ``held`` budget goes back when it is done."""
-        try:
-            future = self._pool.submit(self._upload_part, key, upload_id, number, block)
-        except BaseException:
-            self._budget.give(held)
-            raise
-
-        def done(f: Future) -> None:
-            self._budget.give(held)
-            if not f.cancelled() and f.exception() is not None:
-                failed.append(f.exception())  # seen by the feeding loop: stop early
-
-        future.add_done_callback(done)
-        return future
 
     def _upload_part(self, key: str, upload_id: str, number: int, block: bytearray) -> dict:
         answer = self._client.upload_part(
@@ -1051,36 +968,6 @@ def without_expect_continue(client):
     return client
 
 
-def _blocks(chunks: Iterable[bytes], part_size: int, hasher) -> Iterator[bytearray]:
-    """Regroup chunks into blocks of at least ``part_size`` (only the last is shorter).
-
-    Chunks are never split: S3 parts need not be equal, only 5 MiB or more.
-    Each chunk is copied into its block as it comes and let go, so a block
-    never exists twice (as its chunks and joined). The iterator is drained
-    to its end before the last block is yielded.
-    """
-    box = [bytearray()]
-    yielded = False
-    for chunk in chunks:
-        hasher.update(chunk)
-        box[0] += chunk
-        if len(box[0]) >= part_size:
-            yielded = True
-            yield _take(box)
-    if box[0] or not yielded:
-        yield _take(box)  # the tail, or the one empty block of an empty file
-
-
-def _take(box: list[bytearray]) -> bytearray:
-    """The block in ``box``, an empty one put in its place.
-
-    A generator suspended at ``yield block`` keeps ``block`` alive while the
-    caller uploads it, and after: the block must pass through no local name.
-    """
-    block, box[0] = box[0], bytearray()
-    return block
-
-
 def _delete_failures(answer: dict, names: dict[str, str]) -> dict[str, str]:
     """name -> reason for each key a DeleteObjects answer reports as not deleted."""
     failures = {}
@@ -1130,18 +1017,6 @@ def _bucket_name(url: str) -> str:
     return bucket
 
 
-def _prefix(path: str) -> str:
-    """``/backup/`` -> ``backup/``: a trailing slash so ``backup`` never matches ``backup2``."""
-    path = path.strip("/")
-    if path and any(part in ("", ".", "..") for part in path.split("/")):
-        # S3 keeps "a/../b" and "a//b" as they are, but a server over a file
-        # system (or an HTTP client) may resolve them into another prefix:
-        # where the run writes would not be what the URL (and the check
-        # against an overlapping source) says.
-        raise FatalBackendError(f"the prefix {path!r} has an empty, '.' or '..' segment: write it without them")
-    return path + "/" if path else ""
-
-
 def _speaks_plain_http_only(endpoint: str) -> bool:
     """Whether the server at ``endpoint`` refuses a TLS handshake but answers a plain HTTP request."""
     import ssl
@@ -1188,20 +1063,6 @@ def _endpoint(values: dict[str, Any], tls_default: bool) -> tuple[str | None, bo
             tls = tls_default or is_aws
         url = f"{'https' if tls else 'http'}://{host}"
     return url, _is_aws_host(host)
-
-
-def _storage_name(endpoint: str) -> str:
-    """One name per S3 service that is not AWS, whatever the spelling of its endpoint.
-
-    Host (lowercase) and port, the scheme's default port filled in; the
-    scheme itself is left out, as one port serves one protocol.
-    """
-    parts = urlsplit(endpoint)
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        raise FatalBackendError(f"the port of s3-server-name {endpoint} is not a number from 0 to 65535") from None
-    return f"{parts.hostname}:{port}{parts.path.rstrip('/')}"
 
 
 def _dns_bucket(bucket: str) -> bool:

@@ -328,7 +328,7 @@ def transient(**client_args) -> Iterator[NativeS3]:
         # A failed request's frames, kept by the traceback, hold the request
         # and so the native client: clear them, or the wait below lasts its
         # whole timeout on every failed listing.
-        _clear_frames(exc)
+        clear_frames(exc)
         raise
     finally:
         client.close()
@@ -340,7 +340,7 @@ def transient(**client_args) -> Iterator[NativeS3]:
             common.join_all_native_threads(timeout_sec=THREAD_JOIN_SECONDS)
 
 
-def _clear_frames(exc: BaseException | None) -> None:
+def clear_frames(exc: BaseException | None) -> None:
     """Drop the local variables of the finished frames behind ``exc`` and its causes."""
     seen = set()
     while exc is not None and id(exc) not in seen:

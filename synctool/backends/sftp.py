@@ -94,7 +94,9 @@ MAX_PACKET = 256 << 10
 # OpenSSH offer. The rest of paramiko's list follows for other servers.
 FAST_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 MAX_CHANNELS = 8  # OpenSSH allows 10 sessions per connection by default
-LIST_THREADS = 4  # folders listed at once
+# Folders listed at once. Each folder costs a few round trips, which across a
+# network is most of a listing's time: as many at once as a connection has channels.
+LIST_THREADS = MAX_CHANNELS
 CONNECT_TIMEOUT = 30.0
 IO_TIMEOUT = 120.0  # a reply that takes longer means the server is stuck
 CHANNEL_WAIT = 600.0  # longest wait for a free channel before giving up

@@ -91,6 +91,7 @@ def _tool_options(f):
         click.option("--verify-contents", **_BOOL, help="Hash both sides of seemingly equal files and copy those that differ."),
         click.option("--verify-get-after-put", **_BOOL, help="Read every copied file back and compare its BLAKE3 hash."),
         click.option("--workers", type=_Count(min=1), default=None, help=f"Worker processes [default: CPUs, at least 2; here {default_workers()}]."),
+        click.option("--scheduler", type=str, default=None, envvar="DASK_SCHEDULER_ADDRESS", metavar="ADDRESS", help="Run the copies on the Dask cluster of this scheduler (tcp://host:8786, tls://...) [env: DASK_SCHEDULER_ADDRESS]."),
         click.option("--max-delete", type=_Count(min=0), default=None, help="Delete or rename nothing when the plan would remove more than this many files."),
         click.option("--report", "report_file", type=str, default=None, help="Write the run's figures as JSON to this file."),
         click.option("--backend-retries", type=_Count(min=0), default=None, help="Duplicati name for --retry."),
@@ -255,6 +256,7 @@ def build_options(ctx: click.Context, source: str, destination: str, kw: dict) -
         log_level=parse_log_level(kw["log_level"]),
         max_delete=kw["max_delete"],
         report_file=kw["report_file"],
+        scheduler=kw["scheduler"] or None,
     )
     if kw["workers"] is not None:
         opts.workers = kw["workers"]
@@ -303,7 +305,7 @@ def describe(opts: SyncOptions) -> str:
         for backend in backends.values():
             backend.close()
     for field in ("dry_run", "force", "retention", "retry", "retry_delay", "verify_contents",
-                  "verify_get_after_put", "workers", "max_delete", "log_file", "report_file", "quota_disable"):
+                  "verify_get_after_put", "workers", "max_delete", "log_file", "report_file", "quota_disable", "scheduler"):
         lines.append(f"{field.replace('_', '-')}: {getattr(opts, field)}")
     lines.append(f"log-level: {logging.getLevelName(opts.log_level)}")
     return "\n".join(lines)
