@@ -58,7 +58,7 @@ def test_a_local_folder_larger_than_a_run_is_listed_in_order(tmp_path, monkeypat
 def test_an_sftp_folder_larger_than_a_run_is_listed_in_order(sftp_server, sftp_folder, monkeypatch):
     monkeypatch.setattr(sorter, "RUN_SIZE", 300)
     names = [f"f{i:04}" for i in range(2_000) if i != 10] + ["f0010/in", "f0010-x", "f0010.x"]
-    make_tree(sftp_server.local(sftp_folder), {name: b"" for name in names})
+    sftp_server.put(sftp_folder, {name: b"" for name in names})  # seen by a server with a cache too
     with open_backend(sftp_server.spec(sftp_folder)) as backend:
         backend.prepare(create=False)
         assert [e.name for e in backend.list()] == sorted(names)
@@ -112,7 +112,7 @@ def test_an_sftp_walk_cut_midway_resumes_in_the_folder_it_stopped_in(sftp_server
     # it is listed: what d050 listed before m/ has been yielded already.
     names = [f"d{i:03}/f{j}" for i in range(100) for j in range(5)]
     names += [f"d050/a{j}" for j in range(5)] + [f"d050/m/{j:04}" for j in range(1_000)] + ["d050/z"]
-    make_tree(sftp_server.local(sftp_folder), {name: b"" for name in names})
+    sftp_server.put(sftp_folder, {name: b"" for name in names})  # seen by a server with a cache too
     backend = open_backend(sftp_server.spec(sftp_folder))
     backend.prepare(create=False)
     real_scan = backend._scan
