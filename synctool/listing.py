@@ -60,7 +60,7 @@ def entries(backend: Backend, side: str, retry: RetryPolicy, counted: Callable[[
             delay = retry.backoff(attempt)
             attempt += 1
             log.log(RETRY, "listing the %s failed (%s); resuming in %.1f s", side, exc, delay)
-            threading.Event().wait(delay)
+            time.sleep(delay)
 
 
 class ReadAhead:

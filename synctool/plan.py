@@ -165,16 +165,6 @@ class Plan:
         return len(self.renames) + len(self.deletes)
 
 
-def blocked_copies(plan: Plan) -> set[str]:
-    """Names of copies that a destination-only file or folder stands in the way of.
-
-    A destination file ``a`` leaves no room for the source's ``a/b``, and a
-    destination folder ``a/`` none for the source's file ``a``. Such a copy can
-    only be written after the removals, which come after every other copy.
-    """
-    return {c.entry.name for c in plan.copies if c.blocked}
-
-
 @dataclasses.dataclass(frozen=True)
 class DestinationTraits:
     """What the plan needs to know of the destination backend."""

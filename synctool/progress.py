@@ -58,11 +58,9 @@ class Progress:
                 f"{human_bytes(self.bytes_done)}" + (f"/{human_bytes(self.bytes_total)}{more}" if self.bytes_total else "")
             )
             parts.append(f"{human_bytes(rate)}/s")
-        if not self.final:
-            pass
-        elif self.bytes_total and rate > 0 and self.bytes_done < self.bytes_total:
+        if self.final and self.bytes_total and rate > 0 and self.bytes_done < self.bytes_total:
             parts.append(f"ETA {_clock((self.bytes_total - self.bytes_done) / rate)}")
-        elif self.files_total and self.files_done and self.files_done < self.files_total:
+        elif self.final and self.files_total and self.files_done and self.files_done < self.files_total:
             parts.append(f"ETA {_clock((self.files_total - self.files_done) * elapsed / self.files_done)}")
         parts.append(f"{_clock(elapsed)} elapsed")
         return redact(" ".join(parts))
