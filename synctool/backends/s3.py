@@ -62,7 +62,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from synctool.backends import s3_list, s3_native
+from synctool.backends import key_ranges, s3_native
 from synctool.backends.base import (
     AlreadyExists,
     Backend,
@@ -499,8 +499,8 @@ class S3Backend(Backend):
         with self._listing_client() as native:
             page = self._native_page(native) if native else self._boto3_page
             try:
-                # A few pages per key range at a time (see s3_list): the plan holds the rest.
-                for obj in s3_list.ordered_keys(page, prefix, after, LIST_THREADS):
+                # A few pages per key range at a time (see key_ranges): the plan holds the rest.
+                for obj in key_ranges.ordered_keys(page, prefix, after, LIST_THREADS):
                     entry = self._entry(obj)
                     if entry is not None:
                         yield entry
@@ -508,21 +508,21 @@ class S3Backend(Backend):
                 raise self._error(exc, f"listing s3://{self.bucket}/{self.prefix}") from exc
 
     @staticmethod
-    def _native_page(native: s3_native.NativeS3) -> s3_list.PageOf:
-        def page(prefix: str, start_after: str | None, token: str | None, delimited: bool) -> s3_list.Page:
+    def _native_page(native: s3_native.NativeS3) -> key_ranges.PageOf:
+        def page(prefix: str, start_after: str | None, token: str | None, delimited: bool) -> key_ranges.Page:
             objects, token, prefixes = native.list_page(prefix, token, start_after=start_after, delimited=delimited)
-            return s3_list.Page(objects, prefixes, token)
+            return key_ranges.Page(objects, prefixes, token)
 
         return page
 
-    def _boto3_page(self, prefix: str, start_after: str | None, token: str | None, delimited: bool) -> s3_list.Page:
+    def _boto3_page(self, prefix: str, start_after: str | None, token: str | None, delimited: bool) -> key_ranges.Page:
         given = {"ContinuationToken": token, "StartAfter": start_after, "Delimiter": "/" if delimited else None}
         got = self._client.list_objects_v2(
             Bucket=self.bucket, Prefix=prefix, **{key: value for key, value in given.items() if value}
         )
         prefixes = [p["Prefix"] for p in got.get("CommonPrefixes", ())]
         token = got.get("NextContinuationToken") if got.get("IsTruncated") else None
-        return s3_list.Page(got.get("Contents", []), prefixes, token)
+        return key_ranges.Page(got.get("Contents", []), prefixes, token)
 
     def _entry(self, obj: dict) -> Entry | None:
         key, size = obj["Key"], obj["Size"]

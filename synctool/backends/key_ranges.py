@@ -1,7 +1,8 @@
-"""A bucket's keys in key order, several key ranges listed at once.
+"""A bucket's (or container's) keys in key order, several key ranges listed at once.
 
-ListObjectsV2 answers up to 1,000 keys a request, and each request needs the
-last one's continuation token: one listing is a chain of round trips. So
+An object store lists a page of keys a request (S3's ListObjectsV2, Azure's
+List Blobs), and each request needs the last one's continuation token: one
+listing is a chain of round trips. So
 the keys below the root are split at their common prefixes, which a listing
 with ``Delimiter='/'`` names, going a level deeper while there are fewer
 than :data:`SPLIT_FACTOR` prefixes per thread. Each prefix is a key range listed in its own thread;
@@ -12,7 +13,11 @@ Bounded memory: at most ``threads`` ranges are listed at once, each holding
 at most :data:`PAGES_AHEAD` pages not yet read.
 
 Resuming after a key: ranges below it are not listed, and the range that
-holds it starts after it (StartAfter).
+holds it starts after it (S3's StartAfter; a store without one skips what
+it lists again, in its page function).
+
+Objects are dicts with at least ``Key``, as boto3 gives them; the rest is
+the backend's.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ class Page:
     token: str | None  # the next page's continuation token; None: the last page
 
 
-#: page(prefix, start_after, token, delimited) -> one ListObjectsV2 page;
+#: page(prefix, start_after, token, delimited) -> one listing page;
 #: ``delimited`` asks for Delimiter='/'. start_after comes with the first
 #: page only: the continuation token carries on from there.
 PageOf = Callable[[str, "str | None", "str | None", bool], Page]
@@ -58,7 +63,7 @@ def ordered_keys(page: PageOf, prefix: str, start_after: str | None = None, thre
         for objects in _Range(page, prefix, start_after, stop).pages():
             yield from objects
         return
-    with ThreadPoolExecutor(threads, thread_name_prefix="s3-list") as pool:
+    with ThreadPoolExecutor(threads, thread_name_prefix="key-range") as pool:
         ahead = _Ahead(_pieces(page, prefix, start_after, threads, 0), pool, threads, page, start_after, stop)
         try:
             while (piece := ahead.next()) is not None:
