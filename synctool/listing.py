@@ -32,15 +32,15 @@ class ListingStopped(Exception):
 
 
 def entries(backend: Backend, side: str, retry: RetryPolicy, counted: Callable[[int], None]) -> Iterator[Entry]:
-    """``backend``'s entries in order; a listing that fails midway is listed
-    again and resumes after the last name already given, so nothing is given
-    twice. ``counted(n)`` hears of every ``n`` entries given."""
+    """``backend``'s entries in order; a listing that fails midway resumes
+    after the last name already given (the backend lists nothing before it
+    again), so nothing is given twice. ``counted(n)`` hears of every ``n`` entries given."""
     last: str | None = None
     attempt = 0
     while True:
         try:
             batch: list[Entry] = []
-            for entry in backend.list():
+            for entry in backend.list(start_after=last):
                 if last is not None and entry.name <= last:
                     continue  # given before the listing broke off
                 batch.append(entry)

@@ -126,6 +126,18 @@ class BackendContract:
             backend.write(name, iter([b"x"]), 1)
         assert [e.name for e in backend.list()] == sorted(names)
 
+    def test_listing_resumes_after_a_name(self, backend):
+        """``list(start_after=name)`` yields exactly the names after it: what a
+        listing that failed midway goes on with."""
+        names = sorted(["a-b", "a/b", "a/c/d", "a/c/d0", "a/c-e", "a0", "b b/x", "é", "z/y/x/w"])
+        for name in names:
+            backend.write(name, iter([b"x"]), 1)
+        for i, name in enumerate(names):
+            assert [e.name for e in backend.list(start_after=name)] == names[i + 1 :], name
+        # A name that is not listed resumes there too: between "a/c/d" and "a/c/d0".
+        assert [e.name for e in backend.list(start_after="a/c/d/")] == names[names.index("a/c/d0") :]
+        assert [e.name for e in backend.list(start_after="")] == names
+
     # -- nothing is replaced that the caller did not name -------------------
     #: Whether a new file's write refuses an existing name by itself. S3 asks
     #: with If-None-Match, which rclone serve s3 ignores (a documented race).

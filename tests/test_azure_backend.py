@@ -145,6 +145,32 @@ def test_listing_in_pages_relative_to_the_prefix(open_azure, azure_server, azure
     assert sorted(e.name for e in backend.list()) == [f"{i:02}" for i in range(20)]
 
 
+def test_key_ranges_come_back_as_one_ordered_stream(open_azure, azure_server, azure_container, monkeypatch):
+    # Pages of a few blobs, a prefix at the top split one level deeper, blobs
+    # between the ranges, and names that sort apart in byte order ('é', 'Z').
+    monkeypatch.setattr(azure_module, "LIST_PAGE", 50)
+    inside = ["a-b", "a0", "Z", "é"] + [f"a/{i:03}" for i in range(230)]
+    inside += [f"deep/{d}/{i:02}" for d in ("x", "x-y", "y") for i in range(12)]
+    inside += [f"m{i}/k" for i in range(9)] + ["m1/kk/deeper", "m1-k"]
+    names = ["Z", "data-x", "top", "é"] + [f"data/{name}" for name in inside]
+    azure_server.put(azure_container, {f"root/{name}": b"" for name in names})
+    backend = open_azure()
+    asked: list[str] = []
+    rest_page = backend._rest.list_page
+
+    def recorded(prefix, marker, size, timeout=None, delimited=False):
+        asked.append(prefix)
+        return rest_page(prefix, marker, size, timeout, delimited)
+
+    monkeypatch.setattr(backend._rest, "list_page", recorded)  # the real server answers; we only note what was asked
+    assert [e.name for e in backend.list()] == sorted(names)
+    for after in ("data-x", "data/a-b", "data/a/123", "data/deep/x-y/11", "data/deep/x/", "data/m1/k", "é"):
+        expected = [n for n in sorted(names) if n > after]
+        assert [e.name for e in backend.list(start_after=after)] == expected, after
+    # The ranges were listed apart, one per prefix below 'data/'.
+    assert {"root/data/a/", "root/data/deep/", "root/data/m1/"} <= set(asked)
+
+
 def test_journals_are_found_by_their_start_alone(open_azure, azure_server, azure_container):
     journal = ".synctool-unverified-0123456789ab.json"
     azure_server.put(azure_container, {f"root/{journal}": b"[]", f"root/d/{journal}": b"a user's",

@@ -14,8 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import pytest
@@ -167,14 +169,18 @@ def test_server_killed_mid_sync_and_back_only_after_the_run(own_s3, tree):
 LISTED = {f"listed/{i // 500:02}/{i:05}": b"x" for i in range(10_000)}
 
 
-def kill_during_the_listing(server, proc) -> None:
-    """Kill ``server`` once a listing asks for its second page.
+def range_asked(server, prefix: str) -> Callable[[], bool]:
+    """Whether the listing has asked for the key range below ``prefix``.
 
-    The server logs every request (-vv); a page after the first carries a
-    continuation token, which rclone logs as ``HasMarker:true``. The probe
-    that opens the backend reads one page only, so this is the listing itself.
+    The server logs every request (-vv); the listing asks for each folder
+    below listed/ as a key range of its own, in order, a few at once.
     """
-    wait_until(lambda: b"HasMarker:true" in server.log.read_bytes(), proc)
+    return lambda: f'prefix:"{prefix}"'.encode() in server.log.read_bytes()
+
+
+def kill_during_the_listing(server, proc) -> None:
+    """Kill ``server`` once the listing has read its first range."""
+    wait_until(range_asked(server, "listed/04/"), proc)
     server.kill()
 
 
@@ -212,6 +218,37 @@ def test_a_failed_listing_deletes_and_renames_nothing(own_s3, tmp_path, s3_side,
     assert figures["deleted"] == figures["renamed"] == figures["copied"] == 0, figures
     assert read_tree(local) == on_local
     assert read_tree(bucket_dir) == on_s3
+
+
+def test_a_listing_cut_by_a_server_crash_resumes_after_its_last_name(own_s3, tmp_path):
+    """The server dies in the middle of the source's listing and comes back:
+    the listing goes on after the last name it had (the ranges before are not
+    asked for again), and the run mirrors every object, none twice."""
+    make_tree(own_s3.root / BUCKET, LISTED)
+    # The destination holds every name but one already (a name the listing
+    # lost would be deleted there), and one name more.
+    mirror = {name.removeprefix("listed/"): data for name, data in LISTED.items()}
+    local = tmp_path / "local"
+    make_tree(local, {**mirror, "05/02542": b"older", "extra": b"not in the source"}, mtime=time.time() + 3600)
+    (local / "12" / "06123").unlink()
+    # Range 15 is asked for once the ranges up to 11 are read: more than one
+    # batch of names the coordinator keeps before a failure.
+    watcher = kill_when(range_asked(own_s3, "listed/15/"), own_s3, 0.5, "the listing never reached listed/15/")
+    report = synctool.sync(
+        f"s3://{BUCKET}/listed", str(local), src_options=own_s3.synctool_options(), workers=2,
+        retry=10, retry_delay=0.2, exponential_backoff=False,
+    )  # fmt: skip
+    watcher.result()
+
+    ok(report)
+    assert read_tree(local) == mirror
+    assert (report.copied, report.deleted) == (2, 1), report.to_dict()
+    log = own_s3.log.read_text()
+    after_restart = log.rsplit("starting with parameters", 1)[-1]
+    asked = re.findall(r'prefix: prefix:"([^"]*)"', after_restart)
+    assert asked, "the listing was over before the server died"
+    ranges = [p for p in asked if re.fullmatch(r"listed/\d\d/", p)]
+    assert not [p for p in ranges if p < "listed/08/"], asked
 
 
 # -- 3. SIGINT or SIGTERM during a multipart upload --------------------------------

@@ -85,6 +85,7 @@ from synctool.backends.base import (
     check_name,
     is_journal,
 )
+from synctool.backends import key_ranges
 from synctool.backends.azure_rest import BlobREST, RESTError
 from synctool.backends.budget import ByteBudget, block_size_for, send_blocks, store
 from synctool.backends.objectstore import delete_in_batches, object_prefix, storage_name
@@ -105,6 +106,7 @@ BLOCK_HEADROOM = 45_000  # size blocks for this many, in case the file grew sinc
 MAX_BLOCK = 4000 * MiB  # Azure's largest block
 DELETE_BATCH = 256  # Azure's most sub-requests in one blob batch
 LIST_PAGE = 5000  # Azure's most blobs in one listing page
+LIST_THREADS = 4  # key ranges listed at once
 COPY_POLL = 0.2  # seconds between looks at a copy still pending
 #: Error codes that mean "these credentials are not accepted here".
 AUTH_CODES = frozenset(
@@ -338,24 +340,29 @@ class AzureBackend(Backend):
         except Exception as exc:
             raise self._error(exc, f"listing {self.display_url()}") from exc
 
-    def list(self, starting: str = "") -> Iterator[Entry]:
+    def list(self, start_after: str | None = None, starting: str = "") -> Iterator[Entry]:
         """Every blob below the root; ``starting``: only names that start so."""
-        marker: str | None = None
+        after = None if start_after is None else self.prefix + start_after
         try:
-            # One page at a time: the plan holds the rest.
-            while True:
-                blobs, marker = self._rest.list_page(self.prefix + starting, marker, LIST_PAGE,
-                                                     self.values["list-timeout"])  # fmt: skip
-                for key, size, mtime in blobs:
-                    name = key[len(self.prefix) :]
-                    if not name or (size == 0 and name.endswith("/")):
-                        continue  # the prefix itself, or a folder marker made by other tools
-                    # Unsafe names (../x, a//b) are passed on: the plan refuses them by name.
-                    yield Entry(name, size, mtime)
-                if marker is None:
-                    return
+            # A few pages per key range at a time (see key_ranges): the plan holds the rest.
+            for blob in key_ranges.ordered_keys(self._page, self.prefix + starting, after, LIST_THREADS):
+                name = blob["Key"][len(self.prefix) :]
+                if not name or (blob["Size"] == 0 and name.endswith("/")):
+                    continue  # the prefix itself, or a folder marker made by other tools
+                # Unsafe names (../x, a//b) are passed on: the plan refuses them by name.
+                yield Entry(name, blob["Size"], blob["Mtime"])
         except Exception as exc:
             raise self._error(exc, f"listing {self.display_url()}") from exc
+
+    def _page(self, prefix: str, start_after: str | None, marker: str | None, delimited: bool) -> key_ranges.Page:
+        """One page of a key range. Blob storage has no start-after: a listing
+        resumed after a name lists the names before it again, and skips them."""
+        blobs, marker, prefixes = self._rest.list_page(prefix, marker, LIST_PAGE, self.values["list-timeout"], delimited)
+        objects = [{"Key": key, "Size": size, "Mtime": mtime} for key, size, mtime in blobs]
+        if start_after is not None:
+            objects = [o for o in objects if o["Key"] > start_after]
+            prefixes = [p for p in prefixes if p > start_after or start_after.startswith(p)]
+        return key_ranges.Page(objects, prefixes, marker)
 
     def journals(self) -> list[str]:
         return [e.name for e in self.list(starting=JOURNAL_START) if is_journal(e.name)]

@@ -87,23 +87,25 @@ class BlobREST:
         response = self._call("GET", None, {"restype": "container"}, allow=(404,))
         return response.status != 404
 
-    def list_page(self, prefix: str, marker: str | None, size: int, timeout: float | None = None):
-        """One page of the blobs whose names start with ``prefix``: [(name, size, mtime)], next marker or None."""
+    def list_page(self, prefix: str, marker: str | None, size: int, timeout: float | None = None,
+                  delimited: bool = False):  # fmt: skip
+        """One page of the blobs whose names start with ``prefix``:
+        [(name, size, mtime)], next marker or None, and with ``delimited``
+        the names' common prefixes up to the next '/'."""
         query = {"restype": "container", "comp": "list", "prefix": prefix, "maxresults": str(size)}
+        if delimited:
+            query["delimiter"] = "/"
         if marker:
             query["marker"] = marker
         response = self._call("GET", None, query, timeout=timeout)
         root = ET.fromstring(response.data)
         blobs = []
         for blob in root.iterfind("Blobs/Blob"):
-            name_element = blob.find("Name")
-            name = name_element.text or ""
-            if name_element.get("Encoded") == "true":
-                name = unquote(name)  # a name with characters XML cannot carry
             props = blob.find("Properties")
             modified = _http_time(props.findtext("Last-Modified"))
-            blobs.append((name, int(props.findtext("Content-Length") or 0), modified))
-        return blobs, root.findtext("NextMarker") or None
+            blobs.append((_name(blob), int(props.findtext("Content-Length") or 0), modified))
+        prefixes = [_name(p) for p in root.iterfind("Blobs/BlobPrefix")]
+        return blobs, root.findtext("NextMarker") or None, prefixes
 
     def put_blob(self, name: str, data: bytes, headers: Mapping[str, str]) -> str:
         """Put Blob: the whole content in one request; returns the new ETag."""
@@ -168,6 +170,15 @@ class BlobREST:
         lines.append(resource)
         digest = hmac.new(self._key, "\n".join(lines).encode(), hashlib.sha256).digest()
         return f"SharedKey {self.account}:{base64.b64encode(digest).decode()}"
+
+
+def _name(element: ET.Element) -> str:
+    """A Blob's or BlobPrefix's name, decoded when XML could not carry it as it is."""
+    name_element = element.find("Name")
+    if name_element is None:
+        return ""
+    name = name_element.text or ""
+    return unquote(name) if name_element.get("Encoded") == "true" else name
 
 
 @functools.lru_cache(maxsize=4096)

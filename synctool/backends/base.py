@@ -376,8 +376,15 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def list(self) -> Iterator[Entry]:
-        """Every file below the root, recursively, in any order.
+    def list(self, start_after: str | None = None) -> Iterator[Entry]:
+        """Every file below the root, recursively, in the order of their full
+        names: UTF-8 byte order, S3's ListObjectsV2 order (see walk.py, which
+        folder-by-folder backends list through). The plan merges both sides'
+        listings as they stream, and stops at the first name out of order.
+
+        With ``start_after``, only the files whose names sort after it: a
+        listing that failed midway resumes after the last name it yielded,
+        without listing again what it already did.
 
         Folders are not entries; empty folders do not show. A symbolic link
         is an entry with ``link=True`` and is never descended into.

@@ -1073,10 +1073,12 @@ class FTPBackend(Backend):
             if kind is None:
                 self._makedirs(client, root, "/")
 
-    def list(self) -> Iterator[Entry]:
-        yield from ordered_walk(lambda prefix, folder: self._scan(prefix, folder, not prefix), None, LIST_THREADS)
+    def list(self, start_after: str | None = None) -> Iterator[Entry]:
+        yield from ordered_walk(
+            lambda prefix, folder: self._scan(prefix, folder, not prefix), None, LIST_THREADS, start_after
+        )
 
-    def _scan(self, prefix: str, folder: str | None, is_root: bool) -> tuple[list[Entry], list[tuple[str, str]]]:
+    def _scan(self, prefix: str, folder: str | None, is_root: bool) -> list[Entry | tuple[str, str]]:
         """One folder (None: the root): its files, and its subfolders as (name prefix, path)."""
         with self._session(f"listing {folder or 'the root'}") as client:
             folder = self._top() if folder is None else folder
@@ -1088,20 +1090,20 @@ class FTPBackend(Backend):
                 if is_root:
                     raise NotFound(f"folder {self._root} does not exist on {self.settings.address}") from None
                 raise BackendError(f"folder {folder} vanished while it was being listed") from None
-        files, folders = [], []
+        items: list[Entry | tuple[str, str]] = []
         for name, kind, size, mtime in entries:
             if kind == "file":
-                files.append(Entry(prefix + name, size, mtime))
+                items.append(Entry(prefix + name, size, mtime))
             elif kind == "link":
-                files.append(Entry(prefix + name, 0, mtime, link=True))
+                items.append(Entry(prefix + name, 0, mtime, link=True))
             elif kind == "dir":
                 if name in (".", "..") or not _usable_folder_name(name):
                     log.warning("skipping folder with an unusable name %r", prefix + name)
                 else:
-                    folders.append((f"{prefix}{name}/", posixpath.join(folder, name) if folder else name))
+                    items.append((f"{prefix}{name}/", posixpath.join(folder, name) if folder else name))
             elif kind != "cdir" and kind != "pdir":
                 log.warning("skipping %s: not a regular file", prefix + name)
-        return files, folders
+        return items
 
     def read(self, name: str) -> Iterator[bytes]:
         with self._session(f"reading {name}") as client:

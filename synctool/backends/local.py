@@ -38,6 +38,7 @@ log = logging.getLogger("synctool.backends.local")
 CHUNK = 1 << 20  # 1 MiB: large enough that Python's per-call cost vanishes
 FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 RENAME_NOREPLACE = 1  # linux/fs.h
+LIST_THREADS = 1  # folders listed at once
 
 
 def default_file_mode() -> int:
@@ -191,36 +192,39 @@ class LocalBackend(Backend):
         except OSError as exc:
             raise FatalBackendError(f"cannot create folder {self.root}: {exc.strerror}") from exc
 
-    def list(self) -> Iterator[Entry]:
+    def list(self, start_after: str | None = None) -> Iterator[Entry]:
         if not os.path.isdir(self.root):
             raise NotFound(f"folder {self.root} does not exist")
-        return ordered_walk(self._scan, self.root)
+        return ordered_walk(self._scan, self.root, LIST_THREADS, start_after)
 
-    def _scan(self, prefix: str, folder: str) -> tuple[list[Entry], list[tuple[str, str]]]:
-        """One folder: its files and links, and its subfolders as (name prefix, path)."""
+    def _scan(self, prefix: str, folder: str) -> Iterator[Entry | tuple[str, str]]:
+        """One folder as it is read: its files and links, and its subfolders as (name prefix, path)."""
         try:
             with os.scandir(folder) as it:
-                items = list(it)
+                for item in it:
+                    found = self._item(prefix, item)
+                    if found is not None:
+                        yield found
         except OSError as exc:
             raise BackendError(f"cannot list {folder}: {exc.strerror}") from exc
-        files, folders = [], []
-        for item in items:
-            try:
-                st = item.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue  # removed since the folder was read
-            except OSError as exc:  # a folder that can be read but not entered, say
-                raise _os_error("listing", prefix + item.name, exc) from exc
-            mode = st.st_mode
-            if S_ISREG(mode):
-                files.append(Entry(prefix + item.name, st.st_size, st.st_mtime_ns / 1e9))
-            elif S_ISDIR(mode):
-                folders.append((prefix + item.name + "/", item.path))
-            elif S_ISLNK(mode):
-                files.append(Entry(prefix + item.name, 0, st.st_mtime_ns / 1e9, link=True))
-            else:
-                log.warning("skipping %s: not a regular file", prefix + item.name)
-        return files, folders
+
+    @staticmethod
+    def _item(prefix: str, item: os.DirEntry) -> Entry | tuple[str, str] | None:
+        try:
+            st = item.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            return None  # removed since the folder was read
+        except OSError as exc:  # a folder that can be read but not entered, say
+            raise _os_error("listing", prefix + item.name, exc) from exc
+        mode = st.st_mode
+        if S_ISREG(mode):
+            return Entry(prefix + item.name, st.st_size, st.st_mtime_ns / 1e9)
+        if S_ISDIR(mode):
+            return prefix + item.name + "/", item.path
+        if S_ISLNK(mode):
+            return Entry(prefix + item.name, 0, st.st_mtime_ns / 1e9, link=True)
+        log.warning("skipping %s: not a regular file", prefix + item.name)
+        return None
 
     def read(self, name: str) -> Iterator[bytes]:
         try:

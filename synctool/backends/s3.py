@@ -62,7 +62,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from synctool.backends import s3_native
+from synctool.backends import key_ranges, s3_native
 from synctool.backends.base import (
     AlreadyExists,
     Backend,
@@ -89,6 +89,7 @@ MIN_PART = 5 * MiB  # S3's smallest part (all but the last)
 MAX_PARTS = 10_000  # S3's most parts in one upload
 PART_HEADROOM = 9_000  # size parts for this many, in case the file grew since listing
 DELETE_BATCH = 1_000  # S3's most keys per DeleteObjects request
+LIST_THREADS = 4  # key ranges listed at once
 ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
 
 # Error codes that mean "these credentials are not accepted here".
@@ -486,34 +487,42 @@ class S3Backend(Backend):
             raise self._error(exc, f"listing s3://{self.bucket}/{self.prefix}") from exc
         return bool(page.get("KeyCount") or page.get("Contents"))
 
-    def list(self, starting: str = "") -> Iterator[Entry]:
-        """Every object below the root; ``starting``: only names that start so."""
+    def list(self, start_after: str | None = None) -> Iterator[Entry]:
+        return self._listed(self.prefix, start_after)
+
+    def journals(self) -> list[str]:
+        return [e.name for e in self._listed(self.prefix + JOURNAL_START) if is_journal(e.name)]
+
+    def _listed(self, prefix: str, start_after: str | None = None) -> Iterator[Entry]:
+        """Every object below the root whose key starts with ``prefix`` (and whose name sorts after ``start_after``)."""
+        after = None if start_after is None else self.prefix + start_after
         with self._listing_client() as native:
-            prefix = self.prefix + starting
+            page = self._native_page(native) if native else self._boto3_page
             try:
-                # One page (up to 1,000 keys) at a time: the plan holds the rest.
-                for objects in self._native_pages(native, prefix) if native else self._boto3_pages(prefix):
-                    for obj in objects:
-                        entry = self._entry(obj)
-                        if entry is not None:
-                            yield entry
+                # A few pages per key range at a time (see key_ranges): the plan holds the rest.
+                for obj in key_ranges.ordered_keys(page, prefix, after, LIST_THREADS):
+                    entry = self._entry(obj)
+                    if entry is not None:
+                        yield entry
             except Exception as exc:
                 raise self._error(exc, f"listing s3://{self.bucket}/{self.prefix}") from exc
 
-    def journals(self) -> list[str]:
-        return [e.name for e in self.list(starting=JOURNAL_START) if is_journal(e.name)]
+    @staticmethod
+    def _native_page(native: s3_native.NativeS3) -> key_ranges.PageOf:
+        def page(prefix: str, start_after: str | None, token: str | None, delimited: bool) -> key_ranges.Page:
+            objects, token, prefixes = native.list_page(prefix, token, start_after=start_after, delimited=delimited)
+            return key_ranges.Page(objects, prefixes, token)
 
-    def _native_pages(self, native: s3_native.NativeS3, prefix: str) -> Iterator[list[dict]]:
-        token = None
-        while True:
-            objects, token = native.list_page(prefix, token)
-            yield objects
-            if token is None:
-                return
+        return page
 
-    def _boto3_pages(self, prefix: str) -> Iterator[list[dict]]:
-        for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
-            yield page.get("Contents", [])
+    def _boto3_page(self, prefix: str, start_after: str | None, token: str | None, delimited: bool) -> key_ranges.Page:
+        given = {"ContinuationToken": token, "StartAfter": start_after, "Delimiter": "/" if delimited else None}
+        got = self._client.list_objects_v2(
+            Bucket=self.bucket, Prefix=prefix, **{key: value for key, value in given.items() if value}
+        )
+        prefixes = [p["Prefix"] for p in got.get("CommonPrefixes", ())]
+        token = got.get("NextContinuationToken") if got.get("IsTruncated") else None
+        return key_ranges.Page(got.get("Contents", []), prefixes, token)
 
     def _entry(self, obj: dict) -> Entry | None:
         key, size = obj["Key"], obj["Size"]

@@ -242,8 +242,16 @@ class NativeS3:
         """HeadBucket: returns when the bucket is there and may be listed, else NativeError (404: missing)."""
         self._send("HEAD", self._path_prefix, "HeadBucket", 0)
 
-    def list_page(self, prefix: str, token: str | None = None, max_keys: int = 1000) -> tuple[list[dict], str | None]:
-        """One ListObjectsV2 page: (objects as boto3 gives them, the next page's token or None).
+    def list_page(
+        self,
+        prefix: str,
+        token: str | None = None,
+        max_keys: int = 1000,
+        start_after: str | None = None,
+        delimited: bool = False,
+    ) -> tuple[list[dict], str | None, list[str]]:
+        """One ListObjectsV2 page: (objects as boto3 gives them, the next
+        page's token or None, the common prefixes when ``delimited`` by '/').
 
         Each object is ``{"Key", "Size", "LastModified"}``, the last a UTC
         datetime. Keys travel URL-encoded (``encoding-type=url``, as boto3
@@ -252,6 +260,10 @@ class NativeS3:
         query = {"list-type": "2", "prefix": prefix, "max-keys": str(max_keys), "encoding-type": "url"}
         if token:
             query["continuation-token"] = token
+        if start_after:
+            query["start-after"] = start_after
+        if delimited:
+            query["delimiter"] = "/"
         path = self._path_prefix + "?" + urlencode(sorted(query.items()), quote_via=quote, safe="~")
         _, body = self._send("GET", path, "ListObjectsV2", LIST_ANSWER_LIMIT)
         return _parse_listing(body)
@@ -337,8 +349,8 @@ def clear_frames(exc: BaseException | None) -> None:
         exc = exc.__cause__ or exc.__context__
 
 
-def _parse_listing(body: bytes) -> tuple[list[dict], str | None]:
-    """A ListObjectsV2 answer: (objects, next continuation token or None)."""
+def _parse_listing(body: bytes) -> tuple[list[dict], str | None, list[str]]:
+    """A ListObjectsV2 answer: (objects, next continuation token or None, common prefixes)."""
     root = ElementTree.fromstring(body)
     ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
     decode = unquote_plus if root.findtext(ns + "EncodingType") == "url" else str
@@ -350,11 +362,12 @@ def _parse_listing(body: bytes) -> tuple[list[dict], str | None]:
         }
         for item in root.iterfind(ns + "Contents")
     ]
+    prefixes = [decode(item.findtext(ns + "Prefix") or "") for item in root.iterfind(ns + "CommonPrefixes")]
     truncated = root.findtext(ns + "IsTruncated") == "true"
     token = root.findtext(ns + "NextContinuationToken") if truncated else None
     if truncated and not token:
         raise NativeError(200, "InvalidListing", "a truncated listing without a continuation token")
-    return objects, token
+    return objects, token, prefixes
 
 
 def _timestamp(text: str) -> datetime.datetime:

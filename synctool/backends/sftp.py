@@ -750,36 +750,26 @@ class SFTPBackend(Backend):
             if mode is None:
                 _makedirs(lease.sftp, root, None)
 
-    def list(self) -> Iterator[Entry]:
+    def list(self, start_after: str | None = None) -> Iterator[Entry]:
         self._connection()
         # Listing a folder is one round trip per batch of names: folders
         # ahead of the walk are listed at once, each on its own channel.
-        return ordered_walk(lambda prefix, folder: self._scan(prefix, folder, not prefix), self._root, LIST_THREADS)
+        return ordered_walk(
+            lambda prefix, folder: self._scan(prefix, folder, not prefix), self._root, LIST_THREADS, start_after
+        )
 
-    def _scan(self, prefix: str, folder: str, is_root: bool) -> tuple[list[Entry], list[tuple[str, str]]]:
-        """One folder: its files, and its subfolders as (name prefix, path)."""
+    def _scan(self, prefix: str, folder: str, is_root: bool) -> Iterator[Entry | tuple[str, str]]:
+        """One folder as it arrives: its files, and its subfolders as (name prefix, path)."""
         try:
             with self._sftp(f"listing {folder}") as lease:
-                items = _listdir_attr(lease.sftp, folder)
+                for item in _folder_items(lease.sftp, folder):
+                    found = _listed(prefix, folder, item)
+                    if found is not None:
+                        yield found
         except NotFound:
             if is_root:
                 raise NotFound(f"folder {folder} does not exist on {self.settings.address}") from None
             raise BackendError(f"folder {folder} vanished while it was being listed") from None
-        files, folders = [], []
-        for item in items:
-            name, mode = prefix + item.filename, item.st_mode or 0
-            if stat.S_ISLNK(mode):
-                files.append(Entry(name, 0, float(item.st_mtime or 0), link=True))
-            elif stat.S_ISDIR(mode):
-                if "/" in item.filename or "\x00" in item.filename:
-                    log.warning("skipping folder with an unusable name %r", name)
-                else:
-                    folders.append((name + "/", f"{folder}/{item.filename}"))
-            elif stat.S_ISREG(mode):
-                files.append(Entry(name, item.st_size or 0, float(item.st_mtime or 0)))
-            else:
-                log.warning("skipping %s: not a regular file", name)
-        return files, folders
 
     def read(self, name: str) -> Iterator[bytes]:
         self._connection()
@@ -1097,34 +1087,6 @@ def _unsupported(exc: OSError) -> bool:
     return exc.errno is None and "unsupported" in str(exc).lower()
 
 
-def _listdir_attr(sftp: paramiko.SFTPClient, folder: str) -> list[paramiko.SFTPAttributes]:
-    """paramiko's listdir_attr, but a name that is not UTF-8 comes with its
-    bytes escaped, as os.listdir gives it, for the plan to refuse by name:
-    paramiko's decoding fails the whole listing on it."""
-    path = folder.encode("utf-8", "surrogateescape")
-    kind, msg = sftp._request(CMD_OPENDIR, path)
-    if kind != CMD_HANDLE:
-        raise paramiko.SFTPError("Expected handle")
-    handle = msg.get_binary()
-    items = []
-    try:
-        while True:
-            try:
-                kind, msg = sftp._request(CMD_READDIR, handle)
-            except EOFError:
-                return items
-            if kind != CMD_NAME:
-                raise paramiko.SFTPError("Expected name response")
-            for _ in range(msg.get_int()):
-                name = msg.get_string().decode("utf-8", "surrogateescape")
-                longname = msg.get_string().decode("utf-8", "surrogateescape")
-                attr = paramiko.SFTPAttributes._from_msg(msg, name, longname)
-                if name not in (".", ".."):
-                    items.append(attr)
-    finally:
-        sftp._request(CMD_CLOSE, handle)
-
-
 def _realpath(sftp: paramiko.SFTPClient, path: str) -> str:
     """``path`` with its links resolved by the server (its realpath); the part
     that does not exist yet, and so holds no link, is kept as written."""
@@ -1165,3 +1127,53 @@ def _makedirs(sftp: paramiko.SFTPClient, folder: str, root: str | None) -> None:
             # Another thread may have made it meanwhile; anything else shows on stat.
             if not stat.S_ISDIR(sftp.stat(path).st_mode):
                 raise
+
+
+def _folder_items(sftp: paramiko.SFTPClient, path: str) -> Iterator[paramiko.SFTPAttributes]:
+    """A folder's entries batch by batch as the server sends them: paramiko's
+    listdir_attr, without holding the whole folder (one may hold millions).
+    A name that is not UTF-8 comes with its bytes escaped, as os.listdir
+    gives it, for the plan to refuse by name: paramiko's decoding would fail
+    the whole listing on it."""
+    kind, msg = sftp._request(CMD_OPENDIR, path.encode("utf-8", "surrogateescape"))
+    if kind != CMD_HANDLE:
+        raise paramiko.SFTPError("Expected handle")
+    handle = msg.get_binary()
+    try:
+        while True:
+            try:
+                kind, msg = sftp._request(CMD_READDIR, handle)
+            except EOFError:
+                # The folder's end, or a channel that died: paramiko says both
+                # the same way. The CLOSE below is answered only in the first case.
+                break
+            if kind != CMD_NAME:
+                raise paramiko.SFTPError("Expected name response")
+            for _ in range(msg.get_int()):
+                filename = msg.get_string().decode("utf-8", "surrogateescape")
+                longname = msg.get_string().decode("utf-8", "surrogateescape")
+                attributes = paramiko.SFTPAttributes._from_msg(msg, filename, longname)
+                if filename not in (".", ".."):
+                    yield attributes
+    except BaseException:
+        # The channel may be broken: the error at hand is the one to report.
+        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+            sftp._request(CMD_CLOSE, handle)
+        raise
+    sftp._request(CMD_CLOSE, handle)
+
+
+def _listed(prefix: str, folder: str, item: paramiko.SFTPAttributes) -> Entry | tuple[str, str] | None:
+    """One item of a listing of ``folder``: an entry, a subfolder, or None (skipped)."""
+    name, mode = prefix + item.filename, item.st_mode or 0
+    if stat.S_ISLNK(mode):
+        return Entry(name, 0, float(item.st_mtime or 0), link=True)
+    if stat.S_ISDIR(mode):
+        if "/" in item.filename or "\x00" in item.filename:
+            log.warning("skipping folder with an unusable name %r", name)
+            return None
+        return name + "/", f"{folder}/{item.filename}"
+    if stat.S_ISREG(mode):
+        return Entry(name, item.st_size or 0, float(item.st_mtime or 0))
+    log.warning("skipping %s: not a regular file", name)
+    return None

@@ -491,7 +491,7 @@ class WebDAVBackend(Backend):
             self._make_folders(folder.split("/"))
         self._folders.add(folder)
 
-    def list(self) -> Iterator[Entry]:
+    def list(self, start_after: str | None = None) -> Iterator[Entry]:
         self._client  # noqa: B018 - opened here, not by the threads below
         path = self.values["debug-propfind-file"]
         self._debug_file = open(path, "wb") if path else None  # noqa: SIM115 - closed below
@@ -499,11 +499,11 @@ class WebDAVBackend(Backend):
             # One round trip per folder: several are listed ahead of the walk
             # (Depth: infinity is refused by many servers, and would hold the
             # whole tree at once).
-            def scan(prefix: str, folder: str) -> tuple[list[Entry], list[tuple[str, str]]]:
+            def scan(prefix: str, folder: str) -> list[Entry | tuple[str, str]]:
                 files, folders = self._scan(folder)
-                return files, [(sub + "/", sub) for sub in folders]
+                return [*files, *((sub + "/", sub) for sub in folders)]
 
-            yield from ordered_walk(scan, "", LIST_THREADS)
+            yield from ordered_walk(scan, "", LIST_THREADS, start_after)
         finally:
             if self._debug_file is not None:
                 self._debug_file.close()
