@@ -152,6 +152,24 @@ class BackendContract:
         assert self.read_all(backend, "d/a") == b"a"
         assert self.read_all(backend, "d/20260101000000.old.a") == b"kept"
 
+    #: Whether a rename out of a folder removes the folder it leaves empty.
+    #: WebDAV cannot remove a folder only if it is empty (see webdav.py).
+    removes_emptied_folders = True
+
+    def test_renames_out_of_a_folder_make_room_for_a_file_of_its_name(self, backend):
+        aside = "20260101000000.old.a"
+        backend.write("a/x", iter([b"x"]), 1)
+        backend.write("a/sub/y", iter([b"y"]), 1)
+        backend.rename("a/x", f"{aside}/x")
+        backend.rename("a/sub/y", f"{aside}/sub/y")
+        if self.removes_emptied_folders:
+            backend.write("a", iter([b"file"]), 4, overwrite=False)
+            assert self.read_all(backend, "a") == b"file"
+        else:  # refused, never written over the folder
+            with pytest.raises(BackendError, match="^a "):
+                backend.write("a", iter([b"file"]), 4, overwrite=False)
+        assert self.read_all(backend, f"{aside}/x") == b"x" and self.read_all(backend, f"{aside}/sub/y") == b"y"
+
     def test_keep_old_as_never_replaces(self, backend):
         backend.write("f", iter([b"v1"]), 2)
         backend.write("20260101000000.old.f", iter([b"v0"]), 2)

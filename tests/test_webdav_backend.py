@@ -23,6 +23,8 @@ from tests.test_sftp_backend import refused, roundtrip
 
 
 class TestWebDAVBackend(BackendContract):
+    removes_emptied_folders = False
+
     @pytest.fixture
     def spec(self, webdav_server, webdav_folder):
         return webdav_server.spec(webdav_folder)

@@ -1345,9 +1345,10 @@ class FTPBackend(Backend):
     def rename(self, old: str, new: str) -> None:
         with self._session(f"renaming {old} to {new}") as client:
             src, dst = self._path(old), self._path(new)
+            moves = posixpath.dirname(src) != posixpath.dirname(dst)  # to another folder
             if self._kind(client, dst) is not None:
                 raise AlreadyExists(f"{new} exists already: {old} was not renamed over it", new)
-            if posixpath.dirname(src) != posixpath.dirname(dst):
+            if moves:
                 self._makedirs(client, posixpath.dirname(dst), self._top())
             try:
                 client.rename(src, dst)
@@ -1355,6 +1356,8 @@ class FTPBackend(Backend):
                 if self._kind(client, src) is None:
                     raise NotFound(f"renaming {old}: no such file") from None
                 raise
+            if moves:
+                self._prune(client, {posixpath.dirname(src)})  # the folder the file left
 
     def delete(self, names: Sequence[str]) -> None:
         failures: dict[str, str] = {}
@@ -1375,7 +1378,7 @@ class FTPBackend(Backend):
             raise DeleteError(failures)
 
     def _prune(self, client: _Client, folders: set[str]) -> None:
-        """Remove folders the deletes left empty, deepest first, never the root."""
+        """Remove folders the deletes (or renames) left empty, deepest first, never the root."""
         top = self._top().rstrip("/")
         for folder in sorted(folders, key=len, reverse=True):
             while folder and folder != top and (not top or folder.startswith(top + "/")):

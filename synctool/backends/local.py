@@ -322,6 +322,8 @@ class LocalBackend(Backend):
             raise AlreadyExists(f"{new} exists already: {old} was not renamed over it", new) from exc
         except OSError as exc:
             raise _os_error("renaming", old, exc) from exc
+        if (old_folder_name := old.rpartition("/")[0]) != new.rpartition("/")[0]:
+            self._prune({old_folder_name})  # a file this rename moved out of its folder
 
     def delete(self, names: Sequence[str]) -> None:
         failures: dict[str, str] = {}
@@ -342,7 +344,7 @@ class LocalBackend(Backend):
             raise DeleteError(failures)
 
     def _prune(self, folders: set[str]) -> None:
-        """Remove folders the deletes left empty, deepest first, never the root."""
+        """Remove folders the deletes (or renames) left empty, deepest first, never the root."""
         for folder in sorted(folders, key=len, reverse=True):
             while folder:
                 try:

@@ -964,11 +964,14 @@ class SFTPBackend(Backend):
     def rename(self, old: str, new: str) -> None:
         self._connection()
         src, dst = self._path(old), self._path(new)
+        moves = posixpath.dirname(src) != posixpath.dirname(dst)  # to another folder
         try:
             with self._sftp(f"renaming {old} to {new}") as lease:
-                if posixpath.dirname(src) != posixpath.dirname(dst):
+                if moves:
                     _makedirs(lease.sftp, posixpath.dirname(dst), self._root)
                 self._rename_noreplace(lease, src, dst)
+                if moves:
+                    self._prune(lease.sftp, {posixpath.dirname(src)})  # the folder the file left
         except _Taken:
             raise AlreadyExists(f"{new} exists already: {old} was not renamed over it", new) from None
 
@@ -995,7 +998,7 @@ class SFTPBackend(Backend):
             raise DeleteError(failures)
 
     def _prune(self, sftp: paramiko.SFTPClient, folders: set[str]) -> None:
-        """Remove folders the deletes left empty, deepest first, never the root."""
+        """Remove folders the deletes (or renames) left empty, deepest first, never the root."""
         for folder in sorted(folders, key=len, reverse=True):
             while folder != self._root and folder.startswith(self._root.rstrip("/") + "/"):
                 try:
