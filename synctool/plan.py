@@ -40,6 +40,15 @@ def is_retention_name(name: str) -> bool:
     return bool(RETENTION_RE.match(basename(name)))
 
 
+def _kept_parts(name: str) -> Iterator[str]:
+    """``name`` and its folders that are retention names: ``d/<stamp>.old.a/x``
+    -> ``d/<stamp>.old.a``. Whatever lies below a kept folder is kept too."""
+    if ".old." in name:  # most names have no part to look at
+        for part in (*_ancestors(name), name):
+            if is_retention_name(part):
+                yield part
+
+
 def _ancestors(name: str) -> Iterable[str]:
     """``a/b/c`` -> ``a``, ``a/b``."""
     for i, ch in enumerate(name):
@@ -222,6 +231,9 @@ class Planner:
       still fill with files to remove; they are decided once the march has
       passed that range (a folder of removed files then stands where the
       file goes, and the copy is ``blocked``: written after the removals);
+      the versions in that folder move aside under one retention name
+      chosen for the folder (``aside``), so that it empties and every
+      version survives;
     - ``removed``: destination names being removed that may still be the
       folder of a coming source name (a removed file standing where a folder
       goes blocks the copies below it).
@@ -267,6 +279,7 @@ class Planner:
         self.dst_links: set[str] = set()
         self.removed: list[str] = []
         self.waiting: list[Copy] = []
+        self.aside: dict[str, str] = {}  # a waiting copy's name -> where its folder's versions go
         self.out: list[tuple[str, object]] = []
 
     def events(self, source: Iterable[Entry], destination: Iterable[Entry]) -> Iterator[tuple[str, object]]:
@@ -286,8 +299,8 @@ class Planner:
         self._pass(name)
         if d is not None and d.link:
             self.dst_links.add(d.name)
-        if is_retention_name(name):
-            self.retention.mark_listed(name)
+        for kept in _kept_parts(name):
+            self.retention.mark_listed(kept)
         if s is not None and self.now is not None and not s.link and s.mtime > self.now + FUTURE_SLACK_SECONDS:
             self.out.append(("future", s.name))
         if d is None:
@@ -305,6 +318,8 @@ class Planner:
             done = [c for c in self.waiting if _beyond(name, c.entry.name)]
             if done:
                 self.waiting = [c for c in self.waiting if c not in done]
+                for c in done:
+                    self.aside.pop(c.entry.name, None)
                 self.out.extend(("copies", c) for c in done)
 
     def _removing(self, name: str) -> None:
@@ -313,6 +328,18 @@ class Planner:
             if name.startswith(copy.entry.name + "/"):
                 copy.blocked = True  # a folder of removed files stands where the file goes
         self.removed.append(name)
+
+    def _moved_aside(self, name: str) -> str | None:
+        """Where the destination-only ``name`` goes when a new source file waits
+        for a folder of ``name``'s to go: ``a/sub/x`` -> ``<stamp>.old.a/sub/x``,
+        one retention name for the whole folder. None when nothing waits."""
+        for copy in self.waiting:
+            folder = copy.entry.name
+            if name.startswith(folder + "/"):
+                if folder not in self.aside:
+                    self.aside[folder] = self.retention.name_for(folder)
+                return self.aside[folder] + name[len(folder) :]
+        return None
 
     def _add_copy(self, copy: Copy) -> None:
         if any(copy.entry.name.startswith(r + "/") for r in self.removed):
@@ -366,12 +393,17 @@ class Planner:
         except UnsafeName:
             self.out.append(("ignored", d.name))  # never act on a name that could point outside the root
             return
+        kept = any(_kept_parts(d.name))
         if self.target.is_temporary(d.name):
             self.out.append(("deletes", d.name))  # debris of a killed run, never user data
             self._removing(d.name)
         elif is_journal(d.name):
             self.out.append(("journals", d.name))
-        elif is_retention_name(d.name):
+        elif (self.keep_old or kept) and (aside := self._moved_aside(d.name)):
+            # Renamed in place, the versions would keep the folder from ever emptying.
+            self.out.append(("renames", (d.name, aside)))
+            self._removing(d.name)
+        elif kept:
             self.kept += 1  # a kept version is never deleted nor renamed again
         elif self.keep_old:
             self.out.append(("renames", (d.name, self.retention.name_for(d.name))))

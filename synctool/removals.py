@@ -14,7 +14,7 @@ import time
 from synctool import secrets
 from synctool.backends import AlreadyExists, Backend, BackendError, DeleteError
 from synctool.logs import FILES, RETRY
-from synctool.plan import MAX_NAME_CONFLICTS, RetentionNames
+from synctool.plan import MAX_NAME_CONFLICTS, RetentionNames, basename
 from synctool.progress import Progress
 from synctool.report import Report
 from synctool.retry import RetryPolicy
@@ -70,14 +70,19 @@ class Removals:
 
 def rename(dst: Backend, retry: RetryPolicy, names: RetentionNames, old: str, new: str) -> tuple[str, str | None]:
     """Rename ``old`` to the retention name ``new``, or to the next free one
-    when another writer took ``new``. Returns (the name used, the last error)."""
+    when another writer took ``new``. Returns (the name used, the last error).
+
+    The next name stays in ``new``'s folder: a file moved aside with its
+    folder (``a/x`` -> ``<stamp>.old.a/x``) must still leave ``a/``.
+    """
     for _ in range(MAX_NAME_CONFLICTS):
         try:
             retry.call(lambda: dst.rename(old, new))
             return new, None
         except AlreadyExists as exc:
             names.mark_taken(new)
-            new = names.name_for(old)
+            folder, slash, _ = new.rpartition("/")
+            new = names.name_for(folder + slash + basename(old))
             log.log(RETRY, "%s; keeping %s as %s instead", exc, old, new)
         except BackendError as exc:
             return new, secrets.redact(str(exc))

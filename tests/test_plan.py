@@ -64,6 +64,34 @@ def test_retention_names_at_destination_are_kept():
         assert p.deletes == [] and p.renames == [] and p.kept == 2
 
 
+def test_a_folder_where_the_source_has_a_file_moves_aside_under_one_retention_name():
+    """dst ``d/a/`` where the source has the file ``d/a``: its files and kept
+    versions go to ``d/<stamp>.old.a/``, a name no listing holds yet; a link
+    stays (the copy then fails, saying why)."""
+    old = "20200101000000.old.z"
+    dst = [E(f"{STAMP}.old.d/x"), E(f"d/{STAMP}.old.a/x"), E("d/a/x"), E("d/a/sub/y"), E(f"d/a/{old}"),
+           Entry("d/a/l", 1, 1.0, link=True)]  # fmt: skip
+    aside = "d/20261128043101.old.a"  # the second's own name is taken by an earlier run's folder
+    p = plan([E("d/a"), E("d/a-b")], dst, retention=True)  # d/a-b waits too, between d/a and d/a/
+    assert p.renames == [(f"d/a/{old}", f"{aside}/{old}"), ("d/a/sub/y", f"{aside}/sub/y"), ("d/a/x", f"{aside}/x")]
+    assert p.deletes == [] and p.links == ["d/a/l"] and p.kept == 2  # the kept folders' files
+    assert [(c.entry.name, c.blocked) for c in p.copies] == [("d/a-b", False), ("d/a", True)]
+    p = plan([E("d/a")], dst)  # without --retention only the kept version moves aside
+    assert p.renames == [(f"d/a/{old}", f"{aside}/{old}")]
+    assert p.deletes == ["d/a/sub/y", "d/a/x"] and p.kept == 2
+
+
+def test_a_folder_moves_aside_under_a_name_the_destination_allows():
+    from synctool.plan import DestinationTraits
+
+    long = "n" * 250
+    p = plan([E(long)], [E(f"{long}/x")], retention=True, target=DestinationTraits(max_segment_bytes=255))
+    [(old, new)] = p.renames
+    folder, _, base = new.partition("/")
+    assert old == f"{long}/x" and base == "x"
+    assert is_retention_name(folder) and len(folder.encode()) <= 255 and re.search(r"~[0-9a-f]{16}$", folder)
+
+
 def test_temporary_debris_is_deleted_even_with_retention():
     p = plan([], [E("d/.synctool-0a1b2c.tmp")], retention=True)
     assert p.deletes == ["d/.synctool-0a1b2c.tmp"] and p.renames == []
