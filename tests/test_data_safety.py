@@ -258,6 +258,40 @@ def test_the_stored_source_time_spares_a_copy_to_s3(s3_server, s3_bucket, tmp_pa
     dst.close()
 
 
+def test_a_file_changed_after_it_was_hashed_is_not_stored_under_the_old_hash(s3_server, s3_bucket, tmp_path):
+    """A large local file is hashed before its upload (the hash goes with
+    it); a writer that changes it in between, same size, must not get the
+    new bytes stored under the old hash."""
+    from synctool.backends.local import LocalBackend
+    from workers.jobs import COPY, Job
+    from workers.transfer import SourceChanged, copy_file
+
+    size = 11 * 1024 * 1024
+    make_tree(tmp_path / "src", {"big": b"a" * size})
+
+    class ChangedMidway(LocalBackend):
+        reads = 0
+
+        def read_sized(self, name, size):
+            self.reads += 1
+            if self.reads == 2:  # after the hashing, before the upload
+                (tmp_path / "src" / name).write_bytes(b"b" * size)
+            return super().read_sized(name, size)
+
+    src = ChangedMidway(BackendSpec(str(tmp_path / "src")))
+    dst = open_backend(BackendSpec(f"s3://{s3_bucket}/p", s3_server.options(**{"s3-part-size": "5MiB"})))
+    dst.prepare(create=True)
+    try:
+        with pytest.raises(SourceChanged, match="changed while copying"):
+            copy_file(Job(1, COPY, "big", size, OLD), src, dst, verify=False, cancel=threading.Event(),
+                      on_bytes=lambda n: None)  # fmt: skip
+        assert src.reads == 2
+        assert s3_server.keys_under(s3_bucket) == []
+        assert s3_server.client().list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+    finally:
+        dst.close()
+
+
 # -- 6. a retention name longer than the destination allows -----------------------
 def test_a_long_name_keeps_its_old_version_under_a_short_form(target, tmp_path):
     src = tmp_path / "src"

@@ -136,6 +136,26 @@ def test_multipart_keep_old_as(open_s3):
     assert b"".join(backend.read("d/20260101000000.old.f")) == old
 
 
+def test_a_digest_given_first_goes_with_the_upload_and_must_match(s3_server, s3_bucket, open_s3):
+    # With the rewrite by server-side copy turned off, the hash can only have
+    # come with the upload itself.
+    backend = open_s3(**SMALL_PART, **{"s3-multipart-blake3": "false"})
+    data = _content(8, 11 * MiB + 3)
+    assert backend.digest_first(len(data)) and not backend.digest_first(MiB)
+    backend.write("given", _chunks(data, MiB), len(data), digest=blake3.blake3(data).hexdigest())
+    assert _blake3_meta(s3_server, s3_bucket, "root/given") == blake3.blake3(data).hexdigest()
+    assert b"".join(backend.read("given")) == data
+
+    # Bytes that hash otherwise (the file changed after it was hashed): nothing is completed.
+    backend.write("kept", iter([b"old"]), 3)
+    for name in ("kept", "new"):
+        with pytest.raises(BackendError, match="BLAKE3"):
+            backend.write(name, _chunks(data, MiB), len(data), digest=blake3.blake3(b"other").hexdigest())
+    assert _uploads(s3_server, s3_bucket) == []
+    assert sorted(s3_server.keys_under(s3_bucket)) == ["root/given", "root/kept"]
+    assert b"".join(backend.read("kept")) == b"old"
+
+
 def test_part_size_grows_to_stay_under_10000_parts(open_s3):
     backend = open_s3(**SMALL_PART)
     assert backend._part_size_for(10 * MiB) == 5 * MiB

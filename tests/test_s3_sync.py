@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import blake3
 import pytest
 
 import synctool
@@ -16,6 +17,7 @@ from synctool.backends import s3_native
 from synctool.pool import _context, native_threads_alive
 from tests.backend_contract import _content
 from tests.helpers import FAST, OLD, RETAINED, SAMPLE_FILES, make_tree, ok, read_tree
+from tests.test_s3_backend import _blake3_meta
 
 FILES = SAMPLE_FILES
 
@@ -76,6 +78,26 @@ def test_s3_to_s3_between_buckets_with_multipart(s3_server, s3_bucket):
         assert report.verified_after_put == len(files)
         assert s3_tree(s3_server, other, "mirror") == files
         assert s3_server.client().list_multipart_uploads(Bucket=other).get("Uploads", []) == []
+    finally:
+        if s3_server.kind == "external":
+            s3_server.empty_bucket(other)
+
+
+def test_a_large_local_file_takes_its_hash_to_s3_without_a_copy(s3_server, s3_bucket, tmp_path):
+    """From a local disk the file is hashed before it is sent, so the hash
+    goes with the upload: with the server-side rewrite off, it can only
+    have come that way. From S3, which is not read twice, it cannot."""
+    data = _content(9, 11 * 1024 * 1024 + 5)
+    make_tree(tmp_path / "src", {"big.bin": data})
+    options = s3_server.options(**{"s3-part-size": "5MiB", "s3-multipart-blake3": "false"})
+    ok(synctool.sync(str(tmp_path / "src"), f"s3://{s3_bucket}/p", dst_options=options, **FAST))
+    assert _blake3_meta(s3_server, s3_bucket, "p/big.bin") == blake3.blake3(data).hexdigest()
+
+    other = s3_server.new_bucket()
+    try:
+        ok(synctool.sync(f"s3://{s3_bucket}/p", f"s3://{other}/q", global_options=s3_server.options(),
+                         dst_options={"s3-part-size": "5MiB", "s3-multipart-blake3": "false"}, **FAST))  # fmt: skip
+        assert _blake3_meta(s3_server, other, "q/big.bin") is None
     finally:
         if s3_server.kind == "external":
             s3_server.empty_bucket(other)

@@ -52,13 +52,21 @@ class _Metered:
     shrank since it was listed aborts the write before it completes.
     """
 
-    def __init__(self, chunks: Iterable[bytes], job: Job, cancel: threading.Event, on_bytes: Callable[[int], None]):
+    def __init__(
+        self,
+        chunks: Iterable[bytes],
+        job: Job,
+        cancel: threading.Event,
+        on_bytes: Callable[[int], None],
+        expected: str | None = None,
+    ):
         self.chunks = chunks
         self.job = job
         self.cancel = cancel
         self.on_bytes = on_bytes
         self.hasher = new_hasher(job.size)
         self.count = 0
+        self.expected = expected  # the BLAKE3 a reading ahead found, which the write was told
 
     def __iter__(self) -> Iterator[bytes]:
         expected = self.job.size
@@ -75,6 +83,8 @@ class _Metered:
             raise SourceChanged(
                 f"{self.job.name}: source changed while copying ({self.count} bytes read, {expected} listed)"
             )
+        if self.expected is not None and self.hasher.hexdigest() != self.expected:
+            raise SourceChanged(f"{self.job.name}: source changed while copying (its BLAKE3 differs from a moment before)")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -99,7 +109,12 @@ def copy_file(
         stored = dst.stored_mtime(job.name)
         if stored is not None and abs(stored - job.mtime) <= src.mtime_precision:
             return Copied(None, 0, skipped=True)
-    metered = _Metered(src.read_sized(job.name, job.size), job, cancel, on_bytes)
+    # A destination that stores the hash from the start gets it from a first
+    # reading, where reading twice is cheap; the copy's own hash must match it.
+    digest = None
+    if src.rereads_cheaply and dst.digest_first(job.size):
+        digest, _ = hash_stream(src.read_sized(job.name, job.size), job.size, cancel)
+    metered = _Metered(src.read_sized(job.name, job.size), job, cancel, on_bytes, digest)
 
     def check(stored: Iterator[bytes]) -> None:
         """Read the stored copy back (before it takes its name where the
@@ -119,6 +134,7 @@ def copy_file(
         keep_old_as=job.keep_old_as,
         overwrite=not job.new,
         check=check if verify else None,
+        **({"digest": digest} if digest is not None else {}),
     )
     return Copied(metered.hasher.hexdigest(), metered.count, verified=verify)
 

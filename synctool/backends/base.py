@@ -305,6 +305,10 @@ class Backend(abc.ABC):
     verifies_before_commit: ClassVar[bool] = True
     #: The longest name of one folder entry, in UTF-8 bytes; None: no limit known.
     max_segment_bytes: ClassVar[int | None] = None
+    #: Whether reading a file a second time costs little (a local disk, not a
+    #: network): a destination that wants a file's BLAKE3 before its bytes
+    #: (:meth:`digest_first`) then gets it from a reading ahead of the copy.
+    rereads_cheaply: ClassVar[bool] = False
     #: Set when this process is told to stop: a worker hands in its own event
     #: (see :meth:`refuse_commit_when_stopped`). None elsewhere, and in a
     #: pickled copy, since an event does not cross processes.
@@ -428,6 +432,9 @@ class Backend(abc.ABC):
         before the content becomes visible under ``name`` and a rejected
         write leaves nothing; elsewhere it runs right after, and a rejected
         write leaves no object under ``name``.
+
+        A keyword ``digest`` (the content's BLAKE3) comes only to a backend
+        whose :meth:`digest_first` asked for it; see there.
         """
 
     @abc.abstractmethod
@@ -447,6 +454,17 @@ class Backend(abc.ABC):
         GET); the stream still ends where the file does.
         """
         return self.read(name)
+
+    def digest_first(self, size: int) -> bool:
+        """Whether a write of ``size`` bytes is cheaper when given the content's
+        BLAKE3 before its bytes (``write(..., digest=...)``).
+
+        Only a backend that answers True takes ``digest``. It stores the hash
+        with the file from the start (S3 takes metadata when an upload
+        begins, and a hash known only at the end costs a server-side copy),
+        and never completes a write whose bytes hash otherwise.
+        """
+        return False
 
     def stored_mtime(self, name: str) -> float | None:
         """The source mtime a write stored with ``name``, where the listing

@@ -115,6 +115,7 @@ class LocalBackend(Backend):
     options = table()  # none: the folder is the whole setting
     concurrency = 1
     mtime_precision = 1e-6
+    rereads_cheaply = True
     waits_on_network = False
     max_segment_bytes = 255  # NAME_MAX of every common Linux file system
 

@@ -38,10 +38,13 @@ Not atomic on S3, and what we do about it:
   it is visible under its name: a rejected object is deleted, and the
   worker keeps a journal of what it has written but not yet read back (see
   ``workers/journal.py``).
-* The BLAKE3 of a multipart upload is only known after its last part, but S3
-  takes metadata when the upload starts. After completing the upload we
-  rewrite the object's metadata in place with one server-side CopyObject
-  (no bytes pass through us). Above 5 GiB that would be a multipart copy of
+* S3 takes metadata when a multipart upload starts. From a source that
+  rereads cheaply (a local disk) the worker hashes the file first and the
+  BLAKE3 goes with the upload (``digest_first``); bytes that then hash
+  otherwise (the file changed) abort the upload. From elsewhere the hash is
+  only known after the last part: after completing the upload we rewrite
+  the object's metadata in place with one server-side CopyObject (no bytes
+  pass through us). Above 5 GiB that would be a multipart copy of
   the whole object, and archive storage classes refuse copies, so there the
   metadata is left out; ``s3-multipart-blake3=false`` turns the rewrite off
   (worth it in versioned buckets, where it keeps a second version).
@@ -591,6 +594,7 @@ class S3Backend(Backend):
         *,
         overwrite: bool = True,
         check: Callable[[Iterator[bytes]], None] | None = None,
+        digest: str | None = None,
     ) -> None:
         key = self._key(name)
         put = _Put(
@@ -600,6 +604,7 @@ class S3Backend(Backend):
             old_name=keep_old_as,
             metadata={"mtime": f"{mtime:.9f}"} if mtime is not None else {},
             conditions={"IfNoneMatch": "*"} if not overwrite else {},
+            digest=digest,
         )
         self._store(put, chunks, size)
         if check is None:
@@ -612,6 +617,10 @@ class S3Backend(Backend):
             with contextlib.suppress(Exception):
                 self._client.delete_object(Bucket=self.bucket, Key=key)
             raise
+
+    def digest_first(self, size: int) -> bool:
+        # A multipart upload takes its metadata when it begins; see the module notes.
+        return size > self._part_size_for(size)
 
     def _store(self, put: "_Put", chunks: Iterable[bytes], size: int) -> None:
         store(chunks, size, self._part_size_for(size), self._budget, functools.partial(self._put_whole, put),
@@ -742,9 +751,10 @@ class S3Backend(Backend):
     def _put_multipart(self, put: "_Put", first: tuple[list[bytes], int], blocks, hasher) -> None:
         """``first``: the first block (in a list, see write) and the budget it holds, handed over to its part."""
         key = put.key
+        metadata = {"blake3": put.digest, **put.metadata} if put.digest else put.metadata
         try:
             created = self._client.create_multipart_upload(
-                Bucket=self.bucket, Key=key, Metadata=put.metadata, **self._object_args()
+                Bucket=self.bucket, Key=key, Metadata=metadata, **self._object_args()
             )
         except Exception as exc:
             self._budget.give(first[1])
@@ -754,6 +764,8 @@ class S3Backend(Backend):
             parts, size = send_blocks(
                 first, blocks, self._budget, self._pool, functools.partial(self._upload_part, key, upload_id), MAX_PARTS
             )
+            if put.digest and hasher.hexdigest() != put.digest:
+                raise BackendError(f"{put.name}: the bytes sent do not have the BLAKE3 given for them")
             self._keep_old(put)
             self.refuse_commit_when_stopped(put.name)
             self._client.complete_multipart_upload(
@@ -765,7 +777,8 @@ class S3Backend(Backend):
             if isinstance(exc, Exception) and _is_s3_error(exc):
                 raise self._refused(exc, put) from exc
             raise  # the caller's own exception (it aborted us): hand it back unchanged
-        self._add_blake3(key, hasher.hexdigest(), size, put.metadata)
+        if not put.digest:
+            self._add_blake3(key, hasher.hexdigest(), size, put.metadata)
 
     def _upload_part(self, key: str, upload_id: str, number: int, block: bytearray) -> dict:
         answer = self._client.upload_part(
@@ -940,6 +953,7 @@ class _Put:
     old_name: str | None
     metadata: dict[str, str]  # x-amz-meta-* besides blake3
     conditions: dict[str, str]  # {"IfNoneMatch": "*"}: never over an existing object
+    digest: str | None = None  # the content's BLAKE3, known before its bytes (see digest_first)
 
 
 def _precondition_failed(exc: BaseException) -> bool:
