@@ -15,7 +15,7 @@ The trees are kept under ``--where`` and reused by the next run of the same
 count.
 
 Then, for each target, one after the other, each in a process tree of its
-own whose wall time and peak RSS (the sum over the tree, sampled every 20 ms,
+own whose wall time, CPU time and peak RSS (the sum over the tree, sampled every 20 ms,
 as scripts/bench.py does) are printed:
 
 * synctool's listing (``Backend.list()``, every entry read and dropped) and
@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -115,7 +116,7 @@ class Scale:
         self.rclone = real_executable("rclone")
         self.env = {**os.environ, "PYTHONPATH": str(REPO), **(s3.rclone_env("scale") if s3 else {})}
         self.log = where / "scale.log"
-        self.rows: list[tuple[str, str, Run, float | None]] = []
+        self.rows: list[tuple[str, str, Run, float | None, float]] = []
         self.runs = 0  # first syncs so far: each gets a destination of its own
 
     def synctool(self, *args: str) -> list[str]:
@@ -129,12 +130,14 @@ class Scale:
         """Run ``cmd``; with ``first_file`` (a destination folder on disk),
         note when the first copied file shows below it."""
         watch = _FirstFile(first_file) if first_file is not None else None
+        cpu_before = _children_cpu()
         run = timed([cmd], self.log, self.env, self.args.cap)
+        cpu = _children_cpu() - cpu_before
         first = watch.stop() if watch is not None else None
-        self.rows.append((target, what, run, first))
+        self.rows.append((target, what, run, first, cpu))
         state = "capped" if run.capped else (run.error or "ok")
         shown = f"  first file {first:6.2f} s" if first is not None else ""
-        print(f"{target:6} {what:42} {run.seconds:8.1f} s  peak {run.peak_rss / MiB:7.0f} MiB{shown}  load {run.load:.1f}  {state}",
+        print(f"{target:6} {what:42} {run.seconds:8.1f} s  cpu {cpu:7.1f} s  peak {run.peak_rss / MiB:5.0f} MiB{shown}  load {run.load:.1f}  {state}",
               file=sys.stderr, flush=True)  # fmt: skip
         return run
 
@@ -213,12 +216,13 @@ class Scale:
 
     def table(self) -> str:
         lines = [f"{self.args.count:,} objects ({PER_FOLDER:,} to a folder); wall time and peak RSS of the client's process tree",
-                 "", "| target | command | seconds | peak MiB | first file s | load |",
-                 "| --- | --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
-        for target, what, run, first in self.rows:
+                 "(CPU: user + system seconds of that tree; the load: the machine's 1-minute average at the start)",
+                 "", "| target | command | seconds | CPU s | peak MiB | first file s | load |",
+                 "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+        for target, what, run, first, cpu in self.rows:
             note = " (capped)" if run.capped else (" (failed)" if run.error else "")
             shown = f"{first:.2f}" if first is not None else ""
-            lines.append(f"| {target} | {what}{note} | {run.seconds:.1f} | {run.peak_rss / MiB:.0f} | {shown} | {run.load:.1f} |")
+            lines.append(f"| {target} | {what}{note} | {run.seconds:.1f} | {cpu:.1f} | {run.peak_rss / MiB:.0f} | {shown} | {run.load:.1f} |")
         return "\n".join(lines)
 
 
@@ -249,6 +253,13 @@ class _FirstFile:
         self.done.set()
         self.thread.join()
         return self.seen
+
+
+def _children_cpu() -> float:
+    """User and system seconds of the processes this one waited for, and of theirs:
+    on a shared machine, the figure that the load moves least."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
 
 
 def _any_file(folder: Path) -> bool:
