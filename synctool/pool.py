@@ -28,7 +28,7 @@ from multiprocess.connection import wait as wait_for_readable
 
 from synctool.backends import BackendSpec
 from synctool.interrupts import stop_signals_blocked
-from workers.jobs import MSG_FATAL, MSG_LOG, MSG_PEAK, MSG_READY, MSG_RESULT, Job, Result, WorkerSettings
+from workers.jobs import MSG_FATAL, MSG_LOG, MSG_PEAK, MSG_READY, MSG_RESULT, Job, Result, WorkerSettings, pack, unpack
 from workers.process import worker_main
 
 log = logging.getLogger("synctool.pool")
@@ -159,7 +159,7 @@ class WorkerPool:
         conn = worker.messages
         try:
             while conn is not None and conn.poll():
-                message = conn.recv()
+                message = unpack(conn.recv_bytes())
                 self._note(*message)
                 messages.append(message)
         except (EOFError, OSError, pickle.UnpicklingError):
@@ -215,7 +215,7 @@ class WorkerPool:
             shard = self.pending.popleft()
             worker.outstanding.update((j.id, j) for j in shard)
             worker.shards.append({j.id for j in shard})
-            worker.jobs.put(shard)
+            worker.jobs.put(pack(shard))
 
     def poll(self, timeout: float) -> list[tuple[str, int, Any]]:
         """Messages from the workers; a dead worker's jobs come back as failed results."""

@@ -18,7 +18,7 @@ from typing import Any
 from synctool.backends import BackendSpec, open_backend
 from synctool.interrupts import unblock_stop_signals
 from synctool.secrets import redact
-from workers.jobs import MSG_FATAL, MSG_PEAK, MSG_READY, WorkerSettings
+from workers.jobs import MSG_FATAL, MSG_PEAK, MSG_READY, WorkerSettings, pack, unpack
 from workers.memory import limit_malloc_arenas
 from workers.shard import OutboxLogHandler, ShardRunner, peak_rss
 
@@ -40,7 +40,7 @@ class _Outbox:
 
     def put(self, message: tuple) -> None:
         with self.lock:
-            self.conn.send(message)
+            self.conn.send_bytes(pack(message))
 
 
 class _StopSignal:
@@ -110,10 +110,10 @@ def worker_main(
     try:
         while True:
             with stop.interruptible():
-                shard = jobs.get()
-            if shard is None:
+                packed = jobs.get()
+            if packed is None:
                 break
-            runner.start(shard, stop.interruptible)
+            runner.start(unpack(packed), stop.interruptible)
         runner.shutdown()
     except SystemExit:
         # Stopping: running jobs see `cancel` at their next chunk and abort
