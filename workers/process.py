@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -72,6 +73,32 @@ class _StopSignal:
             yield
         finally:
             self.may_raise = False
+
+
+class _PipeInbox:
+    """The job pipe of a worker started by exec (see synctool/worker_start.py),
+    read as the queue of a forked one: an empty message, or the coordinator
+    gone, is the end."""
+
+    def __init__(self, conn: Any):
+        self.conn = conn
+
+    def get(self) -> bytes | None:
+        try:
+            return self.conn.recv_bytes() or None
+        except (EOFError, OSError):
+            return None
+
+
+def exec_main() -> None:
+    """Entry point of a worker started as a fresh interpreter: the descriptors
+    of its two pipes in the command line, its arguments the first message."""
+    from multiprocess.connection import Connection
+
+    jobs = Connection(int(sys.argv[1]), writable=False)
+    results = Connection(int(sys.argv[2]), readable=False)
+    worker_id, src_spec, dst_spec, settings, log_level = jobs.recv()
+    worker_main(worker_id, src_spec, dst_spec, settings, _PipeInbox(jobs), results, log_level)
 
 
 def worker_main(
