@@ -1,9 +1,10 @@
 #!/usr/bin/env python
-"""Listing millions of objects: synctool against rclone, time and peak memory.
+"""Listing and syncing millions of objects: synctool against rclone, time and peak memory.
 
     python scripts/scale.py                      # 1,000,000 objects, local and S3 (long)
     python scripts/scale.py --count 20000        # a smoke run
     python scripts/scale.py --count 1000000 --targets local --where /var/tmp/scale
+    python scripts/scale.py --count 100000 --what noop,first --repeat 2
 
 It makes ``--count`` empty files in folders of 1,000 (100 folders to a top
 folder) twice: a local source, and the folder that ``rclone serve s3``
@@ -14,7 +15,7 @@ The trees are kept under ``--where`` and reused by the next run of the same
 count.
 
 Then, for each target, one after the other, each in a process tree of its
-own whose wall time and peak RSS (the sum over the tree, sampled every 20 ms,
+own whose wall time, CPU time and peak RSS (the sum over the tree, sampled every 20 ms,
 as scripts/bench.py does) are printed:
 
 * synctool's listing (``Backend.list()``, every entry read and dropped) and
@@ -22,6 +23,17 @@ as scripts/bench.py does) are printed:
 * ``synctool SRC DST --dry-run`` end to end against ``rclone sync --dry-run``
   and ``rclone check --size-only`` (no hashing: both sides are listed and
   compared), each rclone at its default and with ``--fast-list``.
+
+* with ``--what noop``: a real sync with nothing to do (``synctool -y``,
+  ``rclone sync``, both at their defaults otherwise);
+* with ``--what first``: the first sync of the source into an empty
+  destination (a new folder, or a new bucket), which copies every file;
+  also the time until the first file shows at the destination. The copy is
+  counted afterwards (a short one is marked failed), then removed.
+
+``--what`` picks among ``listing``, ``dry-run``, ``noop`` and ``first``
+(default: the first two); ``--repeat`` runs each pair that many times,
+synctool and rclone taking turns.
 
 Targets: ``local`` (the source folder; the dry runs go to the served folder
 read as a local folder) and ``s3`` (the bucket; the dry runs go from the
@@ -33,9 +45,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import resource
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -102,7 +116,8 @@ class Scale:
         self.rclone = real_executable("rclone")
         self.env = {**os.environ, "PYTHONPATH": str(REPO), **(s3.rclone_env("scale") if s3 else {})}
         self.log = where / "scale.log"
-        self.rows: list[tuple[str, str, Run]] = []
+        self.rows: list[tuple[str, str, Run, float | None, float]] = []
+        self.runs = 0  # first syncs so far: each gets a destination of its own
 
     def synctool(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "synctool", *args]
@@ -111,12 +126,20 @@ class Scale:
         assert self.s3 is not None
         return [f"{k}={v}" for k, v in self.s3.synctool_options().items()]
 
-    def measure(self, target: str, what: str, cmd: list[str]) -> None:
+    def measure(self, target: str, what: str, cmd: list[str], first_file: Path | None = None) -> Run:
+        """Run ``cmd``; with ``first_file`` (a destination folder on disk),
+        note when the first copied file shows below it."""
+        watch = _FirstFile(first_file) if first_file is not None else None
+        cpu_before = _children_cpu()
         run = timed([cmd], self.log, self.env, self.args.cap)
-        self.rows.append((target, what, run))
+        cpu = _children_cpu() - cpu_before
+        first = watch.stop() if watch is not None else None
+        self.rows.append((target, what, run, first, cpu))
         state = "capped" if run.capped else (run.error or "ok")
-        print(f"{target:6} {what:42} {run.seconds:8.1f} s  peak {run.peak_rss / MiB:7.0f} MiB  {state}",
+        shown = f"  first file {first:6.2f} s" if first is not None else ""
+        print(f"{target:6} {what:42} {run.seconds:8.1f} s  cpu {cpu:7.1f} s  peak {run.peak_rss / MiB:5.0f} MiB{shown}  load {run.load:.1f}  {state}",
               file=sys.stderr, flush=True)  # fmt: skip
+        return run
 
     def warm_up(self, targets: list[str]) -> None:
         """List every tree once, untimed: the first command measured would
@@ -129,6 +152,48 @@ class Scale:
         return [self.rclone, *args, "--config", "/dev/null", "-q", *(["--fast-list"] if fast else [])]
 
     def run_target(self, target: str) -> None:
+        for _ in range(self.args.repeat):
+            if "listing" in self.args.what or "dry-run" in self.args.what:
+                self.list_and_plan(target)
+            if "noop" in self.args.what:
+                self.noop(target)
+            if "first" in self.args.what:
+                self.first(target)
+
+    def noop(self, target: str) -> None:
+        """A real sync into the served tree, which holds the source already."""
+        src = str(self.where / "src")
+        if target == "local":
+            dst, dst_rclone, dst_opts = str(self.where / "s3" / BUCKET), str(self.where / "s3" / BUCKET), []
+        else:
+            dst, dst_rclone, dst_opts = f"s3://{BUCKET}", f"scale:{BUCKET}", ["--dst-options", *self.s3_options()]
+        self.measure(target, "synctool -y (nothing to do)", self.synctool(src, dst, "-y", *dst_opts))
+        self.measure(target, "rclone sync (nothing to do)", self.rclone_cmd("sync", src, dst_rclone, fast=False))
+
+    def first(self, target: str) -> None:
+        """A sync into an empty destination, for each tool, removed afterwards."""
+        src = str(self.where / "src")
+        for tool in ("synctool", "rclone"):
+            self.runs += 1
+            name = f"first{self.runs}"
+            if target == "local":
+                on_disk = self.where / name
+                dst = dst_rclone = str(on_disk)
+                dst_opts: list[str] = []
+            else:
+                assert self.s3 is not None
+                self.s3.create_bucket(name)
+                on_disk = self.where / "s3" / name
+                dst, dst_rclone, dst_opts = f"s3://{name}", f"scale:{name}", ["--dst-options", *self.s3_options()]
+            cmd = self.synctool(src, dst, "-y", *dst_opts) if tool == "synctool" else self.rclone_cmd("sync", src, dst_rclone, fast=False)
+            run = self.measure(target, f"{tool} first sync", cmd, first_file=on_disk)
+            copied = _count_files(on_disk)
+            if copied != self.args.count and not run.error:
+                run.error = f"{copied:,} files at the destination, not {self.args.count:,}"
+                print(f"       {run.error}", file=sys.stderr, flush=True)
+            shutil.rmtree(on_disk, ignore_errors=True)
+
+    def list_and_plan(self, target: str) -> None:
         src = str(self.where / "src")
         if target == "local":
             listed, listed_rclone, listed_opts = src, src, []
@@ -151,11 +216,61 @@ class Scale:
 
     def table(self) -> str:
         lines = [f"{self.args.count:,} objects ({PER_FOLDER:,} to a folder); wall time and peak RSS of the client's process tree",
-                 "", "| target | command | seconds | peak MiB |", "| --- | --- | ---: | ---: |"]  # fmt: skip
-        for target, what, run in self.rows:
+                 "(CPU: user + system seconds of that tree; the load: the machine's 1-minute average at the start)",
+                 "", "| target | command | seconds | CPU s | peak MiB | first file s | load |",
+                 "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+        for target, what, run, first, cpu in self.rows:
             note = " (capped)" if run.capped else (" (failed)" if run.error else "")
-            lines.append(f"| {target} | {what}{note} | {run.seconds:.1f} | {run.peak_rss / MiB:.0f} |")
+            shown = f"{first:.2f}" if first is not None else ""
+            lines.append(f"| {target} | {what}{note} | {run.seconds:.1f} | {cpu:.1f} | {run.peak_rss / MiB:.0f} | {shown} | {run.load:.1f} |")
         return "\n".join(lines)
+
+
+class _FirstFile:
+    """Watch ``folder`` from now on: when does a finished file first show below it?
+
+    Temporary names (synctool's ``.synctool-*``, rclone's ``*.partial``) do
+    not count. The folder holds a few files at most while it is watched, so
+    each look is cheap.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.started = time.perf_counter()
+        self.seen: float | None = None
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        while not self.done.is_set():
+            if _any_file(self.folder):
+                self.seen = time.perf_counter() - self.started
+                return
+            self.done.wait(0.005)
+
+    def stop(self) -> float | None:
+        self.done.set()
+        self.thread.join()
+        return self.seen
+
+
+def _children_cpu() -> float:
+    """User and system seconds of the processes this one waited for, and of theirs:
+    on a shared machine, the figure that the load moves least."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+def _any_file(folder: Path) -> bool:
+    for _, _, files in os.walk(folder):
+        if any(not (f.startswith(".synctool-") or f.endswith(".partial")) for f in files):
+            return True
+    return False
+
+
+def _count_files(folder: Path) -> int:
+    return sum(len(files) for _, _, files in os.walk(folder))
 
 
 def main() -> None:
@@ -164,6 +279,8 @@ def main() -> None:
     parser.add_argument("--targets", default="local,s3", help="comma-separated: local, s3")
     parser.add_argument("--where", type=Path, default=Path("/var/tmp/synctool-scale"), help="folder for the trees")
     parser.add_argument("--cap", type=float, default=3600, help="seconds after which one command is stopped")
+    parser.add_argument("--what", default="listing,dry-run", help="comma-separated: listing, dry-run, noop, first")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each pair, the tools taking turns")
     parser.add_argument("--list-only", nargs="+", metavar=("URL", "OPTION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.list_only:
@@ -171,6 +288,7 @@ def main() -> None:
         return
 
     targets = [t for t in args.targets.split(",") if t]
+    args.what = {w for w in args.what.split(",") if w}
     where = args.where / str(args.count)
     where.mkdir(parents=True, exist_ok=True)
     make_tree(where / "src", args.count)

@@ -1,6 +1,6 @@
 """The coordinator's side of the worker processes.
 
-Each worker has its own job queue, so the coordinator always knows which jobs
+Each worker has its own job channel, so the coordinator always knows which jobs
 a worker holds: when a worker dies (killed, out of memory), those jobs come
 back as failures to retry and a replacement starts. Each worker also has its
 own pipe for what it sends back, never a queue shared with the others: a
@@ -8,7 +8,8 @@ worker killed while writing to a shared queue dies holding that queue's lock,
 and every other worker then waits for it forever. At most
 ``SHARDS_PER_WORKER`` shards are handed to a worker at a time (one running,
 one waiting), which bounds what is in flight the way s3transfer's semaphores
-do, and lets a fast worker take more of the remaining work.
+do, and lets a fast worker take more of the remaining work. How a worker
+process starts (forked, or a fresh interpreter) is synctool/worker_start.py's.
 """
 
 from __future__ import annotations
@@ -16,20 +17,15 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import os
 import pickle
-import sys
-import threading
 import time
 from typing import Any
 
-import multiprocess as mp
 from multiprocess.connection import wait as wait_for_readable
 
 from synctool.backends import BackendSpec
-from synctool.interrupts import stop_signals_blocked
-from workers.jobs import MSG_FATAL, MSG_LOG, MSG_PEAK, MSG_READY, MSG_RESULT, Job, Result, WorkerSettings
-from workers.process import worker_main
+from synctool.worker_start import start_worker
+from workers.jobs import MSG_FATAL, MSG_LOG, MSG_PEAK, MSG_READY, MSG_RESULT, Job, Result, WorkerSettings, pack, unpack
 
 log = logging.getLogger("synctool.pool")
 worker_log = logging.getLogger("synctool.worker")
@@ -37,30 +33,6 @@ worker_log = logging.getLogger("synctool.worker")
 SHARDS_PER_WORKER = 2
 # How long a worker gets to finish its cleanup after SIGTERM before SIGKILL.
 TERMINATE_GRACE_SECONDS = 8.0
-
-
-def _context() -> Any:
-    """How worker processes start: fork where that is safe, else a fork server.
-
-    fork starts in milliseconds, and the coordinator holds no connections a
-    worker would use (each opens its own). But a fork copies the memory of
-    threads it does not copy: a C library's threads (awscrt's event loops,
-    alive in a program that used S3 before calling synctool.sync) leave
-    their state half-owned in the child, which then crashed in our tests.
-    With such threads alive, workers fork from a clean server process.
-    """
-    if not sys.platform.startswith("linux"):
-        return mp.get_context("spawn")
-    return mp.get_context("forkserver" if native_threads_alive() else "fork")
-
-
-def native_threads_alive() -> bool:
-    """Whether this process runs threads that Python did not start."""
-    try:
-        threads = len(os.listdir("/proc/self/task"))
-    except OSError:
-        return False
-    return threads > threading.active_count()
 
 
 @dataclasses.dataclass
@@ -89,7 +61,6 @@ class WorkerPool:
         self.size = size
         self.args = (src, dst, settings)
         self.log_level = log_level
-        self.ctx = _context()
         self.workers: dict[int, _Worker] = {}
         self.pending: collections.deque[list[Job]] = collections.deque()
         self.next_id = 0
@@ -108,20 +79,9 @@ class WorkerPool:
     def _spawn(self) -> _Worker:
         wid = self.next_id
         self.next_id += 1
-        jobs = self.ctx.Queue()
-        messages, sender = self.ctx.Pipe(duplex=False)
-        process = self.ctx.Process(
-            target=worker_main,
-            args=(wid, *self.args, jobs, sender, self.log_level),
-            name=f"synctool-worker-{wid}",
-            daemon=True,
-        )
-        with stop_signals_blocked():
-            process.start()
-        # Only the worker may hold the sending end: when it dies, the pipe
-        # ends, even in the middle of a message.
-        sender.close()
-        worker = _Worker(wid, process, jobs, messages)
+        started = start_worker(wid, self.args, self.log_level)
+        log.debug("worker %d: process %d, by %s", wid, started.process.pid, started.how)
+        worker = _Worker(wid, started.process, started.jobs, started.messages)
         self.workers[wid] = worker
         return worker
 
@@ -159,7 +119,7 @@ class WorkerPool:
         conn = worker.messages
         try:
             while conn is not None and conn.poll():
-                message = conn.recv()
+                message = unpack(conn.recv_bytes())
                 self._note(*message)
                 messages.append(message)
         except (EOFError, OSError, pickle.UnpicklingError):
@@ -176,10 +136,8 @@ class WorkerPool:
 
     @staticmethod
     def _drop_jobs(worker: _Worker) -> None:
-        """Let go of a dead worker's job queue. Shards that no one will read
-        may fill its pipe, and Python would wait at exit for them to be sent."""
-        worker.jobs.cancel_join_thread()
-        worker.jobs.close()
+        """Let go of a dead worker's job channel: no one will read it."""
+        worker.jobs.abandon()
 
     def _note(self, kind: str, wid: int, payload: Any) -> None:
         """Book-keeping for every message; the coordinator sees results and bytes."""
@@ -215,7 +173,7 @@ class WorkerPool:
             shard = self.pending.popleft()
             worker.outstanding.update((j.id, j) for j in shard)
             worker.shards.append({j.id for j in shard})
-            worker.jobs.put(shard)
+            worker.jobs.put(pack(shard))
 
     def poll(self, timeout: float) -> list[tuple[str, int, Any]]:
         """Messages from the workers; a dead worker's jobs come back as failed results."""

@@ -68,10 +68,10 @@ def wait_until(predicate, proc: subprocess.Popen, timeout: float = 20.0, poll: f
         time.sleep(poll)
 
 
-def sync_losing_a_worker(under_way, *args) -> psutil.Process:
+def sync_losing_a_worker(under_way, *args) -> tuple[psutil.Process, str]:
     """Run ``synctool ARGS`` and SIGKILL one of its workers (as the OOM killer
     would) once ``under_way()`` holds; assert that the run noticed and still
-    succeeded. Returns the killed worker."""
+    succeeded. Returns the killed worker and the run's stderr."""
     proc = start_synctool(*args)
     try:
         wait_until(under_way, proc)
@@ -84,7 +84,7 @@ def sync_losing_a_worker(under_way, *args) -> psutil.Process:
             proc.wait()
     assert proc.returncode == 0, (out, err)
     assert f"(process {victim.pid}) died (signal {int(signal.SIGKILL)})" in err
-    return victim
+    return victim, err
 
 
 def interrupt_when(moment, proc: subprocess.Popen, sig: int, poll: float = 0.01) -> None:

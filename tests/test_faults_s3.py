@@ -269,7 +269,10 @@ def test_interrupted_multipart_upload_is_aborted_and_a_rerun_completes(s3_server
 
     interrupt_when(parts_in_flight, start_synctool(*args, start_new_session=True), sig)
     assert open_uploads(client, s3_bucket) == []
-    assert s3_server.keys_under(s3_bucket, "big/") == []  # no partial object
+    # No partial object. On a busy machine the signal may be handled only
+    # after the last part was sent and the upload completed: then it is whole.
+    if s3_server.keys_under(s3_bucket, "big/"):
+        assert tree_digests_of_objects(client, s3_bucket, "big") == tree_digests(src)
 
     rerun = start_synctool(*args)
     out, err = rerun.communicate(timeout=180)  # a hang, not a slow machine

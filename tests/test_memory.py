@@ -82,7 +82,7 @@ def test_a_killed_worker_is_replaced_and_its_jobs_requeued(tmp_path):
     src.mkdir()
     for i in range(120):
         write_big_file(src / f"f{i:03}.bin", (2 << 20) + i, seed=i)
-    victim = sync_losing_a_worker(
+    victim, _ = sync_losing_a_worker(
         lambda: dst.is_dir() and temp_debris(dst),  # a copy is under way
         src, dst, "-y", *FAST_CLI, "--verify-get-after-put", "--report", report,
     )  # fmt: skip

@@ -5,6 +5,7 @@ Missing buckets, refused keys and unreachable endpoints are rows of tests/test_b
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 
 import synctool
 from synctool.backends import s3_native
-from synctool.pool import _context, native_threads_alive
+from synctool.worker_start import other_threads_alive
 from tests.backend_contract import _content
 from tests.helpers import FAST, OLD, RETAINED, SAMPLE_FILES, make_tree, ok, read_tree
 from tests.test_s3_backend import _blake3_meta
@@ -124,7 +125,7 @@ def test_multipart_from_local_with_get_after_put(s3_server, s3_bucket, tmp_path)
     assert s3_tree(s3_server, s3_bucket, "p") == {"large/file.bin": data}
 
 
-def test_a_caller_with_live_native_threads_gets_workers_from_a_fork_server(s3_server, s3_bucket, tmp_path):
+def test_a_caller_with_live_native_threads_gets_workers_from_a_fresh_interpreter(s3_server, s3_bucket, tmp_path, caplog):
     # A program that used awscrt itself (its client's event-loop threads
     # still running) and then calls synctool.sync: forking workers from it
     # copied those threads' state half-owned, and workers crashed (SIGSEGV).
@@ -137,12 +138,14 @@ def test_a_caller_with_live_native_threads_gets_workers_from_a_fork_server(s3_se
         connections=2,
     )
     try:
-        assert native_threads_alive()
-        assert _context().get_start_method() == "forkserver"
+        assert other_threads_alive()
         data = _content(7, 6 * 1024 * 1024 + 3)
         make_tree(tmp_path / "src", {"big.bin": data, "small": b"s"})
-        sync_with_small_parts(s3_server, s3_bucket, tmp_path / "src")
+        with caplog.at_level(logging.DEBUG, logger="synctool.pool"):
+            sync_with_small_parts(s3_server, s3_bucket, tmp_path / "src")
         assert s3_tree(s3_server, s3_bucket, "p") == {"big.bin": data, "small": b"s"}
+        started = [r.getMessage() for r in caplog.records if ": process " in r.getMessage()]
+        assert started and all(m.endswith(", by exec") for m in started), started
     finally:
         client.close()
 

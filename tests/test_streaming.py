@@ -15,7 +15,7 @@ from synctool.options import SyncOptions
 from synctool.report import LISTED_CAP, Report
 from synctool.retry import RetryPolicy
 from synctool.spool import Spool
-from tests.helpers import FAST, make_tree
+from tests.helpers import FAST, FAST_CLI, make_tree, sync_losing_a_worker
 
 MANY = 40_000
 
@@ -50,6 +50,18 @@ def test_the_first_file_is_written_while_the_listing_goes_on(many_files, tmp_pat
     watcher.join(5)
     assert report.exit_code == ExitCode.SUCCESS and report.copied == MANY
     assert seen["listed"] < MANY / 2, seen
+
+
+def test_a_worker_lost_while_the_listing_goes_on_is_replaced_by_a_fresh_interpreter(many_files, tmp_path):
+    """A fork copies no thread but the caller's: one caught inside a C library
+    (OpenSSL, awscrt) leaves its locks held in the child for good. While the
+    listing threads run, a replacement worker is a fresh interpreter."""
+    dst = tmp_path / "dst"
+    first = dst / "d00" / "f00000"
+    _, err = sync_losing_a_worker(first.exists, many_files, dst, "-y", *FAST_CLI, "--log-level", "profiling")
+    assert "worker 0: process" in err and err.split("worker 0: process", 1)[1].splitlines()[0].endswith(", by fork")
+    assert "worker 2: process" in err and err.split("worker 2: process", 1)[1].splitlines()[0].endswith(", by exec")
+    assert sum(1 for _ in dst.rglob("f*")) == MANY
 
 
 def test_a_plan_to_confirm_runs_from_its_spool(many_files, tmp_path, monkeypatch):

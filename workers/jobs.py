@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import pickle
 
 COPY = "copy"
 COMPARE = "compare"
@@ -46,6 +47,20 @@ class WorkerSettings:
     verify_get_after_put: bool = False
     threads: int = 0  # 0: as many as the backends want
     progress_step: int = 4 << 20  # report streamed bytes every this many
+
+
+def pack(message: object) -> bytes:
+    """A shard or a message as bytes for a worker's queue or pipe.
+
+    multiprocess pickles what it sends with dill, whose pickler is written
+    in Python: for a shard of small jobs, or a batch of their results, that
+    costs more than copying the files. These records need none of dill's
+    reach, so the C pickler packs them, and dill only passes the bytes on.
+    """
+    return pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+
+
+unpack = pickle.loads
 
 
 # Messages on the result queue: (kind, worker_id, payload)

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 from synctool.backends import BackendSpec, open_backend
 from synctool.interrupts import unblock_stop_signals
 from synctool.secrets import redact
-from workers.jobs import MSG_FATAL, MSG_PEAK, MSG_READY, WorkerSettings
+from workers.jobs import MSG_FATAL, MSG_PEAK, MSG_READY, WorkerSettings, pack, unpack
 from workers.memory import limit_malloc_arenas
 from workers.shard import OutboxLogHandler, ShardRunner, peak_rss
 
@@ -40,7 +41,7 @@ class _Outbox:
 
     def put(self, message: tuple) -> None:
         with self.lock:
-            self.conn.send(message)
+            self.conn.send_bytes(pack(message))
 
 
 class _StopSignal:
@@ -72,6 +73,32 @@ class _StopSignal:
             yield
         finally:
             self.may_raise = False
+
+
+class _PipeInbox:
+    """The job pipe of a worker started by exec (see synctool/worker_start.py),
+    read as the queue of a forked one: an empty message, or the coordinator
+    gone, is the end."""
+
+    def __init__(self, conn: Any):
+        self.conn = conn
+
+    def get(self) -> bytes | None:
+        try:
+            return self.conn.recv_bytes() or None
+        except (EOFError, OSError):
+            return None
+
+
+def exec_main() -> None:
+    """Entry point of a worker started as a fresh interpreter: the descriptors
+    of its two pipes in the command line, its arguments the first message."""
+    from multiprocess.connection import Connection
+
+    jobs = Connection(int(sys.argv[1]), writable=False)
+    results = Connection(int(sys.argv[2]), readable=False)
+    worker_id, src_spec, dst_spec, settings, log_level = jobs.recv()
+    worker_main(worker_id, src_spec, dst_spec, settings, _PipeInbox(jobs), results, log_level)
 
 
 def worker_main(
@@ -110,10 +137,10 @@ def worker_main(
     try:
         while True:
             with stop.interruptible():
-                shard = jobs.get()
-            if shard is None:
+                packed = jobs.get()
+            if packed is None:
                 break
-            runner.start(shard, stop.interruptible)
+            runner.start(unpack(packed), stop.interruptible)
         runner.shutdown()
     except SystemExit:
         # Stopping: running jobs see `cancel` at their next chunk and abort
