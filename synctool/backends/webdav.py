@@ -623,6 +623,7 @@ class WebDAVBackend(Backend):
             self._move(temp_url, final, overwrite and keep is None, f"moving {name} into place")
         except _Taken:
             self._remove(temp_url, temp)
+            self._refuse_folder(name)  # what is in the way may be a folder (one that was emptied, say)
             raise AlreadyExists(f"{name} exists already: it appeared at the destination during the run, and was not replaced", name) from None
         except _NoFolder as missing:
             self._remove(temp_url, temp)
