@@ -144,6 +144,10 @@ class _ConsoleFilter(logging.Filter):
         return self.per_file or record.name != FILES
 
 
+#: The ``synctool`` logger's level before each :func:`setup` not yet torn down.
+_levels_before_setup: list[int] = []
+
+
 def setup(level: int, log_file: str | None, stderr: TextIO | None = None) -> list[logging.Handler]:
     """Route the ``synctool`` loggers to stderr and the log file; returns the handlers added.
 
@@ -151,6 +155,7 @@ def setup(level: int, log_file: str | None, stderr: TextIO | None = None) -> lis
     """
     handlers: list[logging.Handler] = [log_file_handler(log_file)] if log_file else []
     logger = logging.getLogger("synctool")
+    _levels_before_setup.append(logger.level)
     logger.setLevel(level)
     logger.propagate = False
     console = logging.StreamHandler(stderr or sys.stderr)
@@ -224,5 +229,8 @@ def teardown(handlers: list[logging.Handler]) -> None:
         logger.removeHandler(h)
         h.close()
     # setup() kept the run's records from the root logger's handlers; a
-    # program (a test) that runs the command line in-process gets them back.
+    # program (a test) that runs the command line in-process gets them back,
+    # and its own level for them: a later synctool.sync() logs as it set.
     logger.propagate = True
+    if _levels_before_setup:
+        logger.setLevel(_levels_before_setup.pop())

@@ -108,11 +108,13 @@ def interrupt_when(moment, proc: subprocess.Popen, sig: int, poll: float = 0.01)
     assert "Traceback" not in err, err
 
 
-def read_to_its_end(proc: subprocess.Popen, source: pathlib.Path):
+def read_to_its_end(proc: subprocess.Popen, source: pathlib.Path, began=None):
     """A moment for :func:`interrupt_when`: a worker of ``proc`` has read the
     file ``source`` to its end, whatever it has sent of it yet. A worker
     closes the file at its end: seen open once, then no more (the read
-    takes tens of milliseconds: poll often)."""
+    takes tens of milliseconds: poll often). With ``began`` (the write has
+    begun: an upload exists), a reading before it (a file hashed before
+    its upload) does not count, and the file closed once it holds is the end."""
     target, seen_open = str(source), [False]
 
     def moment() -> bool:
@@ -120,6 +122,8 @@ def read_to_its_end(proc: subprocess.Popen, source: pathlib.Path):
             open_now = any(f.path == target for w in psutil.Process(proc.pid).children() for f in w.open_files())
         except psutil.NoSuchProcess:
             return False
+        if began is not None:
+            return not open_now and began()
         seen_open[0] = seen_open[0] or open_now
         return seen_open[0] and not open_now
 

@@ -293,7 +293,9 @@ def test_a_stop_after_the_source_was_read_still_aborts_the_upload(s3_server, s3_
         options = [f"{k}={v}" for k, v in s3_server.options(**PART, **slow).items()]
         proc = start_synctool(source.parent, f"s3://{s3_bucket}/big", "-y", *FAST_CLI, "--dst-options", *options,
                               start_new_session=True)  # fmt: skip
-        interrupt_when(read_to_its_end(proc, source), proc, sig, poll=0.001)
+        # The file is hashed first (its hash goes with the upload): the moment is the upload's reading.
+        began = lambda: bool(open_uploads(s3_server.client(), s3_bucket))  # noqa: E731
+        interrupt_when(read_to_its_end(proc, source, began), proc, sig, poll=0.001)
     assert s3_server.keys_under(s3_bucket, "big/") == []  # not completed
     assert open_uploads(s3_server.client(), s3_bucket) == []  # aborted
 

@@ -188,6 +188,25 @@ def test_a_library_call_records_the_run_in_its_log_file_without_telling_the_call
     assert log_lines(log) == lines
 
 
+def test_the_command_line_run_in_process_leaves_the_callers_logging_as_it_was(tmp_path, changes, caplog):
+    """A program (a test runner) that runs the command line in-process and
+    then calls the library: the run at Information must not leave the
+    synctool logger at that level, or the caller's handlers get every line."""
+    from click.testing import CliRunner
+
+    from synctool.cli.main import command
+
+    src, dst = changes
+    before = logging.getLogger("synctool").level
+    result = CliRunner().invoke(command, [str(src), str(dst), "-y", *FAST_CLI, "--log-level", "Information"])
+    assert result.exit_code == 0, result.output
+    assert logging.getLogger("synctool").level == before
+    caplog.set_level(logging.WARNING)
+    caplog.handler.setLevel(logging.NOTSET)
+    synctool.sync(str(src), str(tmp_path / "again"), log_file=str(tmp_path / "lib.log"), **FAST)
+    assert not [r for r in caplog.records if r.levelno < logging.WARNING], caplog.records
+
+
 def test_a_failure_is_told_once_on_stderr_and_recorded_with_its_reason(tmp_path, changes):
     src, dst = changes
     make_tree(src, {"locked.txt": b"unreadable"})
