@@ -200,7 +200,7 @@ def test_a_folder_in_the_way_is_never_replaced_nor_deleted(webdav_server, webdav
     with open_backend(webdav_server.spec(webdav_folder)) as b:
         with pytest.raises(FatalBackendError, match="folder of that name is in the way"):
             b.write("f", iter([b"file"]), 4)
-        with pytest.raises(AlreadyExists):
+        with pytest.raises(FatalBackendError, match="folder of that name is in the way"):
             b.write("f", iter([b"file"]), 4, overwrite=False)
         with pytest.raises(DeleteError) as info:
             b.delete(["f", "g"])

@@ -469,10 +469,12 @@ class WebDAVBackend(Backend):
                 url = self.settings.origin + "".join("/" + quote(p, safe="") for p in parts[:depth]) + "/"
             else:
                 url = self._url("/".join(parts[:depth]), folder=True)
-            self._request("MKCOL", url, f"creating folder {'/'.join(parts[:depth])}", ok=(200, 201, 204, 405),
-                          timeout=self._short())  # fmt: skip
-            if not top:
-                self._folders.add("/".join(parts[:depth]))
+            name = "/".join(parts[:depth])
+            if top:
+                self._request("MKCOL", url, f"creating folder {name}", ok=(200, 201, 204, 405), timeout=self._short())
+            else:
+                self._mkcol(url, name, ok=(200, 201, 204, 405))
+                self._folders.add(name)
 
     def _ensure_folder(self, folder: str) -> None:
         """Make sure ``folder`` (below the root) exists, once per process.
@@ -484,12 +486,20 @@ class WebDAVBackend(Backend):
         """
         if folder in self._folders:
             return
-        url = self._url(folder, folder=True)
-        response = self._request("MKCOL", url, f"creating folder {folder}", ok=(200, 201, 204, 405, 409),
-                                 timeout=self._short())  # fmt: skip
-        if response.status_code == 409:
+        if self._mkcol(self._url(folder, folder=True), folder, ok=(200, 201, 204, 405, 409)) == 409:
             self._make_folders(folder.split("/"))
         self._folders.add(folder)
+
+    def _mkcol(self, url: str, folder: str, ok: tuple[int, ...]) -> int:
+        """MKCOL ``folder``; its answer's status, 405 (it exists) for a folder
+        that another request made meanwhile: several threads may make one
+        folder at once, and wsgidav answers the one that lost the race 500."""
+        try:
+            return self._request("MKCOL", url, f"creating folder {folder}", ok=ok, timeout=self._short()).status_code
+        except BackendError:
+            if self._kind(folder) != "folder":
+                raise
+            return 405
 
     def list(self, start_after: str | None = None) -> Iterator[Entry]:
         self._client  # noqa: B018 - opened here, not by the threads below
