@@ -5,6 +5,7 @@
     python scripts/scale.py --count 20000        # a smoke run
     python scripts/scale.py --count 1000000 --targets local --where /var/tmp/scale
     python scripts/scale.py --count 100000 --what noop,first --repeat 2
+    python scripts/scale.py --count 100000000 --what plan   # no files made
 
 It makes ``--count`` empty files in folders of 1,000 (100 folders to a top
 folder) twice: a local source, and the folder that ``rclone serve s3``
@@ -31,9 +32,16 @@ as scripts/bench.py does) are printed:
   also the time until the first file shows at the destination. The copy is
   counted afterwards (a short one is marked failed), then removed.
 
-``--what`` picks among ``listing``, ``dry-run``, ``noop`` and ``first``
-(default: the first two); ``--repeat`` runs each pair that many times,
-synctool and rclone taking turns.
+* with ``--what plan``: planning alone at any count, 10M or 100M entries
+  included, with no files made: ``synctool --dry-run`` between two listings
+  that scripts/generated_backend.py makes up as they are read, the second
+  differing from the first at every ``DIFFER_EVERY``-th name. No rclone row:
+  rclone cannot read those listings. The count of "would copy" and "would
+  delete" lines is checked against what the listings hold.
+
+``--what`` picks among ``listing``, ``dry-run``, ``noop``, ``first`` and
+``plan`` (default: the first two); ``--repeat`` runs each pair that many
+times, synctool and rclone taking turns.
 
 Targets: ``local`` (the source folder; the dry runs go to the served folder
 read as a local folder) and ``s3`` (the bucket; the dry runs go from the
@@ -64,6 +72,8 @@ MTIME = 1_500_000_000  # one mtime for every file of both trees
 PER_FOLDER = 1_000
 FOLDERS_PER_TOP = 100
 MiB = 1 << 20
+#: How often the made-up mirror of ``--what plan`` differs from its source.
+DIFFER_EVERY = 100_000
 
 
 def names(count: int):
@@ -150,6 +160,27 @@ class Scale:
 
     def rclone_cmd(self, *args: str, fast: bool) -> list[str]:
         return [self.rclone, *args, "--config", "/dev/null", "-q", *(["--fast-list"] if fast else [])]
+
+    def plan(self) -> None:
+        """A dry run between two made-up listings of ``--count`` entries each."""
+        count = self.args.count
+        source = f"generated://source?count={count}"
+        mirror = f"generated://mirror?count={count}&differ-every={DIFFER_EVERY}"
+        told_from = self.log.stat().st_size if self.log.exists() else 0
+        cmd = [sys.executable, __file__, "--generated", source, mirror, "--dry-run", "--log-level", "warning"]
+        run = self.measure("made-up", "synctool --dry-run (plan only)", cmd)
+        with open(self.log, "rb") as log:
+            log.seek(told_from)
+            told = log.read().decode(errors="replace").splitlines()
+        # Every DIFFER_EVERY-th file is older at the mirror (a copy), and
+        # another is there under a name of its own (a copy and a delete).
+        older = len(range(0, count, DIFFER_EVERY))
+        replaced = len(range(DIFFER_EVERY // 2, count, DIFFER_EVERY))
+        copies = sum(line.startswith("would copy ") for line in told)
+        deletes = sum(line.startswith("would delete ") for line in told)
+        if (copies, deletes) != (older + replaced, replaced) and not run.error:
+            run.error = f"{copies:,} copies and {deletes:,} deletes planned, not {older + replaced:,} and {replaced:,}"
+            print(f"       {run.error}", file=sys.stderr, flush=True)
 
     def run_target(self, target: str) -> None:
         for _ in range(self.args.repeat):
@@ -279,30 +310,41 @@ def main() -> None:
     parser.add_argument("--targets", default="local,s3", help="comma-separated: local, s3")
     parser.add_argument("--where", type=Path, default=Path("/var/tmp/synctool-scale"), help="folder for the trees")
     parser.add_argument("--cap", type=float, default=3600, help="seconds after which one command is stopped")
-    parser.add_argument("--what", default="listing,dry-run", help="comma-separated: listing, dry-run, noop, first")
+    parser.add_argument("--what", default="listing,dry-run", help="comma-separated: listing, dry-run, noop, first, plan")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each pair, the tools taking turns")
     parser.add_argument("--list-only", nargs="+", metavar=("URL", "OPTION"), help=argparse.SUPPRESS)
+    parser.add_argument("--generated", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.list_only:
         list_only(args.list_only[0], args.list_only[1:])
         return
+    if args.generated:
+        from scripts.generated_backend import run_synctool
+
+        run_synctool(args.generated)
 
     targets = [t for t in args.targets.split(",") if t]
     args.what = {w for w in args.what.split(",") if w}
     where = args.where / str(args.count)
     where.mkdir(parents=True, exist_ok=True)
-    make_tree(where / "src", args.count)
-    make_tree(where / "s3" / BUCKET, args.count, like=where / "src")
-    s3_wanted = "s3" in targets
+    on_disk = bool(args.what - {"plan"})
+    if on_disk:
+        make_tree(where / "src", args.count)
+        make_tree(where / "s3" / BUCKET, args.count, like=where / "src")
+    s3_wanted = on_disk and "s3" in targets
     # rclone serve s3 keeps folder listings for --dir-cache-time (5 minutes by
     # default): kept for the whole run, every command finds the server as warm
     # as the one before it did.
     serving = rclone_s3(where / "s3", extra_args=["--dir-cache-time", "1000h"]) if s3_wanted else contextlib.nullcontext()
     with serving as s3:
         scale = Scale(args, where, s3)
-        scale.warm_up(targets)
-        for target in targets:
-            scale.run_target(target)
+        if "plan" in args.what:
+            for _ in range(args.repeat):
+                scale.plan()
+        if on_disk:
+            scale.warm_up(targets)
+            for target in targets:
+                scale.run_target(target)
     print(scale.table())
 
 
