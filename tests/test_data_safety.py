@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 import synctool
-from synctool.backends import BackendError, BackendSpec, DeleteError, open_backend
+from synctool.backends import BackendError, BackendSpec, DeleteError, FatalBackendError, open_backend
 from synctool.errors import ExitCode
 from synctool.plan import RETENTION_RE, STAMP_FORMAT, basename
 from tests.helpers import FAST, OLD, RETAINED, make_tree, ok, read_tree
@@ -349,16 +349,34 @@ def test_an_sftp_source_name_that_is_not_utf8_is_refused_by_name(sshd_server, sf
     assert read_tree(dst) == {"ok": b"ok"}  # the delete of "extra" still happened
 
 
-def test_a_folder_in_the_way_is_reported_once_not_retried(tmp_path):
-    src, dst = tmp_path / "src", tmp_path / "dst"
+@BACKENDS_WITH_LINKS
+@pytest.mark.parametrize("retention", [True, False], ids=["retention", "no-retention"])
+def test_a_folder_in_the_way_is_reported_once_not_retried(target, tmp_path, retention):
+    src = tmp_path / "src"
     make_tree(src, {"y": b"a file now"}, mtime=OLD)
-    make_tree(dst, {"y/z": b"moved aside"})
-    os.symlink(src / "y", dst / "y" / "link")  # never moved: it keeps the folder
-    report = synctool.sync(str(src), str(dst), retention=True, **{**FAST, "retry": 3})
+    target.put({"y/z": b"moved aside"})
+    os.symlink(src / "y", target.local_root / "y" / "link")  # never moved: it keeps the folder
+    report = run(src, target, retention=retention, retry=3)
     assert report.exit_code == ExitCode.PARTIAL
     assert report.retries == 0
     assert report.failed == [("y", "writing y failed: a folder of that name is in the way")]
-    assert list(read_tree(dst).values()) == [b"moved aside"] and (dst / "y" / "link").is_symlink()
+    # The source has no y/z: kept as a version, or deleted, like any other.
+    assert list(target.read().values()) == ([b"moved aside"] if retention else [])
+    assert (target.local_root / "y" / "link").is_symlink()
+
+
+@pytest.mark.parametrize("target", ["local", "openssh", "rclone-sftp"], indirect=True)
+@pytest.mark.parametrize("replace", [True, False], ids=["replacing", "new"])
+def test_a_folder_made_where_a_file_goes_after_the_listing_is_never_replaced(target, replace):
+    """The plan saw a file ``y`` (or nothing) there; a folder came since."""
+    target.put({"y/z": b"inside"})
+    backend = open_backend(BackendSpec(target.url, target.options))
+    try:
+        with pytest.raises(FatalBackendError, match="^writing y failed: a folder of that name is in the way$"):
+            backend.write("y", iter([b"file"]), 4, overwrite=replace)
+    finally:
+        backend.close()
+    assert target.read() == {"y/z": b"inside"}
 
 
 def test_a_full_sftp_server_is_reported_once_not_retried(sshd_server, small_fs, tmp_path, no_ssh_environment):

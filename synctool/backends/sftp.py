@@ -931,7 +931,7 @@ class SFTPBackend(Backend):
             if refused_attributes is None and _unsupported(refused_move):
                 self._move(lease.sftp, temp, final)  # learns that posix-rename is missing
             else:
-                raise refused_move
+                raise _folder_taken(lease.sftp, final) or refused_move
         elif self._conn is not None:
             self._conn.posix_rename = True
         if refused_attributes is not None:
@@ -964,7 +964,7 @@ class SFTPBackend(Backend):
                 return
             except OSError as exc:
                 if conn is None or not _unsupported(exc):
-                    raise
+                    raise _folder_taken(sftp, dst) or exc from None
                 conn.posix_rename = False
                 log.info("%s has no posix-rename: replacing files by remove and rename", self.settings.address)
         try:
@@ -1058,6 +1058,13 @@ def _taken(sftp: paramiko.SFTPClient, path: str) -> _Taken | None:
         return _Taken(path, sftp.lstat(path).st_mode or 0)
     except FileNotFoundError:
         return None
+
+
+def _folder_taken(sftp: paramiko.SFTPClient, path: str) -> _Taken | None:
+    """A :class:`_Taken` if a folder holds ``path``: what a failed move onto it
+    ran into (servers say only "Failure"), and no retry can get past."""
+    taken = _taken(sftp, path)
+    return taken if taken is not None and taken.is_folder else None
 
 
 def _read_path(lease: _Lease, path: str) -> Iterator[bytes]:
