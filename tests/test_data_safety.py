@@ -349,6 +349,22 @@ def test_an_sftp_source_name_that_is_not_utf8_is_refused_by_name(sshd_server, sf
     assert read_tree(dst) == {"ok": b"ok"}  # the delete of "extra" still happened
 
 
+@pytest.mark.parametrize("target", ["local", "openssh", "rclone-sftp"], indirect=True)
+def test_a_source_name_too_long_for_the_destination_is_refused_by_name(target, azure_server, azure_container):
+    """Azure keeps a 300-byte name segment (a server that keeps objects as
+    files, like the test S3 server, cannot); no file system takes it."""
+    long = "d/" + "a" * 300
+    azure_server.put(azure_container, {f"src/{n}": d for n, d in {long: b"long", "d/fine": b"f", "ok": b"o"}.items()})
+    target.put({"extra": b"gone after the run"})
+    report = synctool.sync(f"azure://{azure_container}/src", target.url, src_options=azure_server.synctool_options(),
+                           dst_options=target.options, **{**FAST, "retry": 3})  # fmt: skip
+    assert report.exit_code == ExitCode.PARTIAL, report.to_dict()
+    [(name, reason)] = report.failed
+    assert name == long and "longer than the destination's 255 bytes" in reason
+    assert report.retries == 0
+    assert target.read() == {"d/fine": b"f", "ok": b"o"}  # the delete of "extra" still happened
+
+
 @BACKENDS_WITH_LINKS
 @pytest.mark.parametrize("retention", [True, False], ids=["retention", "no-retention"])
 def test_a_folder_in_the_way_is_reported_once_not_retried(target, tmp_path, retention):
