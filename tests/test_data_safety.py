@@ -8,18 +8,34 @@ rclone's FTP server), end to end through ``synctool.sync``.
 from __future__ import annotations
 
 import os
+import pathlib
 import re
+import signal
 import threading
 import time
 from datetime import datetime, timedelta, timezone
 
+import psutil
 import pytest
 
 import synctool
 from synctool.backends import BackendError, BackendSpec, DeleteError, FatalBackendError, open_backend
+from synctool.backends.base import Backend
 from synctool.errors import ExitCode
 from synctool.plan import RETENTION_RE, STAMP_FORMAT, basename
-from tests.helpers import FAST, OLD, RETAINED, make_tree, ok, read_tree
+from tests.helpers import (
+    FAST,
+    FAST_CLI,
+    OLD,
+    RETAINED,
+    interrupt_when,
+    make_tree,
+    ok,
+    read_tree,
+    start_synctool,
+    tree_digests,
+    write_big_file,
+)
 
 YEAR = 365 * 86400
 
@@ -446,37 +462,34 @@ def test_an_unreadable_journal_stops_the_run_before_anything_changes(s3_server, 
     assert s3_server.keys_under(s3_bucket, "p/") == ["p/.synctool-unverified-0123456789ab.json", "p/extra"]
 
 
+def stop_a_verifying_run(src, url: str, options: dict[str, str], moment, sig: int = signal.SIGTERM) -> None:
+    """Start ``synctool SRC URL --verify-get-after-put`` and stop it with ``sig``
+    once ``moment(proc)`` holds: it must end as interrupted, cleanly."""
+    opts = [f"{k}={v}" for k, v in options.items()]
+    proc = start_synctool(src, url, "-y", "--verify-get-after-put", *FAST_CLI, *(["--dst-options", *opts] if opts else []),
+                          start_new_session=True)  # fmt: skip
+    interrupt_when(lambda: moment(proc), proc, sig)
+
+
 def test_verify_run_stopped_midway_leaves_nothing_taken_as_good(s3_server, s3_bucket, tmp_path):
     """SIGTERM in the middle of a verifying upload: the next run (not verifying)
     compares whatever the stopped run had not read back, then the journals go."""
-    import signal
-
-    from tests.helpers import FAST_CLI, start_synctool, wait_until
+    from workers.journal import decode
 
     src = tmp_path / "src"
     files = {f"d{i % 20}/f{i}": os.urandom(2048) for i in range(3000)}
     make_tree(src, files, mtime=OLD)
-    opts = [f"{k}={v}" for k, v in s3_server.options().items()]
     # Stopped while a shard is under way: when the signal lands, the workers
     # may also sit between two shards (every journal gone); then again.
     for attempt in range(5):
         prefix = f"p{attempt}"
         url = f"s3://{s3_bucket}/{prefix}"
-        proc = start_synctool(src, url, "-y", "--verify-get-after-put", *FAST_CLI, "--dst-options", *opts)
-        try:
-            wait_until(lambda: len(s3_server.keys_under(s3_bucket, f"{prefix}/")) > 50, proc)
-            proc.send_signal(signal.SIGTERM)
-            proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        assert proc.returncode == ExitCode.INTERRUPTED
+        stop_a_verifying_run(src, url, s3_server.options(),
+                             lambda proc: len(s3_server.keys_under(s3_bucket, f"{prefix}/")) > 50)  # fmt: skip
         keys = s3_server.keys_under(s3_bucket, f"{prefix}/")
         journals = [k for k in keys if "unverified" in k]
         if journals:
             break
-    from workers.journal import decode
-
     assert journals, "a stopped verifying run leaves the journal of its unfinished shards"
     client = s3_server.client()
     named = {n for k in journals for n in decode(client.get_object(Bucket=s3_bucket, Key=k)["Body"].read())}
@@ -487,6 +500,53 @@ def test_verify_run_stopped_midway_leaves_nothing_taken_as_good(s3_server, s3_bu
     keys = s3_server.keys_under(s3_bucket, f"{prefix}/")
     assert not [k for k in keys if ".synctool-" in k]
     assert len(keys) == len(files)
+
+
+def a_read_back_under_way(root: pathlib.Path, kind: str):
+    """A moment for :func:`stop_a_verifying_run`: a temporary file below
+    ``root`` is open for reading, in synctool's workers (a local folder) or
+    in the SFTP server's processes."""
+    inside = f"{root}/"
+
+    def moment(proc) -> bool:
+        if kind == "local":
+            processes = psutil.Process(proc.pid).children(recursive=True)
+        else:
+            processes = [p for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("sshd")]
+        for process in processes:
+            try:
+                if any(f.path.startswith(inside) and Backend.is_temporary(f.path) and f.mode == "r"
+                       for f in process.open_files()):  # fmt: skip
+                    return True
+            except psutil.Error:
+                pass  # ended meanwhile
+        return False
+
+    return moment
+
+
+@pytest.mark.parametrize("target", ["local", "openssh"], indirect=True)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_verify_run_stopped_during_a_read_back_leaves_only_exact_files_under_their_names(target, sig, tmp_path):
+    """Local folders and SFTP read a copy back under its temporary name and
+    only then give it its name: stopped while a read-back is under way (a
+    moment that never comes if a copy took its name first), every file under
+    its name is the source's, and the next run completes the mirror."""
+    src = tmp_path / "src"
+    make_tree(src, {f"small/f{i}": os.urandom(1024) for i in range(200)}, mtime=OLD)
+    (src / "big").mkdir()
+    for i in range(4):
+        write_big_file(src / "big" / f"b{i}", 32 << 20, seed=i)
+    wanted = tree_digests(src)
+    root = target.local_root
+    stop_a_verifying_run(src, target.url, target.options, a_read_back_under_way(root, target.kind), sig)
+    landed = {name: digest for name, digest in tree_digests(root).items() if not Backend.is_temporary(name)}
+    assert landed.items() <= wanted.items()
+    assert len(landed) < len(wanted)  # stopped midway
+    report = synctool.sync(str(src), target.url, dst_options=target.options, verify_get_after_put=True, **FAST)
+    ok(report)
+    assert report.copied == len(wanted) - len(landed)
+    assert tree_digests(root) == wanted  # and no temporary file left
 
 
 # -- 12. a stop that comes while blocks are still being sent ----------------------
