@@ -8,18 +8,34 @@ rclone's FTP server), end to end through ``synctool.sync``.
 from __future__ import annotations
 
 import os
+import pathlib
 import re
+import signal
 import threading
 import time
 from datetime import datetime, timedelta, timezone
 
+import psutil
 import pytest
 
 import synctool
-from synctool.backends import BackendError, BackendSpec, DeleteError, open_backend
+from synctool.backends import BackendError, BackendSpec, DeleteError, FatalBackendError, open_backend
+from synctool.backends.base import Backend
 from synctool.errors import ExitCode
 from synctool.plan import RETENTION_RE, STAMP_FORMAT, basename
-from tests.helpers import FAST, OLD, RETAINED, make_tree, ok, read_tree
+from tests.helpers import (
+    FAST,
+    FAST_CLI,
+    OLD,
+    RETAINED,
+    interrupt_when,
+    make_tree,
+    ok,
+    read_tree,
+    start_synctool,
+    tree_digests,
+    write_big_file,
+)
 
 YEAR = 365 * 86400
 
@@ -133,7 +149,9 @@ def test_a_folder_moving_aside_never_replaces_a_version_listed_after_it(target, 
 
 # -- 4. symbolic links at the destination ---------------------------------------
 # Links are made behind the server's back, in the folder it serves: local
-# folders and OpenSSH (rclone serve sftp shows no links, S3 has none).
+# folders and OpenSSH. S3 has none; rclone serve sftp hides them (lstat and
+# realpath tell nothing of one), yet follows one once asked to make the folder
+# it stands in for: no client can see it coming.
 BACKENDS_WITH_LINKS = pytest.mark.parametrize("target", ["local", "openssh"], indirect=True)
 
 
@@ -175,31 +193,35 @@ def test_nothing_is_written_through_a_destination_link(target, trap, tmp_path, m
         assert any("only-here" in w and "symbolic link" in w for w in report.warnings)
 
 
-def test_local_writes_never_pass_a_link_made_after_the_listing(tmp_path):
+@BACKENDS_WITH_LINKS
+def test_writes_never_pass_a_link_made_after_the_listing(target, tmp_path):
     """The plan keeps clear of listed links; the backend itself refuses one that
     appeared since, below the root at any depth."""
-    outside, root = tmp_path / "outside", tmp_path / "root"
+    outside, root = tmp_path / "outside", target.local_root
     make_tree(outside, {"victim": b"precious"})
-    make_tree(root, {"a/keep": b"k"})
+    target.put({"a/keep": b"k"})
     os.symlink(outside, root / "d")
     os.symlink(outside, root / "a" / "deeper")
     os.symlink(outside / "victim", root / "file-link")
-    b = open_backend(BackendSpec(str(root)))
-    for name in ("d/victim", "d/new/file", "a/deeper/victim", "file-link/x"):
-        with pytest.raises(BackendError, match="symbolic link|where a folder is needed"):
-            b.write(name, iter([b"evil"]), 4)
+    b = open_backend(BackendSpec(target.url, target.options))
+    try:
+        for name in ("d/victim", "d/new/file", "a/deeper/victim", "file-link/x"):
+            with pytest.raises(BackendError, match="symbolic link|where a folder is needed"):
+                b.write(name, iter([b"evil"]), 4)
+            with pytest.raises(BackendError):
+                b.write(name, iter([b"evil"]), 4, overwrite=False)
         with pytest.raises(BackendError):
-            b.write(name, iter([b"evil"]), 4, overwrite=False)
-    with pytest.raises(BackendError):
-        b.write("a/keep", iter([b"v2"]), 2, keep_old_as="d/20260101000000.old.keep")
-    with pytest.raises(DeleteError):
-        b.delete(["d/victim", "a/deeper/victim"])
-    with pytest.raises(BackendError):
-        b.rename("d/victim", "moved")
-    with pytest.raises(BackendError):
-        b.rename("a/keep", "d/stolen")
-    with pytest.raises(BackendError):
-        b"".join(b.read("d/victim"))
+            b.write("a/keep", iter([b"v2"]), 2, keep_old_as="d/20260101000000.old.keep")
+        with pytest.raises(DeleteError):
+            b.delete(["d/victim", "a/deeper/victim"])
+        with pytest.raises(BackendError):
+            b.rename("d/victim", "moved")
+        with pytest.raises(BackendError):
+            b.rename("a/keep", "d/stolen")
+        with pytest.raises(BackendError):
+            b"".join(b.read("d/victim"))
+    finally:
+        b.close()
     assert read_tree(outside) == {"victim": b"precious"}
     assert read_tree(root) == {"a/keep": b"k"}
 
@@ -343,16 +365,50 @@ def test_an_sftp_source_name_that_is_not_utf8_is_refused_by_name(sshd_server, sf
     assert read_tree(dst) == {"ok": b"ok"}  # the delete of "extra" still happened
 
 
-def test_a_folder_in_the_way_is_reported_once_not_retried(tmp_path):
-    src, dst = tmp_path / "src", tmp_path / "dst"
+@pytest.mark.parametrize("target", ["local", "openssh", "rclone-sftp"], indirect=True)
+def test_a_source_name_too_long_for_the_destination_is_refused_by_name(target, azure_server, azure_container):
+    """Azure keeps a 300-byte name segment (a server that keeps objects as
+    files, like the test S3 server, cannot); no file system takes it."""
+    long = "d/" + "a" * 300
+    azure_server.put(azure_container, {f"src/{n}": d for n, d in {long: b"long", "d/fine": b"f", "ok": b"o"}.items()})
+    target.put({"extra": b"gone after the run"})
+    report = synctool.sync(f"azure://{azure_container}/src", target.url, src_options=azure_server.synctool_options(),
+                           dst_options=target.options, **{**FAST, "retry": 3})  # fmt: skip
+    assert report.exit_code == ExitCode.PARTIAL, report.to_dict()
+    [(name, reason)] = report.failed
+    assert name == long and "longer than the destination's 255 bytes" in reason
+    assert report.retries == 0
+    assert target.read() == {"d/fine": b"f", "ok": b"o"}  # the delete of "extra" still happened
+
+
+@BACKENDS_WITH_LINKS
+@pytest.mark.parametrize("retention", [True, False], ids=["retention", "no-retention"])
+def test_a_folder_in_the_way_is_reported_once_not_retried(target, tmp_path, retention):
+    src = tmp_path / "src"
     make_tree(src, {"y": b"a file now"}, mtime=OLD)
-    make_tree(dst, {"y/z": b"moved aside"})
-    os.symlink(src / "y", dst / "y" / "link")  # never moved: it keeps the folder
-    report = synctool.sync(str(src), str(dst), retention=True, **{**FAST, "retry": 3})
+    target.put({"y/z": b"moved aside"})
+    os.symlink(src / "y", target.local_root / "y" / "link")  # never moved: it keeps the folder
+    report = run(src, target, retention=retention, retry=3)
     assert report.exit_code == ExitCode.PARTIAL
     assert report.retries == 0
     assert report.failed == [("y", "writing y failed: a folder of that name is in the way")]
-    assert list(read_tree(dst).values()) == [b"moved aside"] and (dst / "y" / "link").is_symlink()
+    # The source has no y/z: kept as a version, or deleted, like any other.
+    assert list(target.read().values()) == ([b"moved aside"] if retention else [])
+    assert (target.local_root / "y" / "link").is_symlink()
+
+
+@pytest.mark.parametrize("target", ["local", "openssh", "rclone-sftp"], indirect=True)
+@pytest.mark.parametrize("replace", [True, False], ids=["replacing", "new"])
+def test_a_folder_made_where_a_file_goes_after_the_listing_is_never_replaced(target, replace):
+    """The plan saw a file ``y`` (or nothing) there; a folder came since."""
+    target.put({"y/z": b"inside"})
+    backend = open_backend(BackendSpec(target.url, target.options))
+    try:
+        with pytest.raises(FatalBackendError, match="^writing y failed: a folder of that name is in the way$"):
+            backend.write("y", iter([b"file"]), 4, overwrite=replace)
+    finally:
+        backend.close()
+    assert target.read() == {"y/z": b"inside"}
 
 
 def test_a_full_sftp_server_is_reported_once_not_retried(sshd_server, small_fs, tmp_path, no_ssh_environment):
@@ -406,37 +462,34 @@ def test_an_unreadable_journal_stops_the_run_before_anything_changes(s3_server, 
     assert s3_server.keys_under(s3_bucket, "p/") == ["p/.synctool-unverified-0123456789ab.json", "p/extra"]
 
 
+def stop_a_verifying_run(src, url: str, options: dict[str, str], moment, sig: int = signal.SIGTERM) -> None:
+    """Start ``synctool SRC URL --verify-get-after-put`` and stop it with ``sig``
+    once ``moment(proc)`` holds: it must end as interrupted, cleanly."""
+    opts = [f"{k}={v}" for k, v in options.items()]
+    proc = start_synctool(src, url, "-y", "--verify-get-after-put", *FAST_CLI, *(["--dst-options", *opts] if opts else []),
+                          start_new_session=True)  # fmt: skip
+    interrupt_when(lambda: moment(proc), proc, sig)
+
+
 def test_verify_run_stopped_midway_leaves_nothing_taken_as_good(s3_server, s3_bucket, tmp_path):
     """SIGTERM in the middle of a verifying upload: the next run (not verifying)
     compares whatever the stopped run had not read back, then the journals go."""
-    import signal
-
-    from tests.helpers import FAST_CLI, start_synctool, wait_until
+    from workers.journal import decode
 
     src = tmp_path / "src"
     files = {f"d{i % 20}/f{i}": os.urandom(2048) for i in range(3000)}
     make_tree(src, files, mtime=OLD)
-    opts = [f"{k}={v}" for k, v in s3_server.options().items()]
     # Stopped while a shard is under way: when the signal lands, the workers
     # may also sit between two shards (every journal gone); then again.
     for attempt in range(5):
         prefix = f"p{attempt}"
         url = f"s3://{s3_bucket}/{prefix}"
-        proc = start_synctool(src, url, "-y", "--verify-get-after-put", *FAST_CLI, "--dst-options", *opts)
-        try:
-            wait_until(lambda: len(s3_server.keys_under(s3_bucket, f"{prefix}/")) > 50, proc)
-            proc.send_signal(signal.SIGTERM)
-            proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        assert proc.returncode == ExitCode.INTERRUPTED
+        stop_a_verifying_run(src, url, s3_server.options(),
+                             lambda proc: len(s3_server.keys_under(s3_bucket, f"{prefix}/")) > 50)  # fmt: skip
         keys = s3_server.keys_under(s3_bucket, f"{prefix}/")
         journals = [k for k in keys if "unverified" in k]
         if journals:
             break
-    from workers.journal import decode
-
     assert journals, "a stopped verifying run leaves the journal of its unfinished shards"
     client = s3_server.client()
     named = {n for k in journals for n in decode(client.get_object(Bucket=s3_bucket, Key=k)["Body"].read())}
@@ -447,6 +500,53 @@ def test_verify_run_stopped_midway_leaves_nothing_taken_as_good(s3_server, s3_bu
     keys = s3_server.keys_under(s3_bucket, f"{prefix}/")
     assert not [k for k in keys if ".synctool-" in k]
     assert len(keys) == len(files)
+
+
+def a_read_back_under_way(root: pathlib.Path, kind: str):
+    """A moment for :func:`stop_a_verifying_run`: a temporary file below
+    ``root`` is open for reading, in synctool's workers (a local folder) or
+    in the SFTP server's processes."""
+    inside = f"{root}/"
+
+    def moment(proc) -> bool:
+        if kind == "local":
+            processes = psutil.Process(proc.pid).children(recursive=True)
+        else:
+            processes = [p for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("sshd")]
+        for process in processes:
+            try:
+                if any(f.path.startswith(inside) and Backend.is_temporary(f.path) and f.mode == "r"
+                       for f in process.open_files()):  # fmt: skip
+                    return True
+            except psutil.Error:
+                pass  # ended meanwhile
+        return False
+
+    return moment
+
+
+@pytest.mark.parametrize("target", ["local", "openssh"], indirect=True)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_verify_run_stopped_during_a_read_back_leaves_only_exact_files_under_their_names(target, sig, tmp_path):
+    """Local folders and SFTP read a copy back under its temporary name and
+    only then give it its name: stopped while a read-back is under way (a
+    moment that never comes if a copy took its name first), every file under
+    its name is the source's, and the next run completes the mirror."""
+    src = tmp_path / "src"
+    make_tree(src, {f"small/f{i}": os.urandom(1024) for i in range(200)}, mtime=OLD)
+    (src / "big").mkdir()
+    for i in range(4):
+        write_big_file(src / "big" / f"b{i}", 32 << 20, seed=i)
+    wanted = tree_digests(src)
+    root = target.local_root
+    stop_a_verifying_run(src, target.url, target.options, a_read_back_under_way(root, target.kind), sig)
+    landed = {name: digest for name, digest in tree_digests(root).items() if not Backend.is_temporary(name)}
+    assert landed.items() <= wanted.items()
+    assert len(landed) < len(wanted)  # stopped midway
+    report = synctool.sync(str(src), target.url, dst_options=target.options, verify_get_after_put=True, **FAST)
+    ok(report)
+    assert report.copied == len(wanted) - len(landed)
+    assert tree_digests(root) == wanted  # and no temporary file left
 
 
 # -- 12. a stop that comes while blocks are still being sent ----------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import subprocess
+import sys
 import time
 
 import psutil
@@ -12,7 +13,14 @@ import pytest
 
 import synctool
 from synctool.errors import ExitCode
-from tests.helpers import FAST, make_tree, read_tree, start_synctool, without_root_overrides
+from tests.helpers import FAST, OLD, make_tree, read_tree, start_synctool, without_root_overrides
+
+
+def sync_bound_by_file_modes(src, dst, *args) -> subprocess.CompletedProcess:
+    """A quick ``synctool SRC DST -y ARGS``, bound by file modes even as root."""
+    command = [sys.executable, "-m", "synctool", str(src), str(dst), "-y", "--workers", "2",
+               "--backend-retry-delay", "10ms", *map(str, args)]  # fmt: skip
+    return subprocess.run(without_root_overrides(command), capture_output=True, text=True, timeout=60)
 
 
 def test_destination_out_of_space(tmp_path, small_fs):
@@ -34,15 +42,12 @@ def test_destination_out_of_space(tmp_path, small_fs):
 def test_unreadable_source_file_fails_alone(tmp_path):
     """Permission denied on one file: that file fails, the rest are copied."""
     import json
-    import sys
 
     src, dst = tmp_path / "src", tmp_path / "dst"
     make_tree(src, {"ok/a": b"a", "ok/b": b"b", "secret": b"s"})
     os.chmod(src / "secret", 0)
     report_file = tmp_path / "report.json"
-    command = [sys.executable, "-m", "synctool", str(src), str(dst), "-y", "--workers", "2",
-               "--backend-retry-delay", "10ms", "--report", str(report_file)]
-    done = subprocess.run(without_root_overrides(command), capture_output=True, text=True, timeout=60)
+    done = sync_bound_by_file_modes(src, dst, "--report", report_file)
     assert done.returncode == ExitCode.PARTIAL, done.stderr
     report = json.loads(report_file.read_text())
     assert [f["name"] for f in report["failed"]] == ["secret"]
@@ -54,18 +59,40 @@ def test_unreadable_source_file_fails_alone(tmp_path):
     assert read_tree(dst) == {"ok/a": b"a", "ok/b": b"b"}
 
 
+def test_a_destination_folder_that_takes_no_new_files_fails_that_file_alone(tmp_path):
+    import json
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_tree(src, {"ok/a": b"a", "ok/b": b"b", "locked/kept": b"k", "locked/new": b"n"}, mtime=OLD)
+    make_tree(dst, {"locked/kept": b"k", "extra": b"would be deleted"}, mtime=OLD)
+    os.chmod(dst / "locked", 0o555)
+    report_file = tmp_path / "report.json"
+    try:
+        done = sync_bound_by_file_modes(src, dst, "--retry", "3", "--report", report_file)
+    finally:
+        os.chmod(dst / "locked", 0o755)
+    assert done.returncode == ExitCode.PARTIAL, done.stderr
+    report = json.loads(report_file.read_text())
+    assert [(f["name"], f["error"]) for f in report["failed"]] == [
+        ("locked/new", "writing locked/new failed: permission denied")
+    ]
+    assert report["retries"] == 0  # permission denied is final
+    assert done.stderr.count("writing locked/new failed: permission denied") == 1, done.stderr
+    assert done.stderr.count("1 file(s) failed to copy, so no file was deleted or renamed") == 1, done.stderr
+    assert "locked/new" not in done.stdout
+    assert read_tree(dst) == {"ok/a": b"a", "ok/b": b"b", "locked/kept": b"k", "extra": b"would be deleted"}
+    assert not list(dst.rglob(".synctool-*"))
+
+
 def test_a_source_folder_that_can_be_read_but_not_entered_stops_the_listing_cleanly(tmp_path):
     """A folder left without its x bit (chmod -R 644) lists its names but
     not their details: the listing fails, said once, and nothing is deleted."""
-    import sys
-
     src, dst = tmp_path / "src", tmp_path / "dst"
     make_tree(src, {"shut/a": b"a", "b": b"b"})
     make_tree(dst, {"extra": b"would be deleted"})
     os.chmod(src / "shut", 0o644)
-    command = [sys.executable, "-m", "synctool", str(src), str(dst), "-y", "--workers", "2", "--backend-retry-delay", "10ms"]
     try:
-        done = subprocess.run(without_root_overrides(command), capture_output=True, text=True, timeout=60)
+        done = sync_bound_by_file_modes(src, dst)
     finally:
         os.chmod(src / "shut", 0o755)
     assert done.returncode == ExitCode.FATAL, done.stderr

@@ -729,6 +729,18 @@ class SFTPBackend(Backend):
         assert self._root is not None, "connect first"
         return posixpath.join(self._root, check_name(name))
 
+    def _refuse_links(self, sftp: paramiko.SFTPClient, what: str, *names: str) -> None:
+        """Stop ``what`` where a symbolic link below the root lies on the way
+        to any of ``names`` (relative to the root; "" is the root itself).
+
+        The server follows links anywhere in a path, and SFTP v3 cannot ask
+        it not to: the plan keeps clear of the links the listing showed, and
+        this look, just before the operation, refuses one made since.
+        """
+        for name in names:
+            if name and _realpath(sftp, self._path(name)) != posixpath.join(self._real_root, name):
+                raise FatalBackendError(f"{what} failed: a symbolic link is in the way (links are never followed)")
+
     # -- Backend -----------------------------------------------------------------
     def prepare(self, create: bool) -> None:
         try:
@@ -775,6 +787,7 @@ class SFTPBackend(Backend):
         self._connection()
         path = self._path(name)
         with self._sftp(f"reading {name}") as lease:
+            self._refuse_links(lease.sftp, f"reading {name}", name)
             yield from _read_path(lease, path)
 
     def write(
@@ -793,6 +806,8 @@ class SFTPBackend(Backend):
         old = self._path(keep_old_as) if keep_old_as is not None else None
         try:
             with self._sftp(f"writing {name}") as lease:
+                self._refuse_links(lease.sftp, f"writing {name}", posixpath.dirname(name),
+                                   posixpath.dirname(keep_old_as or ""))  # fmt: skip
                 self._write(lease, final, chunks, mtime, old, overwrite, check)
         except _SourceFailed as failed:
             raise failed.__cause__ from None
@@ -916,7 +931,7 @@ class SFTPBackend(Backend):
             if refused_attributes is None and _unsupported(refused_move):
                 self._move(lease.sftp, temp, final)  # learns that posix-rename is missing
             else:
-                raise refused_move
+                raise _folder_taken(lease.sftp, final) or refused_move
         elif self._conn is not None:
             self._conn.posix_rename = True
         if refused_attributes is not None:
@@ -949,7 +964,7 @@ class SFTPBackend(Backend):
                 return
             except OSError as exc:
                 if conn is None or not _unsupported(exc):
-                    raise
+                    raise _folder_taken(sftp, dst) or exc from None
                 conn.posix_rename = False
                 log.info("%s has no posix-rename: replacing files by remove and rename", self.settings.address)
         try:
@@ -967,6 +982,7 @@ class SFTPBackend(Backend):
         moves = posixpath.dirname(src) != posixpath.dirname(dst)  # to another folder
         try:
             with self._sftp(f"renaming {old} to {new}") as lease:
+                self._refuse_links(lease.sftp, f"renaming {old} to {new}", posixpath.dirname(old), posixpath.dirname(new))
                 if moves:
                     _makedirs(lease.sftp, posixpath.dirname(dst), self._root)
                 self._rename_noreplace(lease, src, dst)
@@ -979,10 +995,14 @@ class SFTPBackend(Backend):
         self._connection()
         failures: dict[str, str] = {}
         folders: set[str] = set()
+        clear: set[str] = set()  # folders seen to hold no link on the way, in this call
         with self._sftp("deleting files") as lease:
             for name in names:
                 try:
                     path = self._path(name)
+                    if (folder := posixpath.dirname(name)) not in clear:
+                        self._refuse_links(lease.sftp, f"deleting {name}", folder)
+                        clear.add(folder)
                     lease.sftp.remove(path)
                     folders.add(posixpath.dirname(path))
                 except FileNotFoundError:
@@ -1038,6 +1058,13 @@ def _taken(sftp: paramiko.SFTPClient, path: str) -> _Taken | None:
         return _Taken(path, sftp.lstat(path).st_mode or 0)
     except FileNotFoundError:
         return None
+
+
+def _folder_taken(sftp: paramiko.SFTPClient, path: str) -> _Taken | None:
+    """A :class:`_Taken` if a folder holds ``path``: what a failed move onto it
+    ran into (servers say only "Failure"), and no retry can get past."""
+    taken = _taken(sftp, path)
+    return taken if taken is not None and taken.is_folder else None
 
 
 def _read_path(lease: _Lease, path: str) -> Iterator[bytes]:
