@@ -361,3 +361,16 @@ def test_connection_lost_while_connecting_is_a_retryable_error(sftp_server, sftp
                 outcomes.append("lost")
         relay.thread.join(10)
     assert outcomes[-1] == "ok" and outcomes.count("lost") > 20, outcomes
+
+
+# -- closing ----------------------------------------------------------------------
+def test_closing_leaves_no_connection_thread_running(sftp_server, sftp_folder):
+    # paramiko's Transport.close() returns before its thread has ended, and
+    # that thread logs on its way out: still running into the interpreter's
+    # exit, it could die holding logging's lock and hang the exit for ever.
+    backend = open_backend(sftp_server.spec(sftp_folder))
+    backend.prepare(create=True)
+    backend.write("f", iter([b"x"]), 1)
+    assert any(isinstance(t, paramiko.Transport) for t in threading.enumerate())
+    backend.close()
+    assert [t for t in threading.enumerate() if isinstance(t, paramiko.Transport)] == []

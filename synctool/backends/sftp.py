@@ -100,6 +100,7 @@ LIST_THREADS = MAX_CHANNELS
 CONNECT_TIMEOUT = 30.0
 IO_TIMEOUT = 120.0  # a reply that takes longer means the server is stuck
 CHANNEL_WAIT = 600.0  # longest wait for a free channel before giving up
+TRANSPORT_EXIT_WAIT = 5.0  # longest wait for a closed connection's thread to end
 DEFAULT_PORT = 22
 
 
@@ -343,10 +344,10 @@ class Connection:
         except (paramiko.SSHException, EOFError, OSError) as exc:
             # A connection dropped mid-handshake surfaces as EOFError or a
             # socket error; left raw, it would end the run as a crash.
-            transport.close()
+            _end(transport)
             raise BackendError(f"SSH session with {s.address} failed: {str(exc) or 'connection closed'}") from exc
         except BaseException:
-            transport.close()
+            _end(transport)
             raise
         return cls(s, transport)
 
@@ -403,7 +404,7 @@ class Connection:
             self._cond.notify_all()
         for sftp in idle:
             _quietly(sftp.close)
-        _quietly(self.transport.close)
+        _quietly(lambda: _end(self.transport))
 
 
 def _open_sftp_channel(transport: paramiko.Transport) -> paramiko.SFTPClient:
@@ -545,6 +546,18 @@ def _channel_survives(sftp: paramiko.SFTPClient, exc: Exception) -> bool:
         return False
     channel = sftp.get_channel()
     return channel is not None and not channel.closed and channel.get_transport().is_active()
+
+
+def _end(transport: paramiko.Transport) -> None:
+    """Close ``transport`` and wait for its thread.
+
+    Transport.close() does not wait for it, and it still logs on its way
+    out: left running into the interpreter's exit, it can die holding the
+    logging module's lock, and the exit then waits on that lock for ever.
+    """
+    transport.close()
+    if transport is not threading.current_thread() and transport.ident is not None:
+        transport.join(TRANSPORT_EXIT_WAIT)
 
 
 def _quietly(action) -> None:
