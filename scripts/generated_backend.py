@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 from synctool.backends.base import Backend, Entry, FatalBackendError
 from synctool.backends.optiontable import Option, table
@@ -69,7 +68,6 @@ def run_synctool(argv: list[str]) -> None:
     """Run the command line in this process with ``generated://`` known to it."""
     from synctool.backends import registry
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     registry.BUILTIN[SCHEME] = f"{__name__}:GeneratedBackend"
     sys.argv = ["synctool", *argv]
     from synctool.cli.console import entry
