@@ -56,8 +56,10 @@ def _inside_hook(frame: types.FrameType | None) -> bool:
 def entry() -> None:
     """Console script: SIGTERM behaves like Ctrl-C, so workers are stopped and cleaned up."""
     sys.unraisablehook = _unraisable
-    signal.signal(signal.SIGTERM, _sigterm)
     try:
+        # Inside the try: a signal that comes as the handler is being set
+        # is raised as soon as that call returns, still on this line.
+        signal.signal(signal.SIGTERM, _sigterm)
         # Held back, not raised: a KeyboardInterrupt inside some library's
         # import code can come out as another error (3.11 wraps it in a
         # RuntimeError inside class creation), or go unseen.
