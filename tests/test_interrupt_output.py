@@ -21,6 +21,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -200,3 +201,28 @@ def test_a_stop_signal_while_the_command_line_is_imported(tmp_path, sig):
         # 0: the run, with nothing to copy, was over before the signal.
         assert proc.returncode in (0, 130), (proc.returncode, err)
         assert not any(text in err for text in NOT_ALLOWED), err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_a_stop_signal_while_an_ssh_server_keeps_silent(tmp_path, sig):
+    """Stopped while waiting for an SSH server's greeting, synctool says it
+    was interrupted and nothing more: paramiko's own thread, whose socket the
+    stop closes under it, does not get to print its failure as well."""
+    (tmp_path / "src").mkdir()
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        silent.settimeout(60)
+        url = f"ssh://nobody@127.0.0.1:{silent.getsockname()[1]}/dst"
+        args = [tmp_path / "src", url, "-y", "--dst-options", "ssh-accept-any-fingerprints=true"]
+        proc = start_synctool(*args, *FAST_CLI, start_new_session=True)
+        try:
+            connection, _ = silent.accept()  # synctool has dialled and waits for the greeting
+            with connection:
+                time.sleep(0.2)
+                (os.killpg if sig == signal.SIGINT else os.kill)(proc.pid, sig)
+                _, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    assert proc.returncode == 130, err
+    assert err.splitlines() == ["ERROR: interrupted before anything was changed"], err

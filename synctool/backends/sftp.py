@@ -83,6 +83,28 @@ from synctool.backends.optiontable import NO_EFFECT, TIMEOUT_OPTIONS, Option, ta
 
 log = logging.getLogger("synctool.backends.sftp")
 
+
+class _AsDebug(logging.Filter):
+    """Lower every record to DEBUG.
+
+    paramiko's connection thread logs each failure it meets, then hands the
+    same failure to the call waiting on it, which raises it: the user reads it
+    once, in our own message. The thread's copy (at ERROR, traceback and all)
+    is for -v only: printed as well, it is noise, and after a Ctrl-C that
+    closed the socket under the thread, a traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+# Where each connection and its SFTP sessions log: paramiko names the
+# session logger after the connection's.
+PARAMIKO_LOG = "synctool.backends.sftp.paramiko"
+for _name in (PARAMIKO_LOG, f"{PARAMIKO_LOG}.sftp"):
+    logging.getLogger(_name).addFilter(_AsDebug())
+
 # File content moves in pipelined requests sized to the server (sftp_pipe.py).
 WINDOW = 8 << 20  # SSH channel window: room for the read requests in flight
 # Largest SSH packet the server may send us. Fewer, larger packets cost less
@@ -329,6 +351,7 @@ class Connection:
         known = _known_hosts()
         sock = _dial(s)
         transport = paramiko.Transport(sock, default_window_size=WINDOW, default_max_packet_size=MAX_PACKET)
+        transport.set_log_channel(PARAMIKO_LOG)
         try:
             _prefer_key_types(transport, _expected_key_types(s, known))
             _prefer_fast_ciphers(transport)
