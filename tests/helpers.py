@@ -87,21 +87,34 @@ def sync_losing_a_worker(under_way, *args) -> tuple[psutil.Process, str]:
     return victim, err
 
 
-def interrupt_when(moment, proc: subprocess.Popen, sig: int, poll: float = 0.01) -> None:
-    """Once ``moment()`` holds, stop synctool ``proc`` (started in its own
-    session) with ``sig``: SIGINT to the whole process group, as Ctrl-C does;
-    SIGTERM to synctool alone, as ``kill`` does. The run must end as
-    interrupted, cleanly: no worker left running, no traceback."""
+def stop_synctool(proc: subprocess.Popen, sig: int, moment=lambda: True, poll: float = 0.01) -> tuple[str, str]:
+    """Once ``moment()`` holds, send ``sig`` to synctool ``proc`` (started in
+    its own session) as a user would: SIGINT to the whole process group, as
+    Ctrl-C does; SIGTERM to synctool alone, as ``kill`` does. Its (stdout, stderr)."""
     try:
         wait_until(moment, proc, poll=poll)
-        workers = psutil.Process(proc.pid).children(recursive=True)
-        assert workers
         (os.killpg if sig == signal.SIGINT else os.kill)(proc.pid, sig)
-        out, err = proc.communicate(timeout=30)
+        return proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def interrupt_when(moment, proc: subprocess.Popen, sig: int, poll: float = 0.01) -> None:
+    """Once ``moment()`` holds and workers run, stop synctool ``proc`` with
+    ``sig`` (see stop_synctool). The run must end as interrupted, cleanly: no
+    worker left running, no traceback."""
+    workers: list[psutil.Process] = []
+
+    def workers_started() -> bool:
+        if not moment():
+            return False
+        workers.extend(psutil.Process(proc.pid).children(recursive=True))
+        assert workers
+        return True
+
+    out, err = stop_synctool(proc, sig, workers_started, poll)
     assert proc.returncode == ExitCode.INTERRUPTED, (out, err)
     _, alive = psutil.wait_procs(workers, timeout=5)
     assert not alive, f"worker processes left running: {alive}"

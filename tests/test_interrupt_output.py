@@ -31,7 +31,7 @@ import psutil
 import pytest
 
 from scripts.servers import takes_sigterm
-from tests.helpers import FAST_CLI, make_tree, start_synctool, temp_debris
+from tests.helpers import FAST_CLI, make_tree, start_synctool, stop_synctool, temp_debris
 
 FILES = 2000
 INTERRUPTS = 5
@@ -214,15 +214,9 @@ def test_a_stop_signal_while_an_ssh_server_keeps_silent(tmp_path, sig):
         url = f"ssh://nobody@127.0.0.1:{silent.getsockname()[1]}/dst"
         args = [tmp_path / "src", url, "-y", "--dst-options", "ssh-accept-any-fingerprints=true"]
         proc = start_synctool(*args, *FAST_CLI, start_new_session=True)
-        try:
-            connection, _ = silent.accept()  # synctool has dialled and waits for the greeting
-            with connection:
-                time.sleep(0.2)
-                (os.killpg if sig == signal.SIGINT else os.kill)(proc.pid, sig)
-                _, err = proc.communicate(timeout=30)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        connection, _ = silent.accept()  # synctool has dialled and waits for the greeting
+        with connection:
+            time.sleep(0.2)
+            _, err = stop_synctool(proc, sig)
     assert proc.returncode == 130, err
     assert err.splitlines() == ["ERROR: interrupted before anything was changed"], err
