@@ -743,6 +743,8 @@ SECTION_START, SECTION_END = "<!-- bench section {} -->", "<!-- end of bench sec
 
 def section_key(args) -> str | None:
     """The part of the report a run of these options owns; None: the main tables."""
+    if args.section:
+        return args.section
     if not (args.defaults or args.rtt):
         return None
     return f"{'defaults' if args.defaults else 'matched'}-rtt{args.rtt:g}"
@@ -793,7 +795,7 @@ def section_report(bench: Bench, workloads, command: str, started: float, finish
     loads = [r.load for runs in bench.results.values() for r in runs]
     return [
         SECTION_START.format(key),
-        f"## {how[0].upper() + how[1:]}, {where}",
+        f"## {how[0].upper() + how[1:]}, {where}" + (f": {', '.join(args.routes)}" if args.section else ""),
         "",
         *run_facts(bench, command, started, finished),
         f"- Load (1-minute average as each run started): {min(loads, default=0):.1f} to "
@@ -958,6 +960,9 @@ def main() -> int:
                     help="reach the S3 and SSH servers across this round trip (scripts/latency_proxy.py) [none]")
     ap.add_argument("--defaults", action="store_true",
                     help="both tools as a user runs them: endpoints and credentials only (no --workers, --transfers ...)")
+    ap.add_argument("--section", metavar="KEY",
+                    help="write the tables as their own section KEY of the report, keeping the rest "
+                         "(--defaults and --rtt runs always do) [the main tables]")
     args = ap.parse_args()
     args.routes = pick(args.routes, ROUTES, "route")
     args.workloads = pick(args.workloads, WORKLOADS, "workload")
