@@ -152,6 +152,11 @@ class Coordinator:
         opts = self.opts
         self.src = self._open(opts.spec("source"), "source")
         self.dst = self._open(opts.spec("destination"), "destination")
+        if opts.confirm and not opts.dry_run:
+            # Forked before the backends connect: an SFTP connection runs a
+            # thread, and a process with threads starts its workers as fresh
+            # interpreters, whose imports cost more than a no-op run's listing.
+            self._start_pool(opts.workers)
         for backend, side in ((self.src, "source"), (self.dst, "destination")):
             self._prepare(backend, side)
         refuse_overlap(self.src, self.dst)  # after prepare: an SFTP root may be known only then
@@ -322,8 +327,7 @@ class Coordinator:
     def _run_streaming(self) -> None:
         """With -y (or from the library): nothing to ask, so copies start with the listing."""
         self.confirmed = True
-        # The workers' start-up and logins overlap the listing, and they are
-        # running before the listing threads start, which a fork must not copy.
+        # Started already (see _run): their start-up and logins overlap the listing.
         self._start_pool(self.opts.workers)
         self._runner()
         self.progress.start("copying")

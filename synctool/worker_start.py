@@ -7,7 +7,8 @@ inside a C library (awscrt's event loops, alive while S3 lists; OpenSSL
 under a listing's connection) leaves that library's locks and state
 half-owned in the child, which then hangs or crashes (it crashed in our
 tests). So a worker is forked only from a process that runs no other
-thread: the coordinator starts its pool before its listing threads. A
+thread: the coordinator starts its pool before it connects to either side
+(an SFTP connection runs a thread) and before its listing threads. A
 replacement for a worker that died mid-run, or a pool started by a caller
 that runs threads of its own, is a fresh interpreter instead (its imports
 cost a few tenths of a second). It is started with a plain exec rather than

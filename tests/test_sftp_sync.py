@@ -176,3 +176,15 @@ def test_cli_password_login_keeps_the_password_out(sftp_server, sftp_folder, src
     assert run.returncode == 0, run.stdout + run.stderr
     assert read_tree(sftp_server.password_dir / sftp_folder) == FILES
     assert sftp_server.password not in run.stdout + run.stderr
+
+
+def test_the_command_line_forks_its_workers_before_it_connects(sftp_server, sftp_folder, src):
+    """The coordinator's SSH connection runs a thread, and a process with
+    threads starts its workers as fresh interpreters, whose imports cost
+    more than a small run: the workers are forked before it connects."""
+    options = [f"{k}={v}" for k, v in sftp_server.key_options().items()]
+    run = _cli(str(src), sftp_server.url(sftp_folder), "-y", "--workers", "2", "--log-level", "debug", "--dst-options", *options)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert read_tree(sftp_server.local(sftp_folder)) == FILES
+    started = [line for line in run.stderr.splitlines() if ": process " in line and line.startswith("DEBUG: worker ")]
+    assert len(started) == 2 and all(line.endswith(", by fork") for line in started), run.stderr
