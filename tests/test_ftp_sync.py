@@ -231,3 +231,18 @@ def test_server_killed_mid_sync_and_back_only_after_the_run(own_server, tree):
     assert second.deleted == 1 + len(debris)
     assert read_tree(own_server.root / "mirror") == read_tree(tree)
     assert temp_debris(own_server.root) == []
+
+
+def test_first_files_of_many_new_folders_need_no_retry_and_leave_no_temporary_file(ftp_server, ftp_folder, tmp_path):
+    # rclone serve ftp, asked to make one folder for two connections at
+    # once, lost a file stored in it from its listings and its DELE for
+    # minutes: the write was retried and its temporary file stayed behind.
+    files = {f"d{i:03d}/f{j}": bytes([i % 256, j]) * 50 for i in range(300) for j in range(4)}
+    make_tree(tmp_path / "src", files, mtime=OLD)
+    for run in range(3):
+        folder = f"{ftp_folder}/run{run}"
+        report = synctool.sync(str(tmp_path / "src"), ftp_server.url(folder), dst_options=ftp_server.synctool_options(), **FAST)
+        ok(report)
+        assert report.retries == 0
+        assert temp_debris(ftp_server.root / folder) == []
+        assert read_tree(ftp_server.root / folder) == files

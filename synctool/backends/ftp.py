@@ -774,6 +774,7 @@ class FTPBackend(Backend):
         self._avbl = True  # until the server says it has no AVBL
         self._mfmt_warned = False
         self._folders: set[str] = set()  # folders known to exist, as commands name them
+        self._making_folders = threading.Lock()
         # Temporary files a dropped connection kept us from deleting: deleted
         # as soon as a new connection is up.
         self._orphans: set[str] = set()
@@ -822,12 +823,13 @@ class FTPBackend(Backend):
     def __getstate__(self):
         # A connection never crosses a process boundary.
         state = self.__dict__.copy()
-        state.update(_lock=None, _pool=None)
+        state.update(_lock=None, _making_folders=None, _pool=None)
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._lock = threading.Lock()
+        self._making_folders = threading.Lock()
 
     # -- where things are ------------------------------------------------------------
     def _absolute_root(self) -> str | None:
@@ -1189,9 +1191,14 @@ class FTPBackend(Backend):
         if folder not in self._folders:
             # Asked before the upload, not found out by a failed STOR: some
             # servers (rclone) take the data first and refuse after, when
-            # the source has been read and cannot be sent again.
-            self._makedirs(client, folder, self._top())
-            self._folders.add(folder)
+            # the source has been read and cannot be sent again. One thread
+            # at a time: rclone serve ftp, making one folder for two
+            # connections at once, can lose a file stored in it from its
+            # listings (and its DELE) for minutes.
+            with self._making_folders:
+                if folder not in self._folders:
+                    self._makedirs(client, folder, self._top())
+                    self._folders.add(folder)
         try:
             sent = self._store(client, temp, chunks)
         except BaseException:
