@@ -152,7 +152,8 @@ class Coordinator:
         opts = self.opts
         self.src = self._open(opts.spec("source"), "source")
         self.dst = self._open(opts.spec("destination"), "destination")
-        if opts.confirm and not opts.dry_run:
+        streaming = opts.confirm and not opts.dry_run  # nothing to ask: copies start with the listing
+        if streaming:
             # Forked before the backends connect: an SFTP connection runs a
             # thread, and a process with threads starts its workers as fresh
             # interpreters, whose imports cost more than a no-op run's listing.
@@ -173,10 +174,10 @@ class Coordinator:
             recheck=self._unverified(),
             source_is_temporary=self.src.is_temporary,
         )
-        if opts.dry_run:
-            self._dry_run()
-        elif opts.confirm:
+        if streaming:
             self._run_streaming()
+        elif opts.dry_run:
+            self._dry_run()
         else:
             self._run_confirmed()
         self._set_exit_code()
