@@ -186,6 +186,10 @@ class SlowUplink:
             self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
         self.listener.close()
         for s in self.sockets:
+            # A bare close leaves a socket open while a pump thread waits on
+            # it; shutting it down wakes the thread and ends the connection.
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
             s.close()
 
     def __enter__(self) -> "SlowUplink":
@@ -304,3 +308,15 @@ def refused(spec) -> str:
         with open_backend(spec) as b:
             b.prepare(create=True)
     return str(info.value)
+
+
+def open_uploads(client, bucket: str) -> list[dict]:
+    """Multipart uploads still open in ``bucket`` (``client``: boto3's).
+
+    rclone serve s3 answers NoSuchUpload instead of an empty list for a bucket
+    in which nothing was uploaded in parts since it (re)started.
+    """
+    try:
+        return client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    except client.exceptions.NoSuchUpload:
+        return []

@@ -1,7 +1,7 @@
 """Faults against the real S3 server (rclone serve s3): the server killed in the
 middle of a sync (back soon, or only after the run), a listing that fails on either
-side, Ctrl-C and SIGTERM during a multipart upload, and a worker killed while it
-uploads.
+side, Ctrl-C and SIGTERM during an upload (in parts, or one streamed PUT), and a
+worker killed while it uploads.
 
 Tests that kill the server start their own (scripts/servers.py's rclone_s3), so the
 shared one of the other tests stays up. Whatever happens, the same three things
@@ -37,28 +37,19 @@ from tests.helpers import (
     start_synctool,
     sync_losing_a_worker,
     tree_digests,
+    open_uploads,
     wait_until,
     write_big_file,
 )
 
 BUCKET = "faults"
 MiB = 1 << 20
-PART = {"s3-part-size": "5MiB"}  # the smallest part: several per file, several files in flight
+# The smallest part: several per file, several files in flight. Files from a
+# local disk go in parts only above s3-upload-cutoff, which is lowered to match.
+PART = {"s3-part-size": "5MiB", "s3-upload-cutoff": "5MiB"}
 
 
 # -- looking at the server behind synctool's back -------------------------------
-def open_uploads(client, bucket: str) -> list[dict]:
-    """Multipart uploads still open in ``bucket``.
-
-    rclone serve s3 answers NoSuchUpload instead of an empty list for a bucket
-    in which nothing was uploaded in parts since it (re)started.
-    """
-    try:
-        return client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
-    except client.exceptions.NoSuchUpload:
-        return []
-
-
 def objects(client, bucket: str, prefix: str) -> dict[str, bytes]:
     """Every object under ``prefix/`` as relative name -> content."""
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
@@ -106,24 +97,39 @@ def tree(tmp_path):
     return root
 
 
-def kill_while_uploading(server, restart_after: float | None):
-    """In the background: kill ``server`` once a multipart upload is open, and
+def a_put_under_way(server, bucket: str) -> bool:
+    """Whether a streamed PUT is being received: rclone serve s3 writes it to a
+    temporary file beside its final name, and renames it once complete."""
+    return any((server.root / bucket).rglob(".rclone_temp_put*"))
+
+
+# How the big files go: in parts (and the moment an upload is open), or each
+# in one streamed PUT at the defaults (and the moment one is being received).
+HOW = {
+    "parts": (PART, lambda server, bucket: bool(open_uploads(server.client(), bucket))),
+    "one-put": ({}, a_put_under_way),
+}
+
+
+def kill_while_uploading(server, restart_after: float | None, how: str = "parts"):
+    """In the background: kill ``server`` once an upload is under way, and
     start it again ``restart_after`` seconds later (None: leave it down)."""
-    return kill_when(lambda: bool(open_uploads(server.client(), BUCKET)), server, restart_after,
-                     "no multipart upload was ever seen")  # fmt: skip
+    under_way = HOW[how][1]
+    return kill_when(lambda: under_way(server, BUCKET), server, restart_after, f"no upload ({how}) was ever seen")
 
 
-def sync_to(server, tree, **options):
+def sync_to(server, tree, how: str = "parts", **options):
     return synctool.sync(
-        str(tree), f"s3://{BUCKET}/mirror", dst_options={**server.synctool_options(), **PART}, workers=2, **options
+        str(tree), f"s3://{BUCKET}/mirror", dst_options={**server.synctool_options(), **HOW[how][0]}, workers=2, **options
     )
 
 
 # -- 1. the server killed in the middle of a sync -------------------------------
-def test_server_killed_mid_sync_and_back_within_the_retries(own_s3, tree):
-    watcher = kill_while_uploading(own_s3, restart_after=0.5)
+@pytest.mark.parametrize("how", HOW)
+def test_server_killed_mid_sync_and_back_within_the_retries(own_s3, tree, how):
+    watcher = kill_while_uploading(own_s3, restart_after=0.5, how=how)
     # Backoff of 0.5, 1, 2, 4 s: the restart lands inside the retries.
-    first = sync_to(own_s3, tree, retry=4, retry_delay=0.5)
+    first = sync_to(own_s3, tree, how, retry=4, retry_delay=0.5)
     watcher.result()
 
     # The uploads the server forgot failed and came back; the run may well
@@ -139,11 +145,12 @@ def test_server_killed_mid_sync_and_back_within_the_retries(own_s3, tree):
     assert objects(client, BUCKET, "mirror") == read_tree(tree)
 
 
-def test_server_killed_mid_sync_and_back_only_after_the_run(own_s3, tree):
+@pytest.mark.parametrize("how", HOW)
+def test_server_killed_mid_sync_and_back_only_after_the_run(own_s3, tree, how):
     client = own_s3.client()
     client.put_object(Bucket=BUCKET, Key="mirror/only-here.txt", Body=b"not in the source")
-    watcher = kill_while_uploading(own_s3, restart_after=None)
-    first = sync_to(own_s3, tree, retry=1, retry_delay=0.1)
+    watcher = kill_while_uploading(own_s3, restart_after=None, how=how)
+    first = sync_to(own_s3, tree, how, retry=1, retry_delay=0.1)
     watcher.result()
 
     assert first.exit_code == ExitCode.PARTIAL, first.to_dict()
@@ -278,6 +285,37 @@ def test_interrupted_multipart_upload_is_aborted_and_a_rerun_completes(s3_server
     out, err = rerun.communicate(timeout=180)  # a hang, not a slow machine
     assert rerun.returncode == 0, err
     assert tree_digests_of_objects(client, s3_bucket, "big") == tree_digests(src)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_streamed_put_stopped_midway_keeps_the_old_version(own_s3, tmp_path, sig):
+    """A file below s3-upload-cutoff goes in one PUT, streamed from the disk:
+    stopped halfway, the PUT ends short of its length, and the server keeps
+    the version it had."""
+    src = tmp_path / "src"
+    src.mkdir()
+    write_big_file(src / "big.bin", 64 * MiB)
+    client = own_s3.client()
+    client.put_object(Bucket=BUCKET, Key="big/big.bin", Body=b"the old version")
+
+    def sync(**options: str) -> list:
+        given = [f"{k}={v}" for k, v in {**own_s3.synctool_options(), **options}.items()]
+        return [src, f"s3://{BUCKET}/big", "-y", *FAST_CLI, "--dst-options", *given]
+
+    with SlowUplink(urlsplit(own_s3.endpoint).port, rate=16 * MiB) as uplink:
+        proc = start_synctool(*sync(**{"s3-server-name": f"http://127.0.0.1:{uplink.port}"}), start_new_session=True)
+        interrupt_when(lambda: a_put_under_way(own_s3, BUCKET), proc, sig)
+    assert open_uploads(client, BUCKET) == []  # it never went in parts
+    assert client.get_object(Bucket=BUCKET, Key="big/big.bin")["Body"].read() == b"the old version"
+    deadline = time.monotonic() + 10
+    while a_put_under_way(own_s3, BUCKET):  # until the server has seen the connection end
+        assert time.monotonic() < deadline, "the server kept the cut PUT's temporary file"
+        time.sleep(0.05)
+
+    rerun = start_synctool(*sync())
+    out, err = rerun.communicate(timeout=180)
+    assert rerun.returncode == 0, err
+    assert tree_digests_of_objects(client, BUCKET, "big") == tree_digests(src)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import multiprocessing
 import os
+import threading
 import time
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,7 @@ from synctool.backends import s3_native
 from synctool.backends.optiontable import parse_size
 from synctool.backends.s3 import MiB, S3Backend, _delete_failures, _speaks_plain_http_only
 from tests.backend_contract import BackendContract, _chunks, _content
+from tests.helpers import open_uploads
 
 SMALL_PART = {"s3-part-size": "5MiB"}  # S3's smallest: multipart tests stay quick
 
@@ -76,7 +78,7 @@ def _blake3_meta(s3_server, bucket: str, key: str) -> str | None:
 
 
 def _uploads(s3_server, bucket: str) -> list:
-    return s3_server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    return open_uploads(s3_server.client(), bucket)
 
 
 # -- multipart ------------------------------------------------------------------
@@ -136,10 +138,15 @@ def test_multipart_keep_old_as(open_s3):
     assert b"".join(backend.read("d/20260101000000.old.f")) == old
 
 
-def test_a_digest_given_first_goes_with_the_upload_and_must_match(s3_server, s3_bucket, open_s3):
+# A file whose BLAKE3 is known first goes in one streamed PUT up to s3-upload-cutoff, in parts above.
+HOW = {"one-put": {}, "one-put-boto3": {"s3-native": "false"}, "parts": {"s3-upload-cutoff": "5MiB"}}
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_a_digest_given_first_goes_with_the_upload_and_must_match(s3_server, s3_bucket, open_s3, how):
     # With the rewrite by server-side copy turned off, the hash can only have
     # come with the upload itself.
-    backend = open_s3(**SMALL_PART, **{"s3-multipart-blake3": "false"})
+    backend = open_s3(**SMALL_PART, **HOW[how], **{"s3-multipart-blake3": "false"})
     data = _content(8, 11 * MiB + 3)
     assert backend.digest_first(len(data)) and not backend.digest_first(MiB)
     backend.write("given", _chunks(data, MiB), len(data), digest=blake3.blake3(data).hexdigest())
@@ -154,6 +161,79 @@ def test_a_digest_given_first_goes_with_the_upload_and_must_match(s3_server, s3_
     assert _uploads(s3_server, s3_bucket) == []
     assert sorted(s3_server.keys_under(s3_bucket)) == ["root/given", "root/kept"]
     assert b"".join(backend.read("kept")) == b"old"
+
+
+def test_a_streamed_put_holds_a_chunk_at_a_time_and_opens_no_upload(s3_server, s3_bucket, open_s3):
+    backend = open_s3()
+    data = _content(9, 23 * MiB + 5)
+    digest = blake3.blake3(data).hexdigest()
+    uploads_midway = []
+
+    def chunks():
+        for i, chunk in enumerate(_chunks(data, MiB)):
+            if i == 12:
+                uploads_midway.append(_uploads(s3_server, s3_bucket))
+            yield chunk
+
+    tracemalloc.start()
+    try:
+        backend.write("one.bin", chunks(), len(data), digest=digest)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert uploads_midway == [[]]
+    # The chunk being sent, the one read ahead and the block on its way: never the file.
+    assert peak < 6 * MiB, f"{peak / MiB:.1f} MiB held"
+    assert b"".join(backend.read("one.bin")) == data
+    assert _blake3_meta(s3_server, s3_bucket, "root/one.bin") == digest
+
+
+@pytest.mark.parametrize("native", ["true", "false"], ids=["native", "boto3"])
+@pytest.mark.parametrize("given", [-1, +1], ids=["shorter", "longer"])
+def test_a_streamed_put_of_another_length_than_given_stores_nothing(s3_server, s3_bucket, open_s3, given, native):
+    backend = open_s3(**{"s3-native": native})
+    backend.write("kept", iter([b"old"]), 3)
+    data = _content(5, 9 * MiB)
+    size = len(data) + given  # the source grew or shrank after it was hashed
+    for name in ("kept", "new"):
+        with pytest.raises(BackendError, match="bytes"):
+            backend.write(name, _chunks(data, MiB), size, digest=blake3.blake3(data).hexdigest())
+    assert s3_server.keys_under(s3_bucket) == ["root/kept"]
+    assert b"".join(backend.read("kept")) == b"old"
+
+
+def test_a_stop_after_the_last_chunk_of_a_streamed_put_stores_nothing(s3_server, s3_bucket, open_s3):
+    from synctool.backends.base import Stopped
+
+    backend = open_s3()
+    backend.write("f.bin", iter([b"old version"]), 11)
+    backend.stopping = threading.Event()  # as a worker hands in its own
+    data = _content(6, 7 * MiB)
+
+    def source():
+        yield from _chunks(data, MiB)
+        backend.stopping.set()  # SIGTERM, right after the last chunk was read
+
+    with pytest.raises(Stopped):
+        backend.write("f.bin", source(), len(data), digest=blake3.blake3(data).hexdigest())
+    assert s3_server.keys_under(s3_bucket) == ["root/f.bin"]
+    assert b"".join(backend.read("f.bin")) == b"old version"
+
+
+def test_streamed_puts_reconnect_after_the_server_restarts(tmp_path):
+    """A thread keeps its connection for the next streamed PUT; one the server
+    closed in between (here: it restarted) is replaced, not failed on."""
+    with rclone_s3(tmp_path / "s3") as server:
+        server.create_bucket("bkt")
+        backend = open_backend(BackendSpec("s3://bkt", server.synctool_options()))
+        try:
+            data = _content(2, 6 * MiB)
+            for name in ("a.bin", "b.bin"):
+                backend.write(name, _chunks(data, MiB), len(data), digest=blake3.blake3(data).hexdigest())
+                server.restart()
+            assert [b"".join(backend.read(name)) == data for name in ("a.bin", "b.bin")] == [True, True]
+        finally:
+            backend.close()
 
 
 def test_part_size_grows_to_stay_under_10000_parts(open_s3):
@@ -371,6 +451,8 @@ def test_bad_option_values_say_which_option():
         _backend("s3://b", **{"s3-part-size": "1MiB"})
     with pytest.raises(FatalBackendError, match="s3-part-size"):
         _backend("s3://b", **{"s3-part-size": "lots"})
+    with pytest.raises(FatalBackendError, match="s3-upload-cutoff must be at most 5GiB"):
+        _backend("s3://b", **{"s3-upload-cutoff": "6GiB"})
     with pytest.raises(FatalBackendError, match="use-ssl"):
         _backend("s3://b", **{"s3-server-name": "h", "use-ssl": "maybe"})
     with pytest.raises(FatalBackendError, match="both"):
@@ -595,9 +677,10 @@ def test_native_tls_client_builds():
         credentials=("AK", "SK", None), connections=2,
     )
     assert client.tls and client.host == "127.0.0.1:1"
-    with pytest.raises(s3_native.NativeError) as info:
-        client.put("k", b"x", {})
-    assert info.value.status == 0
+    for put in (client.put, client.put_stream):
+        with pytest.raises(s3_native.NativeError) as info:
+            put("k", s3_native.BlockReader(b"x"), 1, {})
+        assert info.value.status == 0
     virtual = s3_native.NativeS3(
         endpoint_url="https://s3.eu-west-1.amazonaws.com", region="eu-west-1", bucket="mybucket",
         path_style=False, credentials=lambda: ("AK", "SK", None), connections=2,

@@ -4,12 +4,17 @@ Works with AWS S3 and the S3 dialects of MinIO, Wasabi, Backblaze B2, Ceph RGW
 and ``rclone serve s3``. Option names are Duplicati's, so its scripts keep
 working; a few ``s3-*`` options of our own tune the multipart upload.
 
+How a file goes: smaller than a part, in one PUT from memory; larger and
+from a source that rereads cheaply (a local disk), in one PUT streamed from
+the source up to ``s3-upload-cutoff`` (as rclone does); otherwise in parts.
+
 Memory: what one process's writes hold is bounded in bytes, not in parts:
 ``s3-parts-in-flight x s3-part-size`` (20 MiB with the defaults). A small
 object's whole content, the first block of a larger one and each part take
 their size from that budget before a byte is read, and give it back once sent
 (see :mod:`synctool.backends.budget`); a block may pass its share by less than
-one source chunk. Reads hold at most ``s3_native.SMALL_GET`` per job.
+one source chunk. A streamed PUT holds two source chunks, outside the budget.
+Reads hold at most ``s3_native.SMALL_GET`` per job.
 
 Buckets and prefixes: a missing bucket is created for the destination
 (``prepare(create=True)``, Duplicati's auto-create-folders, on by default)
@@ -38,15 +43,18 @@ Not atomic on S3, and what we do about it:
   it is visible under its name: a rejected object is deleted, and the
   worker keeps a journal of what it has written but not yet read back (see
   ``workers/journal.py``).
-* S3 takes metadata when a multipart upload starts. From a source that
-  rereads cheaply (a local disk) the worker hashes the file first and the
-  BLAKE3 goes with the upload (``digest_first``); bytes that then hash
-  otherwise (the file changed) abort the upload. From elsewhere the hash is
-  only known after the last part: after completing the upload we rewrite
-  the object's metadata in place with one server-side CopyObject (no bytes
-  pass through us). Above 5 GiB that would be a multipart copy of
-  the whole object, and archive storage classes refuse copies, so there the
-  metadata is left out; ``s3-multipart-blake3=false`` turns the rewrite off
+* S3 takes metadata when a request starts. From a source that rereads
+  cheaply (a local disk) the worker hashes a file larger than a part first,
+  and the BLAKE3 goes with the upload (``digest_first``); bytes that then
+  hash otherwise (the file changed) abort it: a multipart upload is not
+  completed, and a streamed PUT never sends its last chunk (a PUT cut short
+  of its Content-Length stores nothing, and the old object stays). From
+  elsewhere a file larger than a part goes in parts, and its hash is only
+  known after the last one: after completing the upload we rewrite the
+  object's metadata in place with one server-side CopyObject (no bytes pass
+  through us). Above 5 GiB that would be a multipart copy of the whole
+  object, and archive storage classes refuse copies, so there the metadata
+  is left out; ``s3-multipart-blake3=false`` turns the rewrite off
   (worth it in versioned buckets, where it keeps a second version).
 """
 
@@ -55,6 +63,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import io
 import logging
 import os
 import re
@@ -64,6 +73,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
+
+import blake3
 
 from synctool.backends import key_ranges, s3_native
 from synctool.backends.base import (
@@ -89,6 +100,7 @@ MiB = 1 << 20
 GiB = 1 << 30
 READ_CHUNK = MiB
 MIN_PART = 5 * MiB  # S3's smallest part (all but the last)
+MAX_PUT = 5 * GiB  # S3's largest single PUT
 MAX_PARTS = 10_000  # S3's most parts in one upload
 PART_HEADROOM = 9_000  # size parts for this many, in case the file grew since listing
 DELETE_BATCH = 1_000  # S3's most keys per DeleteObjects request
@@ -167,6 +179,7 @@ class S3Backend(Backend):
         Option("auto-create-folders", "bool", True, "Create a missing destination bucket."),
         Option("s3-part-size", "size", 5 * MiB, "Multipart part size, at least 5MiB; grows to stay under 10,000 parts.", minimum=MIN_PART),
         Option("s3-parts-in-flight", "int", 4, "Parts one process uploads at once."),
+        Option("s3-upload-cutoff", "size", 200 * MiB, "Files from a local disk up to this size (at most 5GiB) go in one streamed PUT, larger ones in parts (rclone's option and default)."),
         Option("s3-multipart-blake3", "bool", True, "Add x-amz-meta-blake3 to multipart objects up to 5 GiB (one server-side copy each)."),
         Option("s3-native", "bool", True, "Send small objects through awscrt's native client, when awscrt is installed."),
         Option("s3-concurrency", "int", None, "Jobs one worker process runs at once (default: 32 with s3-native, else 8)."),
@@ -210,6 +223,9 @@ class S3Backend(Backend):
         # 4 x 256 MiB, with ~40 MiB less peak memory per worker.
         self.part_size = v["s3-part-size"]
         self.parts_in_flight = max(1, v["s3-parts-in-flight"])
+        self.upload_cutoff = v["s3-upload-cutoff"]
+        if self.upload_cutoff > MAX_PUT:
+            raise FatalBackendError(f"s3-upload-cutoff must be at most 5GiB, S3's largest single PUT")
         self.multipart_blake3 = v["s3-multipart-blake3"]
         sign, unsigned = v["s3-sign-payload"], v["s3-disable-payload-signing"]
         self.sign_payload = sign if sign is not None else unsigned is False
@@ -623,6 +639,10 @@ class S3Backend(Backend):
         return size > self._part_size_for(size)
 
     def _store(self, put: "_Put", chunks: Iterable[bytes], size: int) -> None:
+        if put.digest is not None and size <= self.upload_cutoff:
+            # Its BLAKE3 is known before its bytes: one request, streamed
+            # from the source, with no part to hold in memory or assemble.
+            return self._put_streamed(put, chunks, size)
         store(chunks, size, self._part_size_for(size), self._budget, functools.partial(self._put_whole, put),
               functools.partial(self._put_multipart, put))  # fmt: skip
 
@@ -723,6 +743,23 @@ class S3Backend(Backend):
         return self._error(exc, put.name)
 
     def _put_whole(self, put: "_Put", data: bytearray, digest: str) -> None:
+        self._put(put, s3_native.BlockReader(data), len(data), digest)
+
+    def _put_streamed(self, put: "_Put", chunks: Iterable[bytes], size: int) -> None:
+        assert put.digest is not None
+        before_commit = functools.partial(self.refuse_commit_when_stopped, put.name)
+        body = _StreamedBody(chunks, size, put.digest, put.name, before_commit)
+        try:
+            self._put(put, body, size, put.digest, streamed=True)
+        except Exception as exc:
+            # What the body raised (the source changed, the run stopped)
+            # comes back wrapped in the client's error: say it as it was.
+            if body.failure is not None and exc is not body.failure:
+                raise body.failure from exc
+            raise
+
+    def _put(self, put: "_Put", body, size: int, digest: str, streamed: bool = False) -> None:
+        """One PutObject of ``size`` bytes read from ``body``: all or nothing."""
         try:
             self._keep_old(put)
             self.refuse_commit_when_stopped(put.name)
@@ -733,12 +770,13 @@ class S3Backend(Backend):
                     headers["x-amz-storage-class"] = self.storage_class
                 if put.conditions:
                     headers["If-None-Match"] = "*"
-                native.put(put.key, data, headers)
+                (native.put_stream if streamed else native.put)(put.key, body, size, headers)
                 return
             self._client.put_object(
                 Bucket=self.bucket,
                 Key=put.key,
-                Body=s3_native.BlockReader(data),
+                Body=body,
+                ContentLength=size,
                 Metadata={"blake3": digest, **put.metadata},
                 **put.conditions,
                 **self._object_args(),
@@ -956,6 +994,84 @@ class _Put:
     digest: str | None = None  # the content's BLAKE3, known before its bytes (see digest_first)
 
 
+class _StreamedBody:
+    """The chunks of one streamed PUT, as the file botocore sends.
+
+    A PUT cut short of its Content-Length stores nothing, so the last chunk
+    is held back until the stream has ended cleanly: exactly ``size`` bytes,
+    hashing to ``digest`` (the source's own checks, run as its iteration
+    ends, passed too), and the run was not stopped (``before_commit``). Not
+    seekable: a connection lost mid-way fails the request, and the job is
+    tried again from the start of the file. (It has ``seek`` and ``tell``
+    all the same, for botocore's signer, which takes only what has them for
+    a stream; they move nowhere.)
+    """
+
+    def __init__(self, chunks: Iterable[bytes], size: int, digest: str, name: str, before_commit: Callable[[], None]):
+        self._chunks = iter(chunks)
+        self._size = size
+        self._digest = digest
+        self._name = name
+        self._before_commit = before_commit
+        self._hasher = blake3.blake3(max_threads=1)
+        self._count = 0
+        self._view = memoryview(b"")
+        self._ahead: bytes | None = b""  # the next chunk, read before the current one goes out
+        self._started = False
+        #: What this body raised, should the HTTP stack wrap it.
+        self.failure: BaseException | None = None
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            if not self._started:
+                self._started = True
+                self._ahead = self._pull()
+            if not self._view:
+                if self._ahead is None:
+                    return b""
+                self._view = memoryview(self._ahead)
+                self._ahead = self._pull()
+            n = len(self._view) if n is None or n < 0 else n
+            piece, self._view = self._view[:n], self._view[n:]
+            return bytes(piece)
+        except BaseException as exc:
+            self.failure = exc
+            raise
+
+    def readinto(self, buffer) -> int:
+        piece = self.read(len(buffer))
+        buffer[: len(piece)] = piece
+        return len(piece)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def tell(self) -> int:
+        return self._count - len(self._view) - len(self._ahead or b"")
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        here = self.tell()
+        if (whence, offset) not in ((os.SEEK_SET, here), (os.SEEK_CUR, 0)):
+            raise io.UnsupportedOperation("a streamed body cannot go back")
+        return here
+
+    def _pull(self) -> bytes | None:
+        chunk = next(self._chunks, None)
+        if chunk is None:
+            if self._count != self._size or self._hasher.hexdigest() != self._digest:
+                raise BackendError(f"{self._name}: the bytes read do not have the size and BLAKE3 given for them")
+            self._before_commit()
+            return None
+        self._count += len(chunk)
+        if self._count > self._size:
+            raise BackendError(f"{self._name}: more bytes than the {self._size} given for it")
+        self._hasher.update(chunk)
+        return chunk
+
+
 def _precondition_failed(exc: BaseException) -> bool:
     """A conditional request refused (412): the name exists."""
     if isinstance(exc, s3_native.NativeError):
@@ -967,8 +1083,8 @@ def _precondition_failed(exc: BaseException) -> bool:
 def without_expect_continue(client):
     """Send PutObject without ``Expect: 100-continue``; returns ``client``.
 
-    Our single PUTs are small and already in memory, so waiting for the
-    server's go-ahead only costs a round trip. Worse, after an empty PUT
+    Waiting for the server's go-ahead costs a round trip per object (a
+    streamed PUT's refusal comes all the same, only after its body). Worse, after an empty PUT
     with that header, rclone serve s3 leaves a stray response on the
     connection and the next request hangs until the read timeout.
     Parts (UploadPart) keep the header.
