@@ -85,6 +85,18 @@ def test_s3_key_ranges_come_back_as_one_ordered_stream(own_s3, native):
     assert {"root/data/a/", "root/data/deep/", "root/data/m1/"} <= asked
 
 
+@pytest.mark.parametrize("native", ["true", "false"])
+def test_an_s3_listing_that_fits_one_page_takes_one_request(own_s3, native):
+    # Across a network each request is a round trip: a walk down these
+    # prefixes would take a dozen.
+    names = [f"{d}/{s}/{i:02}" for d in "abcdef" for s in "xy" for i in range(20)] + ["top"]
+    make_tree(own_s3.root / BUCKET / "root", {name: b"" for name in names})
+    backend = s3_backend(own_s3, "root", **{"s3-native": native})
+    assert [e.name for e in backend.list()] == sorted(names)
+    asked = requests_since_start(own_s3)
+    assert asked.count("root/") == 2 and len(asked) == 2, asked  # prepare's probe, and the listing
+
+
 # -- listings cut midway resume after their last name --------------------------------
 def test_an_s3_listing_cut_by_a_server_crash_resumes_after_its_last_key(own_s3):
     names = [f"p{r}/{i:04}" for r in range(8) for i in range(1_500)]  # 8 ranges of 2 pages

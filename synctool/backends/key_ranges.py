@@ -12,6 +12,10 @@ in key order, as one chain would give (s5cmd and rclone split the same way).
 Bounded memory: at most ``threads`` ranges are listed at once, each holding
 at most :data:`PAGES_AHEAD` pages not yet read.
 
+The first page is asked for without a delimiter: when it is the only one,
+the listing is done in one round trip; otherwise the split goes on from its
+last key.
+
 Resuming after a key: ranges below it are not listed, and the range that
 holds it starts after it (S3's StartAfter; a store without one skips what
 it lists again, in its page function).
@@ -63,6 +67,15 @@ def ordered_keys(page: PageOf, prefix: str, start_after: str | None = None, thre
         for objects in _Range(page, prefix, start_after, stop).pages():
             yield from objects
         return
+    # One plain page first: a listing that fits in it (a small bucket, or a
+    # few thousand keys below the prefix) then takes one round trip instead
+    # of a walk down the common prefixes. A longer one goes on from its last key.
+    first = page(prefix, start_after, None, False)
+    yield from first.objects
+    if first.token is None:
+        return
+    if first.objects:
+        start_after = first.objects[-1]["Key"]
     with ThreadPoolExecutor(threads, thread_name_prefix="key-range") as pool:
         ahead = _Ahead(_pieces(page, prefix, start_after, threads, 0), pool, threads, page, start_after, stop)
         try:
