@@ -1016,16 +1016,12 @@ class _StreamedBody:
         self._hasher = blake3.blake3(max_threads=1)
         self._count = 0
         self._view = memoryview(b"")
-        self._ahead: bytes | None = b""  # the next chunk, read before the current one goes out
-        self._started = False
         #: What this body raised, should the HTTP stack wrap it.
         self.failure: BaseException | None = None
+        self._ahead = self._pull()  # the next chunk, read before the current one goes out
 
     def read(self, n: int = -1) -> bytes:
         try:
-            if not self._started:
-                self._started = True
-                self._ahead = self._pull()
             if not self._view:
                 if self._ahead is None:
                     return b""
@@ -1037,17 +1033,6 @@ class _StreamedBody:
         except BaseException as exc:
             self.failure = exc
             raise
-
-    def readinto(self, buffer) -> int:
-        piece = self.read(len(buffer))
-        buffer[: len(piece)] = piece
-        return len(piece)
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
 
     def tell(self) -> int:
         return self._count - len(self._view) - len(self._ahead or b"")
@@ -1084,9 +1069,10 @@ def without_expect_continue(client):
     """Send PutObject without ``Expect: 100-continue``; returns ``client``.
 
     Waiting for the server's go-ahead costs a round trip per object (a
-    streamed PUT's refusal comes all the same, only after its body). Worse, after an empty PUT
-    with that header, rclone serve s3 leaves a stray response on the
-    connection and the next request hangs until the read timeout.
+    streamed PUT's refusal comes all the same, only after its body). Worse,
+    after an empty PUT with that header, rclone serve s3 leaves a stray
+    response on the connection and the next request hangs until the read
+    timeout.
     Parts (UploadPart) keep the header.
     """
 

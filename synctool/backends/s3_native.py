@@ -277,7 +277,7 @@ class NativeS3:
             raise
         status, data = answer
         if status >= 300:
-            raise NativeError(status, _xml_field(data, "Code") or str(status), _xml_field(data, "Message"))
+            raise _refusal(status, data)
 
     def _stream_connection(self) -> http_client.HTTPConnection:
         """This thread's connection for streamed PUTs; a new one when the server closed the last."""
@@ -474,10 +474,14 @@ def _total_size(content_range: str | None, received: int) -> int:
 def _native_error(exc: AwsCrtError) -> NativeError:
     status = int(getattr(exc, "status_code", None) or 0)
     body = getattr(exc, "body", None) or b""
-    code = _xml_field(body, "Code")
     if status:
-        return NativeError(status, code or str(status), _xml_field(body, "Message"))
+        return _refusal(status, body)
     return NativeError(0, exc.name, exc.message)
+
+
+def _refusal(status: int, body: bytes) -> NativeError:
+    """The server's error answer: its status, and the Code and Message of its XML body."""
+    return NativeError(status, _xml_field(body, "Code") or str(status), _xml_field(body, "Message"))
 
 
 def _xml_field(body: bytes, field: str) -> str:
