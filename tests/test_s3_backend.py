@@ -15,6 +15,7 @@ import pytest
 
 from scripts.servers import free_port, rclone_s3
 from synctool.backends import BackendError, BackendSpec, DeleteError, FatalBackendError, NotFound, open_backend
+from synctool.backends.base import AlreadyExists
 from synctool.backends import s3_native
 from synctool.backends.optiontable import parse_size
 from synctool.backends.s3 import MiB, S3Backend, _delete_failures, _speaks_plain_http_only
@@ -129,13 +130,24 @@ def test_interrupt_mid_multipart_aborts_too(s3_server, s3_bucket, open_s3):
     assert s3_server.keys_under(s3_bucket) == []
 
 
-def test_multipart_keep_old_as(open_s3):
+@pytest.mark.parametrize("digest_first", [False, True], ids=["parts", "one-put"])
+def test_keep_old_as_of_a_large_file(s3_server, s3_bucket, open_s3, digest_first):
     backend = open_s3(**SMALL_PART)
-    old, new = _content(1, 6 * MiB), _content(2, 7 * MiB)
+    old, new, newer = _content(1, 6 * MiB), _content(2, 7 * MiB), _content(3, 8 * MiB)
+
+    def given(data: bytes) -> dict:
+        return {"digest": blake3.blake3(data).hexdigest()} if digest_first else {}
+
     backend.write("d/f", _chunks(old, MiB), len(old))
-    backend.write("d/f", _chunks(new, MiB), len(new), keep_old_as="d/20260101000000.old.f")
+    backend.write("d/f", _chunks(new, MiB), len(new), keep_old_as="d/20260101000000.old.f", **given(new))
     assert b"".join(backend.read("d/f")) == new
     assert b"".join(backend.read("d/20260101000000.old.f")) == old
+    # A retention name already taken is never written over, and the file stays as it was.
+    with pytest.raises(AlreadyExists):
+        backend.write("d/f", _chunks(newer, MiB), len(newer), keep_old_as="d/20260101000000.old.f", **given(newer))
+    assert b"".join(backend.read("d/20260101000000.old.f")) == old
+    assert b"".join(backend.read("d/f")) == new
+    assert s3_server.keys_under(s3_bucket) == ["root/d/20260101000000.old.f", "root/d/f"]
 
 
 # A file whose BLAKE3 is known first goes in one streamed PUT up to s3-upload-cutoff, in parts above.
