@@ -211,6 +211,28 @@ def test_a_signal_outside_the_run_s_own_handling_still_exits_130(sig):
     assert "Traceback" not in p.stderr, p.stderr
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_stop_caught_inside_exec_d_code_keeps_the_exit_code_under_python_m(sig, tmp_path):
+    """A stop that lands in code built by exec() of a string (dataclasses do
+    that while a module imports) and is caught still ends with the run's
+    exit code. CPython notes such an interrupt as unhandled, and a program
+    run with ``python -m`` (how the stress run starts synctool) would end
+    killed by SIGINT; run with ``-c`` or as a script, the note goes unread."""
+    (tmp_path / "stopped_in_exec.py").write_text(
+        "from synctool.cli import console, main as cli\n"
+        "def fake_main(argv=None):\n"
+        "    try:\n"
+        f"        exec('import os, signal\\nos.kill(os.getpid(), {int(sig)})\\nfor _ in range(3): pass')\n"
+        "    except KeyboardInterrupt:\n"
+        "        return 130\n"
+        "    return 0\n"
+        "cli.main = fake_main\n"
+        "console.entry()\n"
+    )
+    p = subprocess.run([sys.executable, "-m", "stopped_in_exec"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert (p.returncode, p.stderr) == (130, "")
+
+
 def test_a_signal_after_the_run_leaves_its_exit_code():
     """Once the run is over, a late signal changes nothing: the exit code is the run's."""
     script = (

@@ -73,6 +73,7 @@ def entry() -> None:
         # signal was, and the caller sees no exit code.
         code = ExitCode.INTERRUPTED
     _ignore_stop_signals()
+    _forget_caught_interrupts()
     sys.exit(code)
 
 
@@ -83,3 +84,16 @@ def _ignore_stop_signals() -> None:
             signal.signal(sig, signal.SIG_IGN)
         except KeyboardInterrupt:  # one already pending runs its handler first
             signal.signal(sig, signal.SIG_IGN)
+
+
+def _forget_caught_interrupts() -> None:
+    """Clear CPython's note of an interrupt raised inside exec() of a string.
+
+    CPython takes a KeyboardInterrupt that leaves code run by exec() of a
+    string for an unhandled one, even when a caller catches it; dataclasses
+    and namedtuple build their methods that way, so a stop during an import
+    can land there. Started with ``python -m``, the program then ends killed
+    by SIGINT, whatever exit code it chose. The next exec() of a string
+    clears the note, and with the stop signals ignored nothing sets it again.
+    """
+    exec("")
