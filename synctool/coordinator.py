@@ -362,14 +362,15 @@ class Coordinator:
         """
         runner = self.runner
         assert runner is not None
-        take = events.take if isinstance(events, ReadAhead) else _batches(events)
+        take, bell = (events.take, [events.bell]) if isinstance(events, ReadAhead) else (_batches(events), [])
         with deferred_interrupts() as check:
             ended = False
             while not ended or runner.busy:
                 check()
                 got = False
-                if not ended and runner.has_room and self.stopping is None:
-                    batch = take(0.0 if runner.busy else 0.05)
+                wanted = not ended and runner.has_room and self.stopping is None
+                if wanted:
+                    batch = take(0.0)
                     if batch is None:
                         ended = True
                     for kind, value in batch or ():
@@ -377,7 +378,10 @@ class Coordinator:
                     got = bool(batch)
                 if ended or runner.hungry or self.stopping is not None:
                     runner.flush()
-                runner.pump(0.0 if got else 0.05)
+                if not ended or runner.busy:  # else nothing is left to wait for
+                    # One wait for whichever comes first: a worker's message,
+                    # or the plan's next batch when there is room for it.
+                    runner.pump(0.0 if got else 0.05, bell if wanted and not ended else ())
                 self.progress.draw()
                 if self.stopping is not None and not runner.busy:
                     raise self.stopping

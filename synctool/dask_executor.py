@@ -24,12 +24,14 @@ import pickle
 import queue
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import wait as wait_for_readable
 from typing import Any
 
 import distributed
 
 from synctool.backends import BackendSpec, open_backend
+from synctool.doorbell import Doorbell
 from synctool.errors import SyncError
 from workers.dask_tasks import DONE, FATAL, LOST, MSG_END, STOP_GRACE_SECONDS, RunPlugin, check_worker, run_shard
 from workers.jobs import MSG_BYTES, MSG_FATAL, MSG_LOG, MSG_PEAK, MSG_RESULT, Job, Result, WorkerSettings
@@ -67,6 +69,7 @@ class DaskExecutor:
         self.plugin = RunPlugin(self.token, absolute(src), absolute(dst), settings, log_level)
         self.client: distributed.Client | None = None
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.inbox_bell = Doorbell()  # rung by the client's threads after each put
         self.tasks: dict[str, _Task] = {}
         self.owner: dict[int, str] = {}  # job id -> key of the task holding it
         self.count = 0
@@ -116,6 +119,7 @@ class DaskExecutor:
             self.tasks.clear()
             self.owner.clear()
             self.quieted()
+            self.inbox_bell.close()
 
     def _leave(self, client: distributed.Client, cancel: bool) -> None:
         try:
@@ -159,14 +163,15 @@ class DaskExecutor:
             self.tasks[key] = _Task(key, future, {})
             future.add_done_callback(self._on_done)
 
-    def poll(self, timeout: float) -> list[tuple[str, int, Any]]:
+    def poll(self, timeout: float, wake: Sequence[Any] = ()) -> list[tuple[str, int, Any]]:
         self._connected()
         messages: list[tuple[str, int, Any]] = []
+        self.inbox_bell.clear()
+        if self.inbox.empty():
+            wait_for_readable([self.inbox_bell, *wake], timeout)
         try:
-            item = self.inbox.get(timeout=timeout)
             while True:
-                messages.extend(self._handle(item))
-                item = self.inbox.get_nowait()
+                messages.extend(self._handle(self.inbox.get_nowait()))
         except queue.Empty:
             pass
         return messages
@@ -181,12 +186,14 @@ class DaskExecutor:
     def _on_event(self, event: tuple[float, bytes]) -> None:
         """In the client's thread: hand the event to :meth:`poll`."""
         self.inbox.put(event[1])
+        self.inbox_bell.ring()
 
     def _on_done(self, future: Any) -> None:
         """In a thread of the client: a task ended; only a failed one has news."""
         if future.status in ("error", "cancelled"):
             error = future.exception() if future.status == "error" else None
             self.inbox.put((_DONE_CALLBACK, future.key, future.status, error))
+            self.inbox_bell.ring()
 
     def _handle(self, item: Any) -> list[tuple[str, int, Any]]:
         if isinstance(item, tuple):

@@ -12,6 +12,7 @@ shard while that is high.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from synctool.backends import BackendSpec
@@ -37,8 +38,9 @@ class Executor(Protocol):
     def submit(self, shard: list[Job]) -> None:
         """Run these jobs; their results come back through :meth:`poll`."""
 
-    def poll(self, timeout: float) -> list[Message]:
-        """Messages that arrived within ``timeout`` seconds; the jobs of a
+    def poll(self, timeout: float, wake: Sequence[Any] = ()) -> list[Message]:
+        """Messages that arrived within ``timeout`` seconds, or before one of
+        ``wake`` (objects with a ``fileno``) became readable; the jobs of a
         worker that died come back as failed, retryable results. Raises
         SyncError when nothing can run any more (a lost cluster)."""
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 
 from synctool.backends import Backend, BackendError, Entry, NotFound
+from synctool.doorbell import Doorbell
 from synctool.errors import SyncError
 from synctool.logs import RETRY
 from synctool.retry import RetryPolicy
@@ -70,7 +71,8 @@ class ReadAhead:
     point where it happened. A batch is handed over when it is full or
     ``FLUSH_SECONDS`` after its first item, whichever comes first, so the
     reader never waits long for an item the thread already has.
-    :meth:`close` stops the thread at its next hand-over.
+    :attr:`bell` rings at every hand-over, for a reader that waits on other
+    things as well. :meth:`close` stops the thread at its next hand-over.
     """
 
     FLUSH_SECONDS = 0.05
@@ -80,6 +82,7 @@ class ReadAhead:
         self._queue: queue.Queue = queue.Queue(AHEAD)
         self._stop = threading.Event()
         self._ended = False
+        self.bell = Doorbell()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -111,6 +114,7 @@ class ReadAhead:
                 raise ListingStopped
             try:
                 self._queue.put(message, timeout=0.1)
+                self.bell.ring()
                 return
             except queue.Full:
                 continue
@@ -119,10 +123,13 @@ class ReadAhead:
         """The next batch; ``[]`` when none came within ``timeout`` seconds, None at the end."""
         if self._ended:
             return None
+        self.bell.clear()
         try:
             kind, value = self._queue.get(timeout=timeout)
         except queue.Empty:
             return []
+        if not self._queue.empty():
+            self.bell.ring()  # the clear above took the ring of what is still queued
         if kind == "error":
             self._ended = True
             raise value
@@ -148,3 +155,5 @@ class ReadAhead:
         (it is a daemon, and its backend is closed next)."""
         self._stop.set()
         self._thread.join(CLOSE_WAIT_SECONDS)
+        if not self._thread.is_alive():  # one still blocked may yet ring
+            self.bell.close()

@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import pickle
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from multiprocess.connection import wait as wait_for_readable
@@ -175,13 +176,18 @@ class WorkerPool:
             worker.shards.append({j.id for j in shard})
             worker.jobs.put(pack(shard))
 
-    def poll(self, timeout: float) -> list[tuple[str, int, Any]]:
-        """Messages from the workers; a dead worker's jobs come back as failed results."""
+    def poll(self, timeout: float, wake: Sequence[Any] = ()) -> list[tuple[str, int, Any]]:
+        """Messages from the workers; a dead worker's jobs come back as failed results.
+
+        Waits up to ``timeout`` for the first message, or until one of
+        ``wake`` (objects with a ``fileno``) becomes readable.
+        """
         readers = {w.messages: w for w in self.workers.values() if w.messages is not None}
         messages: list[tuple[str, int, Any]] = []
-        if readers:
-            for conn in wait_for_readable(list(readers), timeout):
-                messages.extend(self._receive(readers[conn]))
+        if readers or wake:
+            for conn in wait_for_readable([*readers, *wake], timeout):
+                if conn in readers:
+                    messages.extend(self._receive(readers[conn]))
         else:
             time.sleep(timeout)  # every pipe has ended: _reap starts the replacements
         messages.extend(self._reap())

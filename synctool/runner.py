@@ -16,7 +16,8 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from synctool.errors import SyncError
 from synctool.executor import Executor
@@ -105,8 +106,9 @@ class JobRunner:
         return bool(self.waiting)
 
     # -- results -------------------------------------------------------------
-    def pump(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for results, and book those that came."""
+    def pump(self, timeout: float, wake: Sequence[Any] = ()) -> None:
+        """Wait up to ``timeout`` seconds for results (or for one of ``wake``
+        to become readable, see Executor.poll), and book those that came."""
         now = time.monotonic()
         due = []
         while self.retry_at and self.retry_at[0][0] <= now:
@@ -117,7 +119,7 @@ class JobRunner:
             raise SyncError(f"a worker could not open the backends: {self.executor.fatal}")
         if self.retry_at:
             timeout = min(timeout, max(0.0, self.retry_at[0][0] - now))
-        for kind, _wid, payload in self.executor.poll(timeout):
+        for kind, _wid, payload in self.executor.poll(timeout, wake):
             if kind == MSG_BYTES:
                 job_id, n = payload
                 self.streamed[job_id] = self.streamed.get(job_id, 0) + n

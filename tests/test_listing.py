@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import re
 import threading
+from multiprocessing.connection import wait as wait_for_readable
 
 import pytest
 
 from scripts.servers import rclone_s3
 from synctool.backends import BackendError, BackendSpec, open_backend, sorter
+from synctool.listing import ReadAhead
 from tests.helpers import make_tree
 
 BUCKET = "listing"
@@ -163,3 +165,22 @@ def test_an_sftp_walk_cut_midway_resumes_in_the_folder_it_stopped_in(sftp_server
     finally:
         backend.close()
 
+
+
+def test_the_plan_s_bell_rings_for_every_batch_still_queued():
+    """The coordinator waits on its workers' pipes and the plan's bell in one
+    wait. Each batch handed over must leave the bell readable until it is
+    taken, also one queued behind a batch just taken; else the coordinator
+    sits out its whole wait with the plan's end already there."""
+    ahead = ReadAhead(iter([1, 2]), "bell")
+    ahead._thread.join(5)  # both handed over: ("items", [1, 2]), then ("end", None)
+    taken = []
+    while True:
+        assert wait_for_readable([ahead.bell], 2) == [ahead.bell], f"no ring after {taken}"
+        batch = ahead.take(0.0)
+        if batch is None:
+            break
+        taken.append(batch)
+    assert taken == [[1, 2]]
+    assert wait_for_readable([ahead.bell], 0.0) == []  # nothing is left: no ring either
+    ahead.close()
