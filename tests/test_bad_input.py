@@ -149,7 +149,7 @@ ROWS: dict[str, Row] = {
     # -- wrong credentials, unreachable servers ----------------------------------------------------
     "s3-wrong-secret": Row(lambda w: [w.src, f"s3://{w.bucket}/p", "--dst-options",
                                       *w.s3_options(**{"aws-secret-access-key": "NotTheRightSecret1234"})],
-                           FATAL, r"refused \(403\): check aws-access-key-id, aws-secret-access-key"),
+                           FATAL, r"refused \((403|SignatureDoesNotMatch)\): check aws-access-key-id, aws-secret-access-key"),
     # rclone serve s3 speaks plain HTTP: a TLS handshake with it fails with no word of why.
     "s3s-to-plain-http": Row(lambda w: [w.src, f"s3s://{w.bucket}/p", "--dst-options", *w.s3_options(**{"s3-server-name": w.s3_host})],
                              FATAL, r"the S3 endpoint 127\.0\.0\.1:\d+ speaks plain HTTP, not TLS: set use-ssl=false"),

@@ -12,7 +12,7 @@ from multiprocessing.connection import wait as wait_for_readable
 import pytest
 
 from scripts.servers import rclone_s3
-from synctool.backends import BackendError, BackendSpec, open_backend, sorter
+from synctool.backends import BackendError, BackendSpec, NotFound, open_backend, sorter
 from synctool.listing import ReadAhead
 from tests.helpers import make_tree
 
@@ -97,6 +97,25 @@ def test_an_s3_listing_that_fits_one_page_takes_one_request(own_s3, native):
     assert [e.name for e in backend.list()] == sorted(names)
     asked = requests_since_start(own_s3)
     assert asked.count("root/") == 2 and len(asked) == 2, asked  # prepare's probe, and the listing
+
+
+def test_an_s3_root_is_probed_in_one_request_and_created_in_none(own_s3):
+    """Each request before the first copy is a round trip that the whole run
+    waits for: a prefix's probe is one listing of one key (which fails as
+    HeadBucket would on a missing bucket), and creating an empty root once
+    the bucket is known to be there asks nothing."""
+    make_tree(own_s3.root / BUCKET / "full", {"a": b"x"})
+    before = len(own_s3.log.read_text())
+    s3_backend(own_s3, "full")
+    empty = open_backend(BackendSpec(f"s3://{BUCKET}/empty", own_s3.synctool_options()))
+    with pytest.raises(NotFound):
+        empty.prepare(create=False)
+    empty.prepare(create=True)  # as the first copy into a new root does
+    asked = own_s3.log.read_text()[before:]
+    assert "HEAD BUCKET" not in asked
+    assert re.findall(r'prefix: prefix:"([^"]*)"', asked) == ["full/", "empty/"]
+    with pytest.raises(NotFound, match="bucket no-such-bucket does not exist"):
+        open_backend(BackendSpec("s3://no-such-bucket/p", own_s3.synctool_options())).prepare(create=False)
 
 
 # -- listings cut midway resume after their last name --------------------------------

@@ -246,6 +246,7 @@ class S3Backend(Backend):
         self._client_obj = None
         self._native_obj: s3_native.NativeS3 | None = None
         self._native_pid = -1
+        self._bucket_seen = False  # a probe found the bucket: creating the root is then a no-op
         self._pool_obj: ThreadPoolExecutor | None = None
         self._budget_obj: ByteBudget | None = None
         self._budget_pid = -1
@@ -439,29 +440,41 @@ class S3Backend(Backend):
 
     # -- Backend ---------------------------------------------------------
     def prepare(self, create: bool) -> None:
+        if create and self._bucket_seen:
+            return  # a prefix needs no creating on S3, and the bucket was there
+        # Prefixes do not exist on S3 apart from their objects. A source
+        # prefix that holds nothing is almost always a typo, and mirroring it
+        # would empty the destination: it counts as a missing folder.
+        probe_prefix = not create and bool(self.prefix)
         with self._listing_client() as native:
             if native is None:
                 self._probe_bucket(create)
+                has_objects = probe_prefix and self._prefix_has_objects()
             else:
-                try:
-                    native.head_bucket()
-                    missing = False
-                except s3_native.NativeError as exc:
-                    if exc.status != 404:
-                        raise self._error(exc, f"bucket {self.bucket}", first_contact=True) from exc
-                    # The answer's frames hold the native client: let go of
-                    # them, or its release waits for them at the end of the block.
-                    s3_native.clear_frames(exc)
-                    missing = True
-                if missing:
-                    self._missing_bucket(None, create)
-            if not create and self.prefix and not self._prefix_has_objects(native):
-                # Prefixes do not exist on S3 apart from their objects. A source
-                # prefix that holds nothing is almost always a typo, and mirroring
-                # it would empty the destination: treat it as a missing folder.
-                raise NotFound(
-                    f"nothing under s3://{self.bucket}/{self.prefix} at {self._where()} (empty or mistyped prefix?)"
-                )
+                has_objects = self._native_probe(native, create, probe_prefix)
+        self._bucket_seen = True
+        if probe_prefix and not has_objects:
+            raise NotFound(
+                f"nothing under s3://{self.bucket}/{self.prefix} at {self._where()} (empty or mistyped prefix?)"
+            )
+
+    def _native_probe(self, native: s3_native.NativeS3, create: bool, probe_prefix: bool) -> bool:
+        """One request: a listing of one key under the prefix, which fails as
+        HeadBucket does on a missing bucket, or HeadBucket when there is no
+        prefix to look into. Returns whether the prefix holds an object."""
+        try:
+            if probe_prefix:
+                return bool(native.list_page(self.prefix, max_keys=1)[0])
+            native.head_bucket()
+            return False
+        except s3_native.NativeError as exc:
+            if exc.status != 404:
+                raise self._error(exc, f"bucket {self.bucket}", first_contact=True) from exc
+            # The answer's frames hold the native client: let go of them, or
+            # its release waits for them at the end of the caller's block.
+            s3_native.clear_frames(exc)
+        self._missing_bucket(None, create)
+        return False
 
     def _probe_bucket(self, create: bool) -> None:
         """HeadBucket through boto3; a missing bucket is created (``create``) or NotFound."""
@@ -497,10 +510,8 @@ class S3Backend(Backend):
             raise self._error(exc, f"creating bucket {self.bucket}", first_contact=True) from exc
         log.info("created bucket %s at %s", self.bucket, self._where())
 
-    def _prefix_has_objects(self, native: s3_native.NativeS3 | None) -> bool:
+    def _prefix_has_objects(self) -> bool:
         try:
-            if native is not None:
-                return bool(native.list_page(self.prefix, max_keys=1)[0])
             page = self._client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
         except Exception as exc:
             raise self._error(exc, f"listing s3://{self.bucket}/{self.prefix}") from exc
