@@ -16,7 +16,7 @@ import pytest
 from scripts.servers import free_port, rclone_s3
 from synctool.backends import BackendError, BackendSpec, DeleteError, FatalBackendError, NotFound, open_backend
 from synctool.backends.base import AlreadyExists
-from synctool.backends import s3_native
+from synctool.backends import s3_http, s3_native
 from synctool.backends.optiontable import parse_size
 from synctool.backends.s3 import MiB, S3Backend, _delete_failures, _speaks_plain_http_only
 from tests.backend_contract import BackendContract, _chunks, _content
@@ -706,13 +706,13 @@ def test_native_choice_and_concurrency(monkeypatch):
     assert _backend("s3://b", **s3, **{"s3-concurrency": "12"}).concurrency == 12
     # AWS without a region: boto3 follows the bucket's region redirects, the native client cannot
     assert _backend("s3://b").native is False
-    assert _backend("s3://b", **{"s3-location-constraint": "eu-west-1"}).native == s3_native.AVAILABLE
-    monkeypatch.setattr(s3_native, "AVAILABLE", False)  # as without awscrt installed
+    assert _backend("s3://b", **{"s3-location-constraint": "eu-west-1"}).native == s3_http.CRT_AVAILABLE
+    monkeypatch.setattr(s3_http, "CRT_AVAILABLE", False)  # as without awscrt installed
     assert _backend("s3://b", **s3).native is False
 
 
 def test_boto3_fallback_without_awscrt(monkeypatch, open_s3):
-    monkeypatch.setattr(s3_native, "AVAILABLE", False)
+    monkeypatch.setattr(s3_http, "CRT_AVAILABLE", False)
     backend = open_s3()
     backend.write("f", iter([b"abc"]), 3)
     assert b"".join(backend.read("f")) == b"abc" and backend._native is None

@@ -14,7 +14,7 @@ object's whole content, the first block of a larger one and each part take
 their size from that budget before a byte is read, and give it back once sent
 (see :mod:`synctool.backends.budget`); a block may pass its share by less than
 one source chunk. A streamed PUT holds two source chunks, outside the budget.
-Reads hold at most ``s3_native.SMALL_GET`` per job.
+Reads hold at most ``s3_http.SMALL_GET`` per job.
 
 Buckets and prefixes: a missing bucket is created for the destination
 (``prepare(create=True)``, Duplicati's auto-create-folders, on by default)
@@ -76,7 +76,7 @@ from urllib.parse import unquote, urlsplit
 
 import blake3
 
-from synctool.backends import key_ranges, s3_native
+from synctool.backends import key_ranges, s3_http
 from synctool.backends.base import (
     AlreadyExists,
     Backend,
@@ -125,6 +125,8 @@ RETRY_CODES = frozenset({"SlowDown", "RequestTimeout", "RequestTimeTooSkewed", "
 
 if TYPE_CHECKING:
     from botocore.config import Config
+
+    from synctool.backends import s3_native
 
 # boto3 is imported on first use, not with this module: with the native
 # client a sync that copies nothing never needs it (its import and first
@@ -235,7 +237,7 @@ class S3Backend(Backend):
         self.path_style = not self.is_aws if path_style is None else path_style
         # On AWS without a region, boto3 finds a bucket's region by following
         # its redirects; the native client does not, so it stays out there.
-        self.native = v["s3-native"] and s3_native.AVAILABLE and (not self.is_aws or self.region is not None)
+        self.native = v["s3-native"] and s3_http.CRT_AVAILABLE and (not self.is_aws or self.region is not None)
         # Measured on 2 cores, 5,000 x 4 KiB: the native client keeps gaining
         # up to ~32 jobs in flight per process; botocore's CPU cost flattens
         # out at ~8 threads, and more only add contention for the GIL.
@@ -246,6 +248,8 @@ class S3Backend(Backend):
         self._client_obj = None
         self._native_obj: s3_native.NativeS3 | None = None
         self._native_pid = -1
+        self._http_obj: s3_http.S3Http | None = None
+        self._http_pid = -1
         self._bucket_seen = False  # a probe found the bucket: creating the root is then a no-op
         self._pool_obj: ThreadPoolExecutor | None = None
         self._budget_obj: ByteBudget | None = None
@@ -331,19 +335,21 @@ class S3Backend(Backend):
                 if self._native_pid != os.getpid():
                     # A parent's client copied by fork stays referenced in
                     # s3_native (never freed here): this process makes its own.
+                    from synctool.backends import s3_native  # awscrt: loaded where it is used
+
                     self._native_obj = s3_native.NativeS3(**args) if args else None
                     self._native_pid = os.getpid()
         return self._native_obj
 
     @contextlib.contextmanager
-    def _listing_client(self) -> Iterator[s3_native.NativeS3 | None]:
-        """A native client for the coordinator's probe and listing, released at the end; None: use boto3."""
-        args = self._native_args() if self.native else None
-        if args is None:
-            yield None
-            return
-        with s3_native.transient(**args) as client:
-            yield client
+    def _listing_client(self) -> Iterator[s3_http.S3Http | None]:
+        """The coordinator's client for the probe and the listings, kept for
+        the next request (it runs no thread); None: use boto3."""
+        if self._http_pid != os.getpid():
+            args = self._native_args() if self.native else None
+            self._http_obj = s3_http.S3Http(**args) if args else None
+            self._http_pid = os.getpid()
+        yield self._http_obj
 
     def _native_args(self) -> dict | None:
         """How the native client reaches the bucket; None when it cannot (boto3 then).
@@ -405,6 +411,11 @@ class S3Backend(Backend):
         return self._budget_obj
 
     def close(self) -> None:
+        if self._http_pid == os.getpid():
+            if self._http_obj is not None:
+                self._http_obj.close()
+            self._http_obj = None
+            self._http_pid = -1
         if self._native_pid == os.getpid():
             if self._native_obj is not None:
                 self._native_obj.close()
@@ -458,7 +469,7 @@ class S3Backend(Backend):
                 f"nothing under s3://{self.bucket}/{self.prefix} at {self._where()} (empty or mistyped prefix?)"
             )
 
-    def _native_probe(self, native: s3_native.NativeS3, create: bool, probe_prefix: bool) -> bool:
+    def _native_probe(self, native: s3_http.S3Http, create: bool, probe_prefix: bool) -> bool:
         """One request: a listing of one key under the prefix, which fails as
         HeadBucket does on a missing bucket, or HeadBucket when there is no
         prefix to look into. Returns whether the prefix holds an object."""
@@ -467,12 +478,9 @@ class S3Backend(Backend):
                 return bool(native.list_page(self.prefix, max_keys=1)[0])
             native.head_bucket()
             return False
-        except s3_native.NativeError as exc:
+        except s3_http.NativeError as exc:
             if exc.status != 404:
                 raise self._error(exc, f"bucket {self.bucket}", first_contact=True) from exc
-            # The answer's frames hold the native client: let go of them, or
-            # its release waits for them at the end of the caller's block.
-            s3_native.clear_frames(exc)
         self._missing_bucket(None, create)
         return False
 
@@ -538,7 +546,7 @@ class S3Backend(Backend):
                 raise self._error(exc, f"listing s3://{self.bucket}/{self.prefix}") from exc
 
     @staticmethod
-    def _native_page(native: s3_native.NativeS3) -> key_ranges.PageOf:
+    def _native_page(native: s3_http.S3Http) -> key_ranges.PageOf:
         def page(prefix: str, start_after: str | None, token: str | None, delimited: bool) -> key_ranges.Page:
             objects, token, prefixes = native.list_page(prefix, token, start_after=start_after, delimited=delimited)
             return key_ranges.Page(objects, prefixes, token)
@@ -570,20 +578,20 @@ class S3Backend(Backend):
     def read_sized(self, name: str, size: int) -> Iterator[bytes]:
         """Stream an object; ``size``, the listed size (-1: not known), picks the way.
 
-        An object larger than ``s3_native.SMALL_GET`` goes straight to
+        An object larger than ``s3_http.SMALL_GET`` goes straight to
         boto3's stream: one request, where the native probe would be a
         second one for its first megabyte.
         """
         key = self._key(name)
         args: dict = {}
-        native = self._native if size <= s3_native.SMALL_GET else None
+        native = self._native if size <= s3_http.SMALL_GET else None
         if native is not None:
             # One native ranged GET brings a small object whole; a larger
             # one continues through boto3's stream from where it stopped,
             # pinned by If-Match to the very object we started reading.
             try:
                 start, total, etag = native.get_start(key)
-            except s3_native.NativeError as exc:
+            except s3_http.NativeError as exc:
                 raise self._error(exc, name) from exc
             if total >= 0 and len(start) >= total:
                 if start:
@@ -754,7 +762,7 @@ class S3Backend(Backend):
         return self._error(exc, put.name)
 
     def _put_whole(self, put: "_Put", data: bytearray, digest: str) -> None:
-        self._put(put, s3_native.BlockReader(data), len(data), digest)
+        self._put(put, s3_http.BlockReader(data), len(data), digest)
 
     def _put_streamed(self, put: "_Put", chunks: Iterable[bytes], size: int) -> None:
         assert put.digest is not None
@@ -831,7 +839,7 @@ class S3Backend(Backend):
 
     def _upload_part(self, key: str, upload_id: str, number: int, block: bytearray) -> dict:
         answer = self._client.upload_part(
-            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=s3_native.BlockReader(block)
+            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=s3_http.BlockReader(block)
         )
         return {"PartNumber": number, "ETag": answer["ETag"]}
 
@@ -930,7 +938,7 @@ class S3Backend(Backend):
         """Turn a boto3 error into a BackendError that says what is wrong (never a secret)."""
         if isinstance(exc, BackendError):
             return exc
-        if isinstance(exc, s3_native.NativeError):
+        if isinstance(exc, s3_http.NativeError):
             if exc.status:
                 return self._client_error(exc.code, exc.status, str(exc), what)
             return self._unreachable(str(exc), first_contact)
@@ -1070,7 +1078,7 @@ class _StreamedBody:
 
 def _precondition_failed(exc: BaseException) -> bool:
     """A conditional request refused (412): the name exists."""
-    if isinstance(exc, s3_native.NativeError):
+    if isinstance(exc, s3_http.NativeError):
         return exc.status == 412
     response = getattr(exc, "response", None)
     return bool(response) and (_status(exc) == 412 or _code(exc) == "PreconditionFailed")

@@ -18,10 +18,8 @@ What goes through here, and what does not:
   a small object arrives whole in that one request, a larger one is streamed
   on through boto3 from where this one stopped. Nothing larger than
   ``SMALL_GET`` is ever held in memory here.
-* the coordinator's HeadBucket and ListObjectsV2, on a :func:`transient`
-  client: a sync with nothing to copy then never imports boto3 (~0.15 s)
-  nor builds its client (~0.1 s), and a page of 1,000 keys parses in a few
-  milliseconds with ElementTree instead of ~60 ms in botocore.
+* Not the coordinator's HeadBucket and ListObjectsV2: those go over a
+  kept-alive connection, signed in Python (synctool/backends/s3_http.py).
 * Not multipart uploads: awscrt's multipart fails against ``rclone serve s3``,
   whose CreateMultipartUpload answer names its root element
   ``InitiateMultipartUpload`` instead of ``InitiateMultipartUploadResult``
@@ -35,19 +33,21 @@ and the backend uses boto3 for everything.
 
 from __future__ import annotations
 
-import contextlib
-import datetime
-import io as _pyio
 import os
-import re
-import select
 import ssl
 import threading
-import traceback
-from collections.abc import Callable, Iterator
 from http import client as http_client  # awscrt's http module takes the name http
-from urllib.parse import quote, unquote_plus, urlencode, urlsplit
-from xml.etree import ElementTree
+
+from synctool.backends.s3_http import (  # noqa: F401 - BlockReader and SMALL_GET are this lane's too
+    SMALL_GET,
+    Address,
+    BlockReader,
+    Credentials,
+    NativeError,
+    readable,
+    refusal,
+    total_size,
+)
 
 try:
     from awscrt import auth, common, http, io, s3
@@ -57,14 +57,6 @@ except ImportError:  # pragma: no cover - depends on the installation
 else:
     AVAILABLE = True
 
-#: Largest object read whole into memory by one ranged GET. Per process the
-#: most held at once is (jobs in flight) x SMALL_GET: 32 MiB at 32 jobs.
-SMALL_GET = 1 << 20
-#: Largest answer to a listing request held in memory (a page of 1,000 keys
-#: is about 250 KB).
-LIST_ANSWER_LIMIT = 16 << 20
-#: How long a transient client's threads get to end after it is released.
-THREAD_JOIN_SECONDS = 5.0
 #: Bytes handed to the socket at once by a streamed PUT.
 STREAM_BLOCK = 1 << 20
 #: Seconds a streamed PUT waits on its connection (to connect, to send, for the answer).
@@ -95,58 +87,8 @@ if AVAILABLE:
     os.register_at_fork(before=_join_finished_threads)
 
 
-class BlockReader(_pyio.RawIOBase):
-    """A block of bytes as a seekable file, read in place.
-
-    io.BytesIO copies a bytearray (it shares only a bytes object), and the
-    blocks we upload are bytearrays filled chunk by chunk: a copy would
-    double the memory of every upload in flight. Seekable, so botocore can
-    take its length and rewind it for a retry. (No ``__len__``: awscrt tests
-    a body for truth, and would drop an empty one.)
-    """
-
-    def __init__(self, data: bytes | bytearray):
-        super().__init__()
-        self._view = memoryview(data)
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = _pyio.SEEK_SET) -> int:
-        base = {_pyio.SEEK_SET: 0, _pyio.SEEK_CUR: self._pos, _pyio.SEEK_END: len(self._view)}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def readinto(self, buffer) -> int:
-        end = min(len(self._view), self._pos + len(buffer))
-        n = max(0, end - self._pos)
-        buffer[:n] = self._view[self._pos : self._pos + n]
-        self._pos += n
-        return n
-
-
 class _TooBig(Exception):
     """Raised from a body callback to fail a request whose answer outgrew its limit."""
-
-
-class NativeError(Exception):
-    """A failed native request, reduced to what the backend maps errors from.
-
-    ``status`` is the HTTP status (0 when no answer came: refused, reset,
-    timed out); ``code`` is S3's error code from the XML body, or awscrt's
-    error name when there was no answer.
-    """
-
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(f"{code}: {message}" if message else code)
-        self.status, self.code, self.message = status, code, message
 
 
 class NativeS3:
@@ -159,24 +101,15 @@ class NativeS3:
         region: str,
         bucket: str,
         path_style: bool,
-        credentials: Callable[[], tuple[str, str, str | None]] | tuple[str, str, str | None],
+        credentials: Credentials,
         connections: int,
     ):
         global _made_here
         _made_here = True
         self.pid = os.getpid()
-        parts = urlsplit(endpoint_url)
-        self.tls = parts.scheme == "https"
+        self.address = Address.of(endpoint_url, bucket, path_style)
+        self.tls, self.host, server_name = self.address.tls, self.address.host, self.address.server_name
         self.bucket = bucket
-        base_path = parts.path.rstrip("/")
-        netloc = parts.netloc.rpartition("@")[2]
-        server_name = parts.hostname or ""
-        if path_style:
-            self.host = netloc
-            self._path_prefix = f"{base_path}/{quote(bucket, safe='')}/"
-        else:
-            self.host, server_name = f"{bucket}.{netloc}", f"{bucket}.{server_name}"
-            self._path_prefix = f"{base_path}/"
 
         elg = io.EventLoopGroup()
         bootstrap = io.ClientBootstrap(elg, io.DefaultHostResolver(elg))
@@ -223,8 +156,7 @@ class NativeS3:
             _OPEN.discard(self)
 
     def _path(self, key: str) -> str:
-        # SigV4 signs the path as sent: RFC 3986 encoding, '/' kept.
-        return self._path_prefix + quote(key, safe="/~")
+        return self.address.path(key)
 
     def put(self, key: str, body, size: int, headers: dict[str, str]) -> None:
         """Store the ``size`` bytes that ``body`` (a file) gives under ``key``
@@ -277,12 +209,12 @@ class NativeS3:
             raise
         status, data = answer
         if status >= 300:
-            raise _refusal(status, data)
+            raise refusal(status, data)
 
     def _stream_connection(self) -> http_client.HTTPConnection:
         """This thread's connection for streamed PUTs; a new one when the server closed the last."""
         conn = getattr(self._streams, "conn", None)
-        if conn is not None and conn.sock is not None and _readable(conn.sock):
+        if conn is not None and conn.sock is not None and readable(conn.sock):
             conn.close()  # readable while idle: the server closed it (or sent what we did not ask for)
             conn = None
         if conn is None:
@@ -315,38 +247,8 @@ class NativeS3:
             if exc.status == 416:
                 return b"", 0, None  # no byte 0: S3 says so for an empty object
             raise
-        size = _total_size(headers.get("content-range"), len(data))
+        size = total_size(headers.get("content-range"), len(data))
         return data, size, headers.get("etag")
-
-    def head_bucket(self) -> None:
-        """HeadBucket: returns when the bucket is there and may be listed, else NativeError (404: missing)."""
-        self._send("HEAD", self._path_prefix, "HeadBucket", 0)
-
-    def list_page(
-        self,
-        prefix: str,
-        token: str | None = None,
-        max_keys: int = 1000,
-        start_after: str | None = None,
-        delimited: bool = False,
-    ) -> tuple[list[dict], str | None, list[str]]:
-        """One ListObjectsV2 page: (objects as boto3 gives them, the next
-        page's token or None, the common prefixes when ``delimited`` by '/').
-
-        Each object is ``{"Key", "Size", "LastModified"}``, the last a UTC
-        datetime. Keys travel URL-encoded (``encoding-type=url``, as boto3
-        asks), since XML cannot carry every character a key may hold.
-        """
-        query = {"list-type": "2", "prefix": prefix, "max-keys": str(max_keys), "encoding-type": "url"}
-        if token:
-            query["continuation-token"] = token
-        if start_after:
-            query["start-after"] = start_after
-        if delimited:
-            query["delimiter"] = "/"
-        path = self._path_prefix + "?" + urlencode(sorted(query.items()), quote_via=quote, safe="~")
-        _, body = self._send("GET", path, "ListObjectsV2", LIST_ANSWER_LIMIT)
-        return _parse_listing(body)
 
     def _send(self, method: str, path: str, operation: str, limit: int, extra: list | None = None) -> tuple[dict, bytes]:
         """One request whose answer is small: (headers, lower-case names; body).
@@ -391,99 +293,9 @@ class NativeS3:
             raise
 
 
-@contextlib.contextmanager
-def transient(**client_args) -> Iterator[NativeS3]:
-    """A client for a few requests in a process that may fork afterwards.
-
-    awscrt's threads do not survive a fork, and a child forked while they
-    run can inherit their locks held. So the coordinator's listing client is
-    released when the block ends, and its threads are waited for, as
-    awscrt's README asks before a fork.
-    """
-    client = NativeS3(**client_args)
-    shut_down = client._client.shutdown_event
-    try:
-        yield client
-    except BaseException as exc:
-        # A failed request's frames, kept by the traceback, hold the request
-        # and so the native client: clear them, or the wait below lasts its
-        # whole timeout on every failed listing.
-        clear_frames(exc)
-        raise
-    finally:
-        client.close()
-        # The caller may still hold ``client`` (a with-statement's name
-        # outlives its block): drop the native client it wraps, which then
-        # shuts down.
-        client._client = None
-        if shut_down.wait(THREAD_JOIN_SECONDS):
-            common.join_all_native_threads(timeout_sec=THREAD_JOIN_SECONDS)
-
-
-def clear_frames(exc: BaseException | None) -> None:
-    """Drop the local variables of the finished frames behind ``exc`` and its causes."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        traceback.clear_frames(exc.__traceback__)
-        exc = exc.__cause__ or exc.__context__
-
-
-def _readable(sock) -> bool:
-    """Whether ``sock`` has something to read right now (poll: no limit on descriptor numbers)."""
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    return bool(poller.poll(0))
-
-
-def _parse_listing(body: bytes) -> tuple[list[dict], str | None, list[str]]:
-    """A ListObjectsV2 answer: (objects, next continuation token or None, common prefixes)."""
-    root = ElementTree.fromstring(body)
-    ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
-    decode = unquote_plus if root.findtext(ns + "EncodingType") == "url" else str
-    objects = [
-        {
-            "Key": decode(item.findtext(ns + "Key") or ""),
-            "Size": int(item.findtext(ns + "Size") or 0),
-            "LastModified": _timestamp(item.findtext(ns + "LastModified") or ""),
-        }
-        for item in root.iterfind(ns + "Contents")
-    ]
-    prefixes = [decode(item.findtext(ns + "Prefix") or "") for item in root.iterfind(ns + "CommonPrefixes")]
-    truncated = root.findtext(ns + "IsTruncated") == "true"
-    token = root.findtext(ns + "NextContinuationToken") if truncated else None
-    if truncated and not token:
-        raise NativeError(200, "InvalidListing", "a truncated listing without a continuation token")
-    return objects, token, prefixes
-
-
-def _timestamp(text: str) -> datetime.datetime:
-    """``2024-01-01T12:00:00.000Z`` as an aware datetime (3.10's fromisoformat takes no Z)."""
-    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def _total_size(content_range: str | None, received: int) -> int:
-    """Object size from ``Content-Range: bytes 0-1023/4096`` (a 200 answer has none)."""
-    if content_range:
-        match = re.search(r"/(\d+)\s*$", content_range)
-        if match:
-            return int(match.group(1))
-    return received
-
-
 def _native_error(exc: AwsCrtError) -> NativeError:
     status = int(getattr(exc, "status_code", None) or 0)
     body = getattr(exc, "body", None) or b""
     if status:
-        return _refusal(status, body)
+        return refusal(status, body)
     return NativeError(0, exc.name, exc.message)
-
-
-def _refusal(status: int, body: bytes) -> NativeError:
-    """The server's error answer: its status, and the Code and Message of its XML body."""
-    return NativeError(status, _xml_field(body, "Code") or str(status), _xml_field(body, "Message"))
-
-
-def _xml_field(body: bytes, field: str) -> str:
-    match = re.search(rb"<%s>(.*?)</%s>" % (field.encode(), field.encode()), body, re.S)
-    return match.group(1).decode("utf-8", "replace").strip() if match else ""
