@@ -5,6 +5,7 @@ anything."""
 
 from __future__ import annotations
 
+import http.client
 import re
 import threading
 from multiprocessing.connection import wait as wait_for_readable
@@ -116,6 +117,19 @@ def test_an_s3_root_is_probed_in_one_request_and_created_in_none(own_s3):
     assert re.findall(r'prefix: prefix:"([^"]*)"', asked) == ["full/", "empty/"]
     with pytest.raises(NotFound, match="bucket no-such-bucket does not exist"):
         open_backend(BackendSpec("s3://no-such-bucket/p", own_s3.synctool_options())).prepare(create=False)
+
+
+def test_an_s3_run_s_probe_journal_lookup_and_listing_share_one_connection(own_s3, monkeypatch):
+    """Across a network a new connection is one more round trip before the
+    first copy: the coordinator's requests reuse the one it dialled first."""
+    make_tree(own_s3.root / BUCKET / "root", {"a": b"x", "b/c": b"y"})
+    dialled = []
+    connect = http.client.HTTPConnection.connect
+    monkeypatch.setattr(http.client.HTTPConnection, "connect", lambda self: dialled.append(1) or connect(self))
+    backend = s3_backend(own_s3, "root")
+    assert backend.journals() == []
+    assert [e.name for e in backend.list()] == ["a", "b/c"]
+    assert len(dialled) == 1
 
 
 # -- listings cut midway resume after their last name --------------------------------

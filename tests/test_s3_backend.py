@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import datetime
 import multiprocessing
 import os
@@ -689,9 +690,14 @@ def test_native_tls_client_builds():
         credentials=("AK", "SK", None), connections=2,
     )
     assert client.tls and client.host == "127.0.0.1:1"
-    for put in (client.put, client.put_stream):
-        with pytest.raises(s3_native.NativeError) as info:
-            put("k", s3_native.BlockReader(b"x"), 1, {})
+    with pytest.raises(s3_native.NativeError) as info:
+        client.put("k", s3_native.BlockReader(b"x"), 1, {})
+    assert info.value.status == 0
+    plain = s3_http.S3Http(endpoint_url="https://127.0.0.1:1", region="us-east-1", bucket="b", path_style=True,
+                           credentials=("AK", "SK", None))  # fmt: skip
+    for request in (lambda: plain.put_stream("k", s3_http.BlockReader(b"x"), 1, {}), lambda: plain.list_page("")):
+        with pytest.raises(s3_http.NativeError) as info:
+            request()
         assert info.value.status == 0
     virtual = s3_native.NativeS3(
         endpoint_url="https://s3.eu-west-1.amazonaws.com", region="eu-west-1", bucket="mybucket",
@@ -838,3 +844,23 @@ def test_only_a_server_without_tls_is_taken_for_plain_http(s3_server, tmp_path):
         assert not _speaks_plain_http_only(f"https://127.0.0.1:{tls.port}")
     assert _speaks_plain_http_only("https://" + s3_server.endpoint.split("://", 1)[1])
     assert not _speaks_plain_http_only(f"https://127.0.0.1:{free_port()}")  # nothing listens
+
+
+@pytest.mark.parametrize(
+    "path, query, headers, signature",
+    [
+        # The examples of AWS's "Signature Calculations for the Authorization
+        # Header" for S3: GetObject with a Range, and ListObjects.
+        ("/test.txt", "", {"Range": "bytes=0-9"}, "f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41"),
+        ("/", "max-keys=2&prefix=J", {}, "34b48302e7b5fa45bde8084f4b7868a86f0a534bc59db6670ed5711ef69dc6f7"),
+    ],
+)
+def test_signature_v4_matches_aws_s_own_examples(path, query, headers, signature):
+    signer = s3_http.Signer("us-east-1", ("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", None))
+    now = calendar.timegm((2013, 5, 24, 0, 0, 0))
+    sent = dict(signer.headers("GET", "examplebucket.s3.amazonaws.com", path, query, headers, now=now))
+    names = ";".join(sorted(["host", "x-amz-content-sha256", "x-amz-date", *(k.lower() for k in headers)]))
+    assert sent["Authorization"] == (
+        "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request, "
+        f"SignedHeaders={names}, Signature={signature}"
+    )

@@ -183,7 +183,7 @@ class S3Backend(Backend):
         Option("s3-parts-in-flight", "int", 4, "Parts one process uploads at once."),
         Option("s3-upload-cutoff", "size", 200 * MiB, "Files from a local disk up to this size (at most 5GiB) go in one streamed PUT, larger ones in parts (rclone's option and default)."),
         Option("s3-multipart-blake3", "bool", True, "Add x-amz-meta-blake3 to multipart objects up to 5 GiB (one server-side copy each)."),
-        Option("s3-native", "bool", True, "Send small objects through awscrt's native client, when awscrt is installed."),
+        Option("s3-native", "bool", True, "Small objects through awscrt's native client (when installed); probes, listings and streamed PUTs signed here over kept-alive connections. false: boto3 for everything."),
         Option("s3-concurrency", "int", None, "Jobs one worker process runs at once (default: 32 with s3-native, else 8)."),
         Option("s3-sign-payload", "bool", None, "SHA-256 every request body into the signature (default: false; TLS and BLAKE3 guard the bytes)."),
         Option("s3-disable-payload-signing", "bool", None, "Duplicati's inverse of s3-sign-payload, which wins over it: false signs every body, true does not."),
@@ -325,7 +325,7 @@ class S3Backend(Backend):
         """The native client of this process for reads and writes, made on first use; None when off.
 
         The coordinator, which lists and may fork workers afterwards, uses
-        :meth:`_listing_client` instead and never keeps native threads running.
+        :attr:`_http` instead and never keeps native threads running.
         """
         if not self.native:
             return None
@@ -341,15 +341,16 @@ class S3Backend(Backend):
                     self._native_pid = os.getpid()
         return self._native_obj
 
-    @contextlib.contextmanager
-    def _listing_client(self) -> Iterator[s3_http.S3Http | None]:
-        """The coordinator's client for the probe and the listings, kept for
-        the next request (it runs no thread); None: use boto3."""
+    @property
+    def _http(self) -> s3_http.S3Http | None:
+        """This process's client for the probe, the listings and streamed PUTs,
+        made on first use; None: use boto3. It runs no thread, so the
+        coordinator keeps it for the whole run."""
         if self._http_pid != os.getpid():
             args = self._native_args() if self.native else None
             self._http_obj = s3_http.S3Http(**args) if args else None
             self._http_pid = os.getpid()
-        yield self._http_obj
+        return self._http_obj
 
     def _native_args(self) -> dict | None:
         """How the native client reaches the bucket; None when it cannot (boto3 then).
@@ -457,12 +458,12 @@ class S3Backend(Backend):
         # prefix that holds nothing is almost always a typo, and mirroring it
         # would empty the destination: it counts as a missing folder.
         probe_prefix = not create and bool(self.prefix)
-        with self._listing_client() as native:
-            if native is None:
-                self._probe_bucket(create)
-                has_objects = probe_prefix and self._prefix_has_objects()
-            else:
-                has_objects = self._native_probe(native, create, probe_prefix)
+        native = self._http
+        if native is None:
+            self._probe_bucket(create)
+            has_objects = probe_prefix and self._prefix_has_objects()
+        else:
+            has_objects = self._native_probe(native, create, probe_prefix)
         self._bucket_seen = True
         if probe_prefix and not has_objects:
             raise NotFound(
@@ -534,16 +535,16 @@ class S3Backend(Backend):
     def _listed(self, prefix: str, start_after: str | None = None) -> Iterator[Entry]:
         """Every object below the root whose key starts with ``prefix`` (and whose name sorts after ``start_after``)."""
         after = None if start_after is None else self.prefix + start_after
-        with self._listing_client() as native:
-            page = self._native_page(native) if native else self._boto3_page
-            try:
-                # A few pages per key range at a time (see key_ranges): the plan holds the rest.
-                for obj in key_ranges.ordered_keys(page, prefix, after, LIST_THREADS):
-                    entry = self._entry(obj)
-                    if entry is not None:
-                        yield entry
-            except Exception as exc:
-                raise self._error(exc, f"listing s3://{self.bucket}/{self.prefix}") from exc
+        native = self._http
+        page = self._native_page(native) if native else self._boto3_page
+        try:
+            # A few pages per key range at a time (see key_ranges): the plan holds the rest.
+            for obj in key_ranges.ordered_keys(page, prefix, after, LIST_THREADS):
+                entry = self._entry(obj)
+                if entry is not None:
+                    yield entry
+        except Exception as exc:
+            raise self._error(exc, f"listing s3://{self.bucket}/{self.prefix}") from exc
 
     @staticmethod
     def _native_page(native: s3_http.S3Http) -> key_ranges.PageOf:
@@ -782,14 +783,16 @@ class S3Backend(Backend):
         try:
             self._keep_old(put)
             self.refuse_commit_when_stopped(put.name)
-            native = self._native
-            if native is not None:
+            # A streamed body goes over a plain connection (see s3_http); a
+            # whole one through awscrt, which is faster for many small ones.
+            client = (self._http if streamed else self._native) if self.native else None
+            if client is not None:
                 headers = {f"x-amz-meta-{k}": v for k, v in {"blake3": digest, **put.metadata}.items()}
                 if self.storage_class:
                     headers["x-amz-storage-class"] = self.storage_class
                 if put.conditions:
                     headers["If-None-Match"] = "*"
-                (native.put_stream if streamed else native.put)(put.key, body, size, headers)
+                (client.put_stream if streamed else client.put)(put.key, body, size, headers)
                 return
             self._client.put_object(
                 Bucket=self.bucket,

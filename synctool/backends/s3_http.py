@@ -44,6 +44,8 @@ LIST_ANSWER_LIMIT = 16 << 20
 #: Seconds to wait for a connection, and then for each answer.
 CONNECT_TIMEOUT = 10.0
 ANSWER_TIMEOUT = 60.0
+#: Bytes handed to the socket at once by a streamed PUT.
+STREAM_BLOCK = 1 << 20
 #: Tries of one request: a connection the server dropped while idle, or an
 #: answer of 500-504, is tried again, as awscrt and botocore do.
 ATTEMPTS = 3
@@ -91,23 +93,35 @@ class Address:
 
 
 class Signer:
-    """AWS Signature Version 4 for S3, with the payload left unsigned."""
+    """AWS Signature Version 4 for S3. A streamed body is not hashed
+    (UNSIGNED-PAYLOAD, as awscrt and botocore send S3 bodies over TLS)."""
 
     def __init__(self, region: str, credentials: Credentials):
         self.region = region
         self.credentials = credentials
 
-    def headers(self, method: str, host: str, path: str, query: str, now: float | None = None) -> list[tuple[str, str]]:
-        """The headers that authorise ``method host path?query``; ``query`` as sent: encoded, sorted by name."""
+    def headers(
+        self,
+        method: str,
+        host: str,
+        path: str,
+        query: str = "",
+        headers: dict[str, str] | None = None,
+        payload: str = EMPTY_SHA256,
+        now: float | None = None,
+    ) -> list[tuple[str, str]]:
+        """``headers`` and those that authorise ``method host path?query``
+        with them, Host excepted; ``query`` as sent: encoded, sorted by name."""
         key, secret, token = self.credentials() if callable(self.credentials) else self.credentials
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
         day = stamp[:8]
-        headers = {"host": host, "x-amz-content-sha256": EMPTY_SHA256, "x-amz-date": stamp}
+        signed = {k.lower(): " ".join(str(v).split()) for k, v in (headers or {}).items()}
+        signed.update({"host": host, "x-amz-content-sha256": payload, "x-amz-date": stamp})
         if token:
-            headers["x-amz-security-token"] = token
-        names = ";".join(sorted(headers))
+            signed["x-amz-security-token"] = token
+        names = ";".join(sorted(signed))
         canonical = "\n".join(
-            [method, path, query, *(f"{n}:{headers[n]}" for n in sorted(headers)), "", names, EMPTY_SHA256]
+            [method, path, query, *(f"{n}:{signed[n]}" for n in sorted(signed)), "", names, payload]
         )
         scope = f"{day}/{self.region}/s3/aws4_request"
         to_sign = f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
@@ -116,16 +130,18 @@ class Signer:
             signing_key = hmac.new(signing_key, part.encode(), hashlib.sha256).digest()
         signature = hmac.new(signing_key, to_sign.encode(), hashlib.sha256).hexdigest()
         authorization = f"AWS4-HMAC-SHA256 Credential={key}/{scope}, SignedHeaders={names}, Signature={signature}"
-        return [*((n, v) for n, v in headers.items() if n != "host"), ("Authorization", authorization)]
+        return [*((n, v) for n, v in signed.items() if n != "host"), ("Authorization", authorization)]
 
 
 class S3Http:
-    """HeadBucket and ListObjectsV2 for one bucket over kept-alive connections.
+    """HeadBucket, ListObjectsV2 and streamed PutObject for one bucket, over
+    kept-alive connections.
 
     Safe to use from several threads (the listing asks for key ranges in
-    parallel): each request takes an idle connection or dials a new one,
-    and gives it back once its answer is read. No thread of its own, so the
-    coordinator may fork its workers with this open.
+    parallel, a worker's jobs write in parallel): each request takes an idle
+    connection or dials a new one, and gives it back once its answer is
+    read. No thread of its own, so the coordinator may fork its workers with
+    this open.
     """
 
     def __init__(self, *, endpoint_url: str, region: str, bucket: str, path_style: bool, credentials: Credentials, **_):
@@ -162,6 +178,56 @@ class S3Http:
         if delimited:
             query["delimiter"] = "/"
         return parse_listing(self._send("GET", self.address.path_prefix, query, LIST_ANSWER_LIMIT))
+
+    def put_stream(self, key: str, body, size: int, headers: dict[str, str]) -> None:
+        """Store the ``size`` bytes that ``body.read`` gives under ``key`` in
+        one PutObject, each block sent as it is read.
+
+        awscrt's client would read the whole body into memory first (to
+        retry it). Whatever ``body.read`` raises ends the request short of
+        its Content-Length, and S3 then stores nothing; for the same reason
+        a failure is never retried here (the body cannot be read again).
+        """
+        path = self.address.path(key)
+        signed = self.signer.headers(
+            "PUT", self.address.host, path, headers={"Content-Length": str(size), **headers}, payload="UNSIGNED-PAYLOAD"
+        )
+        conn = None
+        try:
+            try:
+                conn = self._connection()
+                conn.putrequest("PUT", path, skip_host=True, skip_accept_encoding=True)
+                conn.putheader("Host", self.address.host)
+                for name, value in signed:
+                    conn.putheader(name, value)
+                conn.endheaders()
+            except OSError as exc:
+                raise NativeError(0, type(exc).__name__, f"cannot send to {self.address.host}: {exc}") from exc
+            while block := body.read(STREAM_BLOCK):  # what the source raises passes as it is
+                try:
+                    conn.send(block)
+                except OSError as exc:
+                    # A server that refuses a request may answer before its
+                    # body is all sent, and close: its answer says more.
+                    answer = _answer(conn)
+                    if answer is None:
+                        raise NativeError(0, type(exc).__name__, f"sending to {self.address.host}: {exc}") from exc
+                    break
+            else:
+                answer = _answer(conn)
+            if answer is None:
+                raise NativeError(0, "ConnectionClosed", f"{self.address.host} closed the connection without an answer")
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
+        status, data, will_close = answer
+        if will_close:
+            conn.close()
+        else:
+            self._give_back(conn)
+        if status >= 300:
+            raise refusal(status, data)
 
     def close(self) -> None:
         with self._lock:
@@ -225,6 +291,15 @@ class S3Http:
     def _give_back(self, conn: http_client.HTTPConnection) -> None:
         with self._lock:
             self._idle.append(conn)
+
+
+def _answer(conn: http_client.HTTPConnection) -> tuple[int, bytes, bool] | None:
+    """(status, body, whether the server closes) of the answer on ``conn``; None when there is none to read."""
+    try:
+        response = conn.getresponse()
+        return response.status, response.read(), response.will_close
+    except (OSError, http_client.HTTPException):
+        return None
 
 
 class BlockReader(_pyio.RawIOBase):

@@ -9,17 +9,13 @@ C on its own event-loop threads; the same PUTs run about five times faster.
 What goes through here, and what does not:
 
 * single PUTs (objects smaller than the part size, already whole in memory),
-* streamed single PUTs (larger files whose BLAKE3 is known before their
-  bytes, see ``S3Backend.digest_first``), signed here but sent over a plain
-  keep-alive HTTP connection of the job's thread: awscrt's S3Client reads a
-  request's whole body into memory before it sends it (to retry it), which
-  would hold each such file whole,
 * the first bytes of every GET (a ranged GET of up to ``SMALL_GET`` bytes):
   a small object arrives whole in that one request, a larger one is streamed
   on through boto3 from where this one stopped. Nothing larger than
   ``SMALL_GET`` is ever held in memory here.
-* Not the coordinator's HeadBucket and ListObjectsV2: those go over a
-  kept-alive connection, signed in Python (synctool/backends/s3_http.py).
+* Not the coordinator's HeadBucket and ListObjectsV2, nor streamed single
+  PUTs (files whose BLAKE3 is known before their bytes): those go over
+  kept-alive connections, signed in Python (synctool/backends/s3_http.py).
 * Not multipart uploads: awscrt's multipart fails against ``rclone serve s3``,
   whose CreateMultipartUpload answer names its root element
   ``InitiateMultipartUpload`` instead of ``InitiateMultipartUploadResult``
@@ -34,9 +30,6 @@ and the backend uses boto3 for everything.
 from __future__ import annotations
 
 import os
-import ssl
-import threading
-from http import client as http_client  # awscrt's http module takes the name http
 
 from synctool.backends.s3_http import (  # noqa: F401 - BlockReader and SMALL_GET are this lane's too
     SMALL_GET,
@@ -44,7 +37,6 @@ from synctool.backends.s3_http import (  # noqa: F401 - BlockReader and SMALL_GE
     BlockReader,
     Credentials,
     NativeError,
-    readable,
     refusal,
     total_size,
 )
@@ -56,11 +48,6 @@ except ImportError:  # pragma: no cover - depends on the installation
     AVAILABLE = False
 else:
     AVAILABLE = True
-
-#: Bytes handed to the socket at once by a streamed PUT.
-STREAM_BLOCK = 1 << 20
-#: Seconds a streamed PUT waits on its connection (to connect, to send, for the answer).
-STREAM_TIMEOUT = 60.0
 
 # Every client not yet closed by the process that made it. A forked child
 # inherits this set, so a parent's client is never freed there (by a backend
@@ -125,7 +112,6 @@ class NativeS3:
             provider = auth.AwsCredentialsProvider.new_static(*credentials)
         # SigV4 over the headers with UNSIGNED-PAYLOAD, as boto3 does over TLS.
         signing = self._signing = s3.create_default_s3_signing_config(region=region, credential_provider=provider)
-        self._streams = threading.local()  # each job thread's connection for streamed PUTs
         tls_options = None
         if self.tls:
             # The system's trust store; SNI names the host we address.
@@ -168,71 +154,6 @@ class NativeS3:
             body,
         )
         self._wait(self._client.make_request(type=s3.S3RequestType.PUT_OBJECT, request=request))
-
-    def put_stream(self, key: str, body, size: int, headers: dict[str, str]) -> None:
-        """Like :meth:`put`, but each block of ``body`` goes out as it is read.
-
-        Whatever ``body.read`` raises ends the request short of its
-        Content-Length, and S3 then stores nothing.
-        """
-        path = self._path(key)
-        request = http.HttpRequest(
-            "PUT", path, http.HttpHeaders([("Host", self.host), ("Content-Length", str(size)), *headers.items()])
-        )
-        auth.aws_sign_request(request, self._signing).result()
-        conn = self._stream_connection()
-        try:
-            try:
-                conn.putrequest("PUT", path, skip_host=True, skip_accept_encoding=True)
-                for name, value in request.headers:
-                    conn.putheader(name, value)
-                conn.endheaders()
-            except OSError as exc:
-                raise NativeError(0, type(exc).__name__, f"cannot send to {self.host}: {exc}") from exc
-            while block := body.read(STREAM_BLOCK):  # what the source raises passes as it is
-                try:
-                    conn.send(block)
-                except OSError as exc:
-                    # A server that refuses a request may answer before its
-                    # body is all sent, and close: its answer says more.
-                    answer = self._stream_answer(conn)
-                    if answer is None:
-                        raise NativeError(0, type(exc).__name__, f"sending to {self.host}: {exc}") from exc
-                    break
-            else:
-                answer = self._stream_answer(conn)
-            if answer is None:
-                raise NativeError(0, "ConnectionClosed", f"{self.host} closed the connection without an answer")
-        except BaseException:
-            conn.close()
-            self._streams.conn = None
-            raise
-        status, data = answer
-        if status >= 300:
-            raise refusal(status, data)
-
-    def _stream_connection(self) -> http_client.HTTPConnection:
-        """This thread's connection for streamed PUTs; a new one when the server closed the last."""
-        conn = getattr(self._streams, "conn", None)
-        if conn is not None and conn.sock is not None and readable(conn.sock):
-            conn.close()  # readable while idle: the server closed it (or sent what we did not ask for)
-            conn = None
-        if conn is None:
-            if self.tls:
-                conn = http_client.HTTPSConnection(self.host, timeout=STREAM_TIMEOUT, context=ssl.create_default_context())
-            else:
-                conn = http_client.HTTPConnection(self.host, timeout=STREAM_TIMEOUT)
-            self._streams.conn = conn
-        return conn
-
-    @staticmethod
-    def _stream_answer(conn: http_client.HTTPConnection) -> tuple[int, bytes] | None:
-        """(status, body) of the answer on ``conn``; None when there is none to read."""
-        try:
-            response = conn.getresponse()
-            return response.status, response.read()
-        except (OSError, http_client.HTTPException):
-            return None
 
     def get_start(self, key: str, limit: int = SMALL_GET) -> tuple[bytes, int, str | None]:
         """The first ``limit`` bytes of ``key``: (bytes, object size, ETag).
