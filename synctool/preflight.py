@@ -67,13 +67,18 @@ class Room:
     before the first write (a dry run, a plan to confirm), nothing is
     written at all; when copies start while the listing goes on, none is
     written past the one that would not fit, and nothing is deleted.
-    quota-disable=true skips it.
+    quota-disable=true skips it. The destination is asked at the first
+    check, before the first write: a run with nothing to copy never asks
+    (a round trip across a network).
     """
 
     def __init__(self, dst: Backend, disabled: bool):
-        self.free = None if disabled else dst.free_bytes()
+        self.dst = None if disabled else dst
+        self.free: int | None = None
 
     def check(self, planned_bytes: int, whole_plan: bool) -> None:
+        if self.dst is not None:
+            self.free, self.dst = self.dst.free_bytes(), None
         if self.free is None or planned_bytes <= self.free:
             return
         if whole_plan:

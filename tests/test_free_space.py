@@ -100,3 +100,17 @@ def test_a_plan_to_confirm_is_checked_whole_before_anything_is_written(tmp_path,
     assert "the copies need 3.0 MiB" in report.errors[0] and "nothing was written" in report.errors[0]
     assert "Continue?" not in env.stdout.getvalue()  # refused before the question
     assert read_tree(small_fs) == BEFORE
+
+
+def test_a_run_with_nothing_to_copy_never_asks_for_free_space(tmp_path, monkeypatch):
+    """Across a network the question is a round trip; only a copy needs its answer."""
+    from synctool.backends.local import LocalBackend
+
+    asked = []
+    free_bytes = LocalBackend.free_bytes
+    monkeypatch.setattr(LocalBackend, "free_bytes", lambda self: asked.append(self.root) or free_bytes(self))
+    src, dst = _source(tmp_path), tmp_path / "dst"
+    assert synctool.sync(str(src), str(dst), **FAST).exit_code == ExitCode.SUCCESS
+    assert asked == [str(dst)]  # once, for the first copy
+    assert synctool.sync(str(src), str(dst), **FAST).exit_code == ExitCode.SUCCESS
+    assert asked == [str(dst)]
