@@ -217,3 +217,16 @@ def test_the_plan_s_bell_rings_for_every_batch_still_queued():
     assert taken == [[1, 2]]
     assert wait_for_readable([ahead.bell], 0.0) == []  # nothing is left: no ring either
     ahead.close()
+
+
+def test_an_sftp_listing_leaves_its_channels_clean_for_pipelined_requests(sftp_server, sftp_folder):
+    """A folder's CLOSE is sent without waiting for its answer; the channel's
+    next taker reads that answer first, so that a pipelined request (free
+    space, a copy's reads) gets its own."""
+    sftp_server.put(sftp_folder, {"a": b"1", "b/c": b"2", "d/e/f": b"3"})
+    with open_backend(sftp_server.spec(sftp_folder)) as backend:
+        backend.prepare(create=False)
+        for _ in range(3):
+            assert [e.name for e in backend.list()] == ["a", "b/c", "d/e/f"]
+            assert backend.free_bytes() > 0
+            assert [b"".join(backend.read(n)) for n in ("a", "b/c", "d/e/f")] == [b"1", b"2", b"3"]

@@ -14,6 +14,7 @@ Option names follow Duplicati's SSH backend, so existing scripts keep working.
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import dataclasses
 import errno
@@ -119,6 +120,7 @@ MAX_CHANNELS = 8  # OpenSSH allows 10 sessions per connection by default
 # Folders listed at once. Each folder costs a few round trips, which across a
 # network is most of a listing's time: as many at once as a connection has channels.
 LIST_THREADS = MAX_CHANNELS
+READDIR_AHEAD = 2  # READDIRs of one folder in flight (see _folder_items)
 CONNECT_TIMEOUT = 30.0
 IO_TIMEOUT = 120.0  # a reply that takes longer means the server is stuck
 CHANNEL_WAIT = 600.0  # longest wait for a free channel before giving up
@@ -396,13 +398,19 @@ class Connection:
             self._give_back(lease)
 
     def _take(self) -> paramiko.SFTPClient:
-        with self._cond:
-            while not self._idle and self._open_channels >= MAX_CHANNELS:
-                if not self._cond.wait(CHANNEL_WAIT):
-                    raise BackendError(f"no free SFTP channel to {self.settings.address}")
-            if self._idle:
-                return self._idle.pop()
-            self._open_channels += 1
+        while True:
+            with self._cond:
+                while not self._idle and self._open_channels >= MAX_CHANNELS:
+                    if not self._cond.wait(CHANNEL_WAIT):
+                        raise BackendError(f"no free SFTP channel to {self.settings.address}")
+                idle = self._idle.pop() if self._idle else None
+                if idle is None:
+                    self._open_channels += 1
+            if idle is None:
+                break
+            if _settled(idle):
+                return idle
+            self._retire(idle)
         try:
             return _open_sftp_channel(self.transport)
         except BaseException:
@@ -412,13 +420,18 @@ class Connection:
             raise
 
     def _give_back(self, lease: _Lease) -> None:
+        if not (lease.usable and not self._closed):
+            self._retire(lease.sftp)
+            return
         with self._cond:
-            if lease.usable and not self._closed:
-                self._idle.append(lease.sftp)
-            else:
-                self._open_channels -= 1
-                _quietly(lease.sftp.close)
+            self._idle.append(lease.sftp)
             self._cond.notify()
+
+    def _retire(self, sftp: paramiko.SFTPClient) -> None:
+        with self._cond:
+            self._open_channels -= 1
+            self._cond.notify()
+        _quietly(sftp.close)
 
     def close(self) -> None:
         with self._cond:
@@ -428,6 +441,18 @@ class Connection:
         for sftp in idle:
             _quietly(sftp.close)
         _quietly(lambda: _end(self.transport))
+
+
+def _settled(sftp: paramiko.SFTPClient) -> bool:
+    """Read the answers an idle channel still owes (a listing's CLOSE, sent
+    without waiting for it), so that the next request reads its own;
+    False when the channel failed meanwhile. Usually they came long ago."""
+    try:
+        while sftp._expecting:
+            sftp._read_response()
+    except Exception:
+        return False
+    return True
 
 
 def _open_sftp_channel(transport: paramiko.Transport) -> paramiko.SFTPClient:
@@ -1205,14 +1230,23 @@ def _folder_items(sftp: paramiko.SFTPClient, path: str) -> Iterator[paramiko.SFT
     if kind != CMD_HANDLE:
         raise paramiko.SFTPError("Expected handle")
     handle = msg.get_binary()
+    # READDIRs go two at a time: a small folder's end is known with its first
+    # batch, a round trip sooner, and a large one's batches come without a
+    # wait between them. Answers still owed when an error ends the listing
+    # are read and dropped by paramiko while it waits for the CLOSE's.
+    asked: collections.deque[int] = collections.deque()
+    ended = False
     try:
-        while True:
+        while not ended or asked:
+            if not asked:
+                asked.extend(sftp._async_request(type(None), CMD_READDIR, handle) for _ in range(READDIR_AHEAD))
             try:
-                kind, msg = sftp._request(CMD_READDIR, handle)
+                kind, msg = sftp._read_response(asked.popleft())
             except EOFError:
                 # The folder's end, or a channel that died: paramiko says both
                 # the same way. The CLOSE below is answered only in the first case.
-                break
+                ended = True
+                continue
             if kind != CMD_NAME:
                 raise paramiko.SFTPError("Expected name response")
             for _ in range(msg.get_int()):
@@ -1226,7 +1260,9 @@ def _folder_items(sftp: paramiko.SFTPClient, path: str) -> Iterator[paramiko.SFT
         with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
             sftp._request(CMD_CLOSE, handle)
         raise
-    sftp._request(CMD_CLOSE, handle)
+    # Not waited for: the folder's end is known, and the channel's next
+    # taker reads the answer (see _settled).
+    sftp._async_request(type(None), CMD_CLOSE, handle)
 
 
 def _listed(prefix: str, folder: str, item: paramiko.SFTPAttributes) -> Entry | tuple[str, str] | None:
