@@ -370,7 +370,14 @@ class Coordinator:
                 got = False
                 wanted = not ended and runner.has_room and self.stopping is None
                 if wanted:
-                    batch = take(0.0)
+                    try:
+                        batch = take(0.0)
+                    except SyncError as exc:
+                        # A listing failed. The copies in flight settle first,
+                        # so that the report counts every one that was made,
+                        # but none is tried again.
+                        self.stopping, batch = self.stopping or exc, None
+                        runner.stop_retrying(f"not tried again: {exc}")
                     if batch is None:
                         ended = True
                     for kind, value in batch or ():

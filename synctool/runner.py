@@ -68,6 +68,7 @@ class JobRunner:
         self.shard: list[Job] = []
         self.shard_bytes = 0
         self.retries = 0
+        self.retrying = True  # False once the run is ending: a failure is then final
 
     # -- taking jobs ---------------------------------------------------------
     def add(self, kind: str, name: str, size: int, mtime: float, keep_old_as: str | None = None, **fields) -> Job:
@@ -139,11 +140,23 @@ class JobRunner:
             check()
             self.pump(0.2)
 
+    def stop_retrying(self, why: str) -> None:
+        """The run is ending: a job waiting to be tried again fails with ``why``,
+        and one that fails from now on fails for good."""
+        self.retrying = False
+        for _, _, job in self.retry_at:
+            del self.waiting[job.id]
+            self.on_failure(job, why)
+        self.retry_at.clear()
+
     def _settle(self, job: Job, result: Result, now: float) -> None:
         """Book a job's result: done, to retry after a backoff, or failed for good."""
         if result.ok:
             del self.waiting[job.id]
             self.on_success(job, result)
+        elif not self.retrying:
+            del self.waiting[job.id]
+            self.on_failure(job, result.error or "failed")
         elif result.conflict is not None and result.conflict == job.keep_old_as and job.attempt < MAX_NAME_CONFLICTS:
             # Another writer took the chosen retention name since the listing:
             # keep the old version under the next free one instead.
