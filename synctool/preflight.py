@@ -3,6 +3,8 @@ the two sides do not overlap, and the destination has room."""
 
 from __future__ import annotations
 
+import functools
+
 from synctool import secrets
 from synctool.backends import Backend, BackendError, BackendSpec, backend_class
 from synctool.errors import SyncError, UsageError
@@ -73,12 +75,13 @@ class Room:
     """
 
     def __init__(self, dst: Backend, disabled: bool):
-        self.dst = None if disabled else dst
-        self.free: int | None = None
+        self.dst, self.disabled = dst, disabled
+
+    @functools.cached_property
+    def free(self) -> int | None:
+        return None if self.disabled else self.dst.free_bytes()
 
     def check(self, planned_bytes: int, whole_plan: bool) -> None:
-        if self.dst is not None:
-            self.free, self.dst = self.dst.free_bytes(), None
         if self.free is None or planned_bytes <= self.free:
             return
         if whole_plan:

@@ -1,4 +1,4 @@
-"""S3 over plain keep-alive HTTP, signed here: the coordinator's probe and listings.
+"""S3 over plain keep-alive HTTP, signed here: probes, listings and streamed PUTs.
 
 Why: the coordinator asks an S3 side a few small things before the first
 copy (is the bucket there, are there journals, the listing's pages). Across
@@ -8,7 +8,9 @@ dials anew for each client, takes about a tenth of a second to load, and
 runs event-loop threads that a later fork must wait out. Here a request is
 signed with AWS Signature Version 4 (a few HMACs of the standard library)
 and sent over a connection kept alive between requests, so the probe, the
-journal lookup and the listing share one.
+journal lookup and the listing share one. A worker's streamed PUTs (a file
+whose BLAKE3 is known before its bytes) go the same way, so a worker that
+copies from a local disk never loads awscrt.
 
 It also holds what this module and s3_native share: where a bucket is
 addressed, S3's error answers, and listing pages parsed with ElementTree.
@@ -189,18 +191,11 @@ class S3Http:
         a failure is never retried here (the body cannot be read again).
         """
         path = self.address.path(key)
-        signed = self.signer.headers(
-            "PUT", self.address.host, path, headers={"Content-Length": str(size), **headers}, payload="UNSIGNED-PAYLOAD"
-        )
         conn = None
         try:
             try:
                 conn = self._connection()
-                conn.putrequest("PUT", path, skip_host=True, skip_accept_encoding=True)
-                conn.putheader("Host", self.address.host)
-                for name, value in signed:
-                    conn.putheader(name, value)
-                conn.endheaders()
+                self._start(conn, "PUT", path, "", {"Content-Length": str(size), **headers}, "UNSIGNED-PAYLOAD")
             except OSError as exc:
                 raise NativeError(0, type(exc).__name__, f"cannot send to {self.address.host}: {exc}") from exc
             while block := body.read(STREAM_BLOCK):  # what the source raises passes as it is
@@ -238,17 +233,12 @@ class S3Http:
     def _send(self, method: str, path: str, query: dict[str, str], limit: int) -> bytes:
         """One request whose answer is small: its body, or NativeError."""
         encoded = "&".join(f"{quote(k, safe='~')}={quote(v, safe='~')}" for k, v in sorted(query.items()))
-        target = f"{path}?{encoded}" if encoded else path
         for attempt in range(ATTEMPTS):
             last = attempt == ATTEMPTS - 1
             conn = None
             try:
                 conn = self._connection()
-                conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
-                conn.putheader("Host", self.address.host)  # as signed: http.client would drop a default port
-                for name, value in self.signer.headers(method, self.address.host, path, encoded):
-                    conn.putheader(name, value)
-                conn.endheaders()
+                self._start(conn, method, path, encoded)
                 response = conn.getresponse()
                 body = response.read(limit + 1) if method != "HEAD" else response.read()
             except (OSError, http_client.HTTPException) as exc:
@@ -271,6 +261,22 @@ class S3Http:
                 raise refusal(response.status, body)
             return body
         raise AssertionError("unreachable")
+
+    def _start(
+        self,
+        conn: http_client.HTTPConnection,
+        method: str,
+        path: str,
+        query: str,
+        headers: dict[str, str] | None = None,
+        payload: str = EMPTY_SHA256,
+    ) -> None:
+        """Send a request's line and its signed headers; its body, if any, follows."""
+        conn.putrequest(method, f"{path}?{query}" if query else path, skip_host=True, skip_accept_encoding=True)
+        conn.putheader("Host", self.address.host)  # as signed: http.client would drop a default port
+        for name, value in self.signer.headers(method, self.address.host, path, query, headers, payload):
+            conn.putheader(name, value)
+        conn.endheaders()
 
     def _connection(self) -> http_client.HTTPConnection:
         with self._lock:

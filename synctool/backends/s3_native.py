@@ -111,7 +111,7 @@ class NativeS3:
         else:
             provider = auth.AwsCredentialsProvider.new_static(*credentials)
         # SigV4 over the headers with UNSIGNED-PAYLOAD, as boto3 does over TLS.
-        signing = self._signing = s3.create_default_s3_signing_config(region=region, credential_provider=provider)
+        signing = s3.create_default_s3_signing_config(region=region, credential_provider=provider)
         tls_options = None
         if self.tls:
             # The system's trust store; SNI names the host we address.
