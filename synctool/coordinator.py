@@ -314,7 +314,7 @@ class Coordinator:
         self._listed()
         self.progress.finish()
         assert self.room is not None
-        self.room.check(self.report.planned_bytes, whole_plan=True)
+        self.room.check(self.report.planned_bytes)
         if self._too_many_removals():
             self._refuse_max_delete()
 
@@ -334,19 +334,31 @@ class Coordinator:
         self.progress.start("copying")
         self.progress.final = False
 
-        self._run_events(self._plan_events(), lambda kind, value: self._take(kind, value, self._copy_job, self._verify_job))
+        self._run_events(self._plan_events(), lambda kind, value: self._take(kind, value, self._stream_copy, self._verify_job))
         self._listed()
+        if self.later:  # held until the whole plan was known to fit
+            assert self.room is not None
+            self.room.check(self.report.planned_bytes)
+            self._run_events(iter(self.later), self._run_planned)
         self._finish()
 
+    def _stream_copy(self, c: Copy) -> None:
+        """A copy found while the listing goes on. It starts at once where the
+        destination cannot tell its free space. Where it can, every copy
+        waits on disk until the listing has ended and the whole plan is
+        known to fit: Duplicati's check, which writes nothing for a plan that
+        does not. A listing takes a small part of the time its copies take,
+        so little overlap is lost."""
+        assert self.room is not None
+        if self.room.free is None:
+            self._copy_job(c)
+        else:
+            self.later.append(("copies", c))
+
     def _copy_job(self, c: Copy) -> None:
-        """Hand a copy of the plan to the runner, once the room check has passed."""
-        assert self.room is not None and self.runner is not None
-        try:
-            self.room.check(self.report.planned_bytes, whole_plan=False)
-        except SyncError as exc:
-            self.stopping = self.stopping or exc
-            return
-        self._create_destination()  # at the first copy: one that does not fit creates nothing
+        """Hand a copy of the plan to the runner (the room check has passed)."""
+        assert self.runner is not None
+        self._create_destination()  # at the first copy
         self.runner.add(
             COPY, c.entry.name, c.entry.size, c.entry.mtime, c.keep_old_as,
             new=c.new, unless_stored_mtime=c.unless_stored_mtime, reason=c.reason,
@@ -426,7 +438,7 @@ class Coordinator:
         self.progress.finish()
         r = self.report
         assert self.room is not None
-        self.room.check(r.planned_bytes, whole_plan=True)
+        self.room.check(r.planned_bytes)
         if r.planned_verifies:
             self._confirm(f"Verify {r.planned_verifies} file(s) that seem equal by reading both sides?")
             self._start_pool(self.opts.workers)
@@ -435,6 +447,8 @@ class Coordinator:
             self._run_events((e for e in later if e[0] == "compares"), self._run_planned)
             self.progress.finish()
         copies = r.planned_copies
+        if self.differing:  # the verifies found more to copy
+            self.room.check(r.planned_bytes)
         if copies or len(self.removals):
             self._confirm(self._plan_question())
         self.confirmed = True
@@ -536,7 +550,7 @@ class Coordinator:
             differing.append(c)
         else:
             self.progress.grow(1, job.size)
-            self._copy_job(c)
+            self._stream_copy(c)
 
     def _on_copied(self, job: Job, result: Result) -> None:
         r = self.report

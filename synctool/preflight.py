@@ -59,19 +59,18 @@ def refuse_overlap(src: Backend, dst: Backend) -> None:
 
 
 class Room:
-    """Duplicati's free-space check: no copy is written once the copies
-    planned so far need more room than the destination said it had.
+    """Duplicati's free-space check: a plan whose copies need more room than
+    the destination says it has writes nothing.
 
     Conservative and simple: the bytes of every copy, with nothing taken off
     for what the plan removes, since removals come after the copies (and
     with --retention free nothing), and a replaced file keeps its old
-    content until the new one is complete. When the whole plan is known
-    before the first write (a dry run, a plan to confirm), nothing is
-    written at all; when copies start while the listing goes on, none is
-    written past the one that would not fit, and nothing is deleted.
-    quota-disable=true skips it. The destination is asked at the first
-    check, before the first write: a run with nothing to copy never asks
-    (a round trip across a network).
+    content until the new one is complete. It is checked once the whole
+    plan is known, before the first write: so where the destination can
+    tell its free space, copies wait for the end of the listing (see
+    Coordinator._stream_copy). quota-disable=true skips it. The destination
+    is asked at the first copy: a run with nothing to copy never asks (a
+    round trip across a network).
     """
 
     def __init__(self, dst: Backend, disabled: bool):
@@ -81,14 +80,10 @@ class Room:
     def free(self) -> int | None:
         return None if self.disabled else self.dst.free_bytes()
 
-    def check(self, planned_bytes: int, whole_plan: bool) -> None:
-        if self.free is None or planned_bytes <= self.free:
+    def check(self, planned_bytes: int) -> None:
+        if planned_bytes <= 0 or self.free is None or planned_bytes <= self.free:
             return
-        if whole_plan:
-            need, outcome = human_bytes(planned_bytes), "nothing was written"
-        else:
-            need, outcome = f"at least {human_bytes(planned_bytes)}", "stopped before the copy that does not fit, nothing was deleted"
         raise SyncError(
-            f"not enough free space at the destination: the copies need {need}, "
-            f"{human_bytes(self.free)} is free; {outcome} (quota-disable=true skips this check)"
+            f"not enough free space at the destination: the copies need {human_bytes(planned_bytes)}, "
+            f"{human_bytes(self.free)} is free; nothing was written (quota-disable=true skips this check)"
         )

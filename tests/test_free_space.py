@@ -29,12 +29,9 @@ def test_a_local_destination_without_room_stops_before_writing(tmp_path, small_f
     proc = start_synctool(src, small_fs, "-y", *FAST_CLI)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == ExitCode.FATAL, (out, err)
-    # Copies start while the listing goes on: the run stops at the first that does not fit.
-    assert "not enough free space at the destination: the copies need at least 3.0 MiB" in err
-    assert "nothing was deleted" in err
-    assert "quota-disable=true" in err
+    assert "not enough free space at the destination: the copies need 3.0 MiB" in err
+    assert "nothing was written" in err and "quota-disable=true" in err
     assert err.count("not enough free space") == 1
-    # Nothing written (the first copy does not fit, and the run stops there), nothing deleted.
     assert read_tree(small_fs) == BEFORE
     # Once the plan fits, it runs.
     (src / "big").unlink()
@@ -71,23 +68,41 @@ def test_a_full_sftp_server_stops_the_run_before_writing(sshd_server, small_fs, 
     url = sshd_server.url(str(small_fs).lstrip("/"), served_as="")
     report = synctool.sync(str(_source(tmp_path)), url, dst_options=sshd_server.key_options(), **FAST)
     assert report.exit_code == ExitCode.FATAL
-    assert report.errors[0].startswith("not enough free space at the destination: the copies need at least 3.0 MiB")
+    assert report.errors[0].startswith("not enough free space at the destination: the copies need 3.0 MiB")
     assert report.copied == 0 and read_tree(small_fs) == BEFORE
     options = {**sshd_server.key_options(), "quota-disable": "true"}
     report = synctool.sync(str(_source(tmp_path)), url, dst_options=options, **FAST)
     assert report.exit_code == ExitCode.PARTIAL and "not enough free space" not in " ".join(report.errors)
 
 
-def test_copies_that_fit_before_one_that_does_not_are_kept_and_nothing_is_deleted(tmp_path, small_fs):
-    """Copies start while the listing goes on: those that fit are written,
-    none after the one that does not, and nothing is deleted."""
+@pytest.mark.parametrize("order", ["fitting-first", "fitting-last"])
+def test_copies_that_would_fit_are_not_written_when_the_whole_plan_does_not(tmp_path, small_fs, order):
+    """With -y copies start while the listing goes on, but not where the
+    destination tells its free space: there they wait until the whole plan
+    is known to fit, so a plan that does not writes nothing at all."""
     src = tmp_path / "src"
-    make_tree(src, {"a-small": b"s" * 100, "b-big": os.urandom(BIG), "c-small": b"c" * 100}, mtime=OLD)
+    names = ["a-small", "b-big", "c-small"] if order == "fitting-first" else ["c-big", "a-small", "b-small"]
+    make_tree(src, {n: os.urandom(BIG) if n.endswith("big") else b"s" * 100 for n in names}, mtime=OLD)
     make_tree(small_fs, BEFORE)
     report = synctool.sync(str(src), str(small_fs), **FAST)
     assert report.exit_code == ExitCode.FATAL
-    assert "stopped before the copy that does not fit, nothing was deleted" in report.errors[0]
-    assert read_tree(small_fs) == {**BEFORE, "a-small": b"s" * 100}
+    assert "the copies need 3.0 MiB" in report.errors[0] and "nothing was written" in report.errors[0]
+    assert report.copied == 0 and read_tree(small_fs) == BEFORE
+
+
+def test_a_verify_that_finds_more_to_copy_is_checked_before_it_writes(tmp_path, small_fs):
+    """--verify-contents compares files that look equal; one that differs
+    adds its bytes to the plan, which must still fit before anything is written."""
+    src, size = tmp_path / "src", 1200 << 10  # fits once in the 2 MiB, not twice
+    make_tree(src, {"a-new": b"s" * 100, "b-same-looking": os.urandom(size)}, mtime=OLD)
+    make_tree(small_fs, {"b-same-looking": b"x" * size}, mtime=OLD)
+    report = synctool.sync(str(src), str(small_fs), verify_contents=True, **FAST)
+    assert report.exit_code == ExitCode.FATAL and report.verify_mismatches == 1
+    assert "not enough free space" in report.errors[0] and "nothing was written" in report.errors[0]
+    assert report.copied == 0 and read_tree(small_fs) == {"b-same-looking": b"x" * size}
+    # Without the check the same plan runs, the new file first.
+    report = synctool.sync(str(src), str(small_fs), verify_contents=True, quota_disable=True, **FAST)
+    assert report.exit_code == ExitCode.PARTIAL and read_tree(small_fs)["a-new"] == b"s" * 100
 
 
 def test_a_plan_to_confirm_is_checked_whole_before_anything_is_written(tmp_path, small_fs):

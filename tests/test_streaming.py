@@ -33,9 +33,12 @@ def many_files(tmp_path_factory):
 
 def test_the_first_file_is_written_while_the_listing_goes_on(many_files, tmp_path):
     """Backpressure holds the listing a bounded window ahead of the copies:
-    when the first file lands, most of the source is not even listed yet."""
+    when the first file lands, most of the source is not even listed yet.
+    (A local folder tells its free space, and then copies wait for the whole
+    plan: quota-disable=true lets them start at once, as on S3.)"""
     dst = tmp_path / "dst"
-    coordinator = Coordinator(SyncOptions(str(many_files), str(dst), confirm=True, **FAST), Env())
+    opts = SyncOptions(str(many_files), str(dst), confirm=True, quota_disable=True, **FAST)
+    coordinator = Coordinator(opts, Env())
     seen: dict[str, int] = {}
 
     def watch() -> None:
@@ -58,7 +61,9 @@ def test_a_worker_lost_while_the_listing_goes_on_is_replaced_by_a_fresh_interpre
     listing threads run, a replacement worker is a fresh interpreter."""
     dst = tmp_path / "dst"
     first = dst / "d00" / "f00000"
-    _, err = sync_losing_a_worker(first.exists, many_files, dst, "-y", *FAST_CLI, "--log-level", "profiling")
+    _, err = sync_losing_a_worker(
+        first.exists, many_files, dst, "-y", *FAST_CLI, "--log-level", "profiling", "--dst-options", "quota-disable=true"
+    )
     assert "worker 0: process" in err and err.split("worker 0: process", 1)[1].splitlines()[0].endswith(", by fork")
     assert "worker 2: process" in err and err.split("worker 2: process", 1)[1].splitlines()[0].endswith(", by exec")
     assert sum(1 for _ in dst.rglob("f*")) == MANY
