@@ -97,12 +97,13 @@ def test_an_s3_listing_that_fits_one_page_takes_one_request(own_s3, native):
     backend = s3_backend(own_s3, "root", **{"s3-native": native})
     assert [e.name for e in backend.list()] == sorted(names)
     asked = requests_since_start(own_s3)
-    assert asked.count("root/") == 2 and len(asked) == 2, asked  # prepare's probe, and the listing
+    # Natively the listing starts from the probe's page; boto3's probe asks for one key.
+    assert asked == (["root/"] if native == "true" else ["root/", "root/"]), asked
 
 
 def test_an_s3_root_is_probed_in_one_request_and_created_in_none(own_s3):
     """Each request before the first copy is a round trip that the whole run
-    waits for: a prefix's probe is one listing of one key (which fails as
+    waits for: a prefix's probe is one listing page (which fails as
     HeadBucket would on a missing bucket), and creating an empty root once
     the bucket is known to be there asks nothing."""
     make_tree(own_s3.root / BUCKET / "full", {"a": b"x"})
@@ -117,6 +118,41 @@ def test_an_s3_root_is_probed_in_one_request_and_created_in_none(own_s3):
     assert re.findall(r'prefix: prefix:"([^"]*)"', asked) == ["full/", "empty/"]
     with pytest.raises(NotFound, match="bucket no-such-bucket does not exist"):
         open_backend(BackendSpec("s3://no-such-bucket/p", own_s3.synctool_options())).prepare(create=False)
+
+
+@pytest.mark.parametrize("keys", [3, 1_500])
+def test_an_s3_root_s_probe_is_the_first_page_of_its_journal_lookup_and_listing(own_s3, keys):
+    """The probe lists the root's first page; the journal lookup and the
+    listing start from it. A root that fits in one page is listed in that one
+    request; a longer one asks only for what the page does not hold."""
+    names = {f"k{i:04}": b"" for i in range(keys)}
+    journal = ".synctool-unverified-0123456789ab.json"  # sorts before every "k…"
+    make_tree(own_s3.root / BUCKET / "root", {**names, journal: b"[]", "sub/x": b"y"})
+    before = len(own_s3.log.read_text())
+    backend = s3_backend(own_s3, "root")
+    assert backend.journals() == [journal]
+    assert [e.name for e in backend.list()] == sorted([*names, journal, "sub/x"])
+    asked = re.findall(r'prefix: prefix:"([^"]*)"', own_s3.log.read_text()[before:])
+    assert asked[0] == "root/"
+    if keys < 1_000:
+        assert asked == ["root/"]
+    else:  # the journal is in the first page; the rest of the listing asks on from there
+        assert "root/.synctool-unverified-" not in asked and len(asked) >= 2
+    # A listing asked for again starts from the server, not from the old page.
+    count = len(requests_since_start(own_s3))
+    next(iter(backend.list()))
+    assert len(requests_since_start(own_s3)) == count + 1
+
+
+def test_an_s3_journal_lookup_past_the_first_page_asks_the_server(own_s3):
+    before_journals = {f"-{i:04}": b"" for i in range(1_200)}  # "-" sorts before the journals' "."
+    journal = ".synctool-unverified-0123456789ab.json"
+    make_tree(own_s3.root / BUCKET / "root", {**before_journals, journal: b"[]"})
+    before = len(own_s3.log.read_text())
+    backend = s3_backend(own_s3, "root")
+    assert backend.journals() == [journal]
+    asked = re.findall(r'prefix: prefix:"([^"]*)"', own_s3.log.read_text()[before:])
+    assert asked == ["root/", "root/.synctool-unverified-"]
 
 
 def test_an_s3_run_s_probe_journal_lookup_and_listing_share_one_connection(own_s3, monkeypatch):

@@ -163,6 +163,27 @@ def _new_open_lock() -> None:
 os.register_at_fork(after_in_child=_new_open_lock)
 
 
+
+def _holds_every_key_of(page: key_ranges.Page, start: str) -> bool:
+    """Whether a listing's first page holds every key that begins with ``start``:
+    it is the whole listing, or its last key sorts after all of them."""
+    if page.token is None:
+        return True
+    last = page.objects[-1]["Key"] if page.objects else ""
+    return last > start and not last.startswith(start)
+
+
+def _starting_with(first: key_ranges.Page, page: key_ranges.PageOf) -> key_ranges.PageOf:
+    """``page``, but its first call (a listing's plain first page) answered by ``first``."""
+    given = [first]
+
+    def answer(prefix: str, start_after: str | None, token: str | None, delimited: bool) -> key_ranges.Page:
+        if given and start_after is None and token is None and not delimited:
+            return given.pop()
+        return page(prefix, start_after, token, delimited)
+
+    return answer
+
 class S3Backend(Backend):
     schemes = ("s3", "s3s")
     description = "S3-compatible object storage (AWS, MinIO, Wasabi, B2, Ceph, rclone): s3://BUCKET/PREFIX, s3s:// for TLS"
@@ -251,6 +272,9 @@ class S3Backend(Backend):
         self._http_obj: s3_http.S3Http | None = None
         self._http_pid = -1
         self._bucket_seen = False  # a probe found the bucket: creating the root is then a no-op
+        # The root's first page, which the probe listed: the journal lookup
+        # and the listing start from it instead of asking again.
+        self._probed: key_ranges.Page | None = None
         self._pool_obj: ThreadPoolExecutor | None = None
         self._budget_obj: ByteBudget | None = None
         self._budget_pid = -1
@@ -471,12 +495,15 @@ class S3Backend(Backend):
             )
 
     def _native_probe(self, native: s3_http.S3Http, create: bool, probe_prefix: bool) -> bool:
-        """One request: a listing of one key under the prefix, which fails as
-        HeadBucket does on a missing bucket, or HeadBucket when there is no
-        prefix to look into. Returns whether the prefix holds an object."""
+        """One request: the first page of the prefix's listing, which fails as
+        HeadBucket does on a missing bucket (and which the listing then
+        starts from), or HeadBucket when there is no prefix to look into.
+        Returns whether the prefix holds an object."""
         try:
             if probe_prefix:
-                return bool(native.list_page(self.prefix, max_keys=1)[0])
+                objects, token, _ = native.list_page(self.prefix)
+                self._probed = key_ranges.Page(objects, [], token)
+                return bool(objects)
             native.head_bucket()
             return False
         except s3_http.NativeError as exc:
@@ -530,13 +557,20 @@ class S3Backend(Backend):
         return self._listed(self.prefix, start_after)
 
     def journals(self) -> list[str]:
-        return [e.name for e in self._listed(self.prefix + JOURNAL_START) if is_journal(e.name)]
+        start = self.prefix + JOURNAL_START
+        probed = self._probed
+        if probed is not None and _holds_every_key_of(probed, start):
+            found = (self._entry(obj) for obj in probed.objects if obj["Key"].startswith(start))
+            return [e.name for e in found if e is not None and is_journal(e.name)]
+        return [e.name for e in self._listed(start) if is_journal(e.name)]
 
     def _listed(self, prefix: str, start_after: str | None = None) -> Iterator[Entry]:
         """Every object below the root whose key starts with ``prefix`` (and whose name sorts after ``start_after``)."""
         after = None if start_after is None else self.prefix + start_after
         native = self._http
         page = self._native_page(native) if native else self._boto3_page
+        if self._probed is not None and prefix == self.prefix and after is None:
+            page, self._probed = _starting_with(self._probed, page), None  # a later listing asks anew
         try:
             # A few pages per key range at a time (see key_ranges): the plan holds the rest.
             for obj in key_ranges.ordered_keys(page, prefix, after, LIST_THREADS):
