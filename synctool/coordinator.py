@@ -161,6 +161,9 @@ class Coordinator:
         for backend, side in ((self.src, "source"), (self.dst, "destination")):
             self._prepare(backend, side)
         refuse_overlap(self.src, self.dst)  # after prepare: an SFTP root may be known only then
+        if self.pool is not None:
+            # Logged in to both sides: the workers' logins overlap the listing.
+            self.pool.connect_ahead()
         self.report.source, self.report.destination = self.src.display_url(), self.dst.display_url()
         self.room = Room(self.dst, opts.quota_disable)
         self.planner = Planner(

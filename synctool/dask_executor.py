@@ -138,6 +138,9 @@ class DaskExecutor:
     def in_flight(self) -> int:
         return len(self.owner)
 
+    def connect_ahead(self) -> None:
+        """Nothing: a task opens its backends where and when it runs."""
+
     def submit(self, shard: list[Job]) -> None:
         if not shard:
             return

@@ -35,6 +35,10 @@ class Executor(Protocol):
     def start(self, wanted: int | None = None) -> None:
         """Have up to ``wanted`` workers ready (all of them by default)."""
 
+    def connect_ahead(self) -> None:
+        """Have the workers open their connections before their first shard
+        (the coordinator has logged in to both sides: the credentials work)."""
+
     def submit(self, shard: list[Job]) -> None:
         """Run these jobs; their results come back through :meth:`poll`."""
 

@@ -26,7 +26,7 @@ from multiprocess.connection import wait as wait_for_readable
 
 from synctool.backends import BackendSpec
 from synctool.worker_start import start_worker
-from workers.jobs import MSG_FATAL, MSG_LOG, MSG_PEAK, MSG_READY, MSG_RESULT, Job, Result, WorkerSettings, pack, unpack
+from workers.jobs import CONNECT_AHEAD, MSG_FATAL, MSG_LOG, MSG_PEAK, MSG_READY, MSG_RESULT, Job, Result, WorkerSettings, pack, unpack
 
 log = logging.getLogger("synctool.pool")
 worker_log = logging.getLogger("synctool.worker")
@@ -69,6 +69,7 @@ class WorkerPool:
         self.fatal: str | None = None
         self.replaced = 0
         self.lost: set[str] = set()  # names of jobs held by workers that died: their writes may linger
+        self.ahead = False  # workers are told to connect before their first shard
 
     # -- life cycle --------------------------------------------------------
     def start(self, wanted: int | None = None) -> None:
@@ -84,7 +85,15 @@ class WorkerPool:
         log.debug("worker %d: process %d, by %s", wid, started.process.pid, started.how)
         worker = _Worker(wid, started.process, started.jobs, started.messages)
         self.workers[wid] = worker
+        if self.ahead:
+            worker.jobs.put(CONNECT_AHEAD)
         return worker
+
+    def connect_ahead(self) -> None:
+        """Tell every worker, and every one started later, to open its connections now."""
+        self.ahead = True
+        for worker in self.workers.values():
+            worker.jobs.put(CONNECT_AHEAD)
 
     def stop(self, cancel: bool = False) -> None:
         """End every worker: politely (a sentinel), or at once (SIGTERM, then SIGKILL)."""

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+import socket
 import threading
 import time
 
 import pytest
 
+from synctool.backends import BackendSpec
 from synctool.backends.base import BackendError, FatalBackendError
 from synctool.coordinator import Coordinator, Env
 from synctool.errors import ExitCode
 from synctool.listing import BATCH, ReadAhead
 from synctool.options import SyncOptions
+from synctool.pool import WorkerPool
 from synctool.report import LISTED_CAP, Report
 from synctool.retry import RetryPolicy
 from synctool.spool import Spool
 from tests.helpers import FAST, FAST_CLI, make_tree, sync_losing_a_worker
+from workers.jobs import WorkerSettings
 
 MANY = 40_000
 
@@ -84,6 +89,39 @@ def test_a_plan_to_confirm_runs_from_its_spool(many_files, tmp_path, monkeypatch
     assert f"Delete 1 file(s)" in env.stdout.getvalue() and f"Copy {MANY} file(s)" in env.stdout.getvalue()
     assert report.copied == MANY and report.deleted == 1
     assert not (dst / "only-here").exists()
+
+
+@pytest.mark.parametrize("scheme", ["ssh", "s3"])
+def test_workers_told_to_connect_ahead_dial_before_a_shard_and_stop_without_waiting(tmp_path, scheme):
+    """Once the coordinator has logged in, the workers open their connections
+    while it lists, so that the first copy does not wait for a login. A worker
+    stopped while its login hangs (a server that never answers) ends at once."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        dst = {
+            "ssh": BackendSpec(f"ssh://nobody@127.0.0.1:{port}/dst", {"ssh-disable-agent": "true"}),
+            "s3": BackendSpec("s3://bucket/dst", {"s3-server-name": f"http://127.0.0.1:{port}",
+                                                  "aws-access-key-id": "k", "aws-secret-access-key": "s"}),
+        }[scheme]  # fmt: skip
+        pool = WorkerPool(2, BackendSpec(str(tmp_path), {}), dst, WorkerSettings(), logging.WARNING)
+        accepted = []
+        try:
+            pool.start()
+            silent.settimeout(1.0)
+            with pytest.raises(TimeoutError):
+                silent.accept()  # started, and nothing dialled yet
+            pool.connect_ahead()
+            silent.settimeout(20)
+            accepted = [silent.accept()[0] for _ in range(2)]  # one per worker, with no shard handed out
+        finally:
+            started = time.monotonic()
+            pool.stop()
+            stopped_in = time.monotonic() - started
+            for connection in accepted:
+                connection.close()
+        assert len(accepted) == 2
+        assert all(not w.process.is_alive() for w in pool.workers.values())
+        assert stopped_in < 10, stopped_in  # not the login's own timeout
 
 
 def test_the_report_lists_failures_up_to_a_cap_and_counts_the_rest():

@@ -63,6 +63,10 @@ def pack(message: object) -> bytes:
 unpack = pickle.loads
 
 
+#: Down a worker's job channel, besides packed shards and the final None:
+#: the coordinator has logged in, so open the connections now (Backend.connect_ahead).
+CONNECT_AHEAD = b"connect-ahead"
+
 # Messages on the result queue: (kind, worker_id, payload)
 MSG_READY = "ready"  # payload: pid
 MSG_RESULT = "result"  # payload: list[Result]

@@ -16,10 +16,10 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from synctool.backends import BackendSpec, open_backend
+from synctool.backends import Backend, BackendSpec, open_backend
 from synctool.interrupts import unblock_stop_signals
 from synctool.secrets import redact
-from workers.jobs import MSG_FATAL, MSG_PEAK, MSG_READY, WorkerSettings, pack, unpack
+from workers.jobs import CONNECT_AHEAD, MSG_FATAL, MSG_PEAK, MSG_READY, WorkerSettings, pack, unpack
 from workers.memory import limit_malloc_arenas
 from workers.shard import OutboxLogHandler, ShardRunner, peak_rss
 
@@ -134,12 +134,17 @@ def worker_main(
         return
     runner = ShardRunner(src, dst, settings, cancel, results, worker_id, f"w{worker_id}")
     results.put((MSG_READY, worker_id, os.getpid()))
+    connecting = threading.Thread(target=_connect_ahead, args=(dst, src), name="connect-ahead", daemon=True)
     try:
         while True:
             with stop.interruptible():
                 packed = jobs.get()
             if packed is None:
                 break
+            if packed == CONNECT_AHEAD:
+                if connecting.ident is None:  # once
+                    connecting.start()
+                continue
             runner.start(unpack(packed), stop.interruptible)
         runner.shutdown()
     except SystemExit:
@@ -151,5 +156,16 @@ def worker_main(
         os._exit(130)
     finally:
         results.put((MSG_PEAK, worker_id, peak_rss()))
-        src.close()
-        dst.close()
+        # Still logging in: no job used the backends, and closing them would
+        # wait for the login (seconds across a slow network) for nothing.
+        if not connecting.is_alive():
+            src.close()
+            dst.close()
+
+
+def _connect_ahead(*backends: Backend) -> None:
+    for backend in backends:
+        try:
+            backend.connect_ahead()
+        except Exception as exc:  # noqa: BLE001 - the first job connects again and says why
+            logging.getLogger("synctool.worker").debug("connecting ahead failed: %s", redact(str(exc)))

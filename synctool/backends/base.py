@@ -494,6 +494,12 @@ class Backend(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
+    def connect_ahead(self) -> None:  # noqa: B027 - optional hook
+        """Open now the connection that the first job would open, so that
+        it does not wait for it: a worker calls this, in a thread of its own,
+        once the coordinator has logged in to both sides (the credentials
+        work) and while it lists. Connections otherwise open at first use."""
+
     def abort_unfinished_writes(self, names: Sequence[str]) -> None:  # noqa: B027 - optional hook
         """Remove what writes of ``names`` left when their process died mid-way.
 

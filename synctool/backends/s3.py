@@ -376,6 +376,13 @@ class S3Backend(Backend):
             self._http_pid = os.getpid()
         return self._http_obj
 
+    def connect_ahead(self) -> None:
+        """A kept-alive connection for the streamed PUTs of large files (small
+        ones go through awscrt, which connects on its own)."""
+        http = self._http
+        if http is not None:
+            http.connect_ahead()
+
     def _native_args(self) -> dict | None:
         """How the native client reaches the bucket; None when it cannot (boto3 then).
 

@@ -278,6 +278,10 @@ class S3Http:
             conn.putheader(name, value)
         conn.endheaders()
 
+    def connect_ahead(self) -> None:
+        """Dial one connection now and keep it for the next request."""
+        self._give_back(self._connection())
+
     def _connection(self) -> http_client.HTTPConnection:
         with self._lock:
             while self._idle:

@@ -681,6 +681,9 @@ class SFTPBackend(Backend):
         return f"ssh://{s.user}@{s.address}{s.path}"
 
     # -- connection ----------------------------------------------------------
+    def connect_ahead(self) -> None:
+        self._connection()
+
     def _connection(self) -> Connection:
         with self._lock:
             conn = self._conn
