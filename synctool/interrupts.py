@@ -1,4 +1,4 @@
-"""Hold Ctrl-C and SIGTERM back while the coordinator is inside multiprocess internals.
+"""Hold Ctrl-C and SIGTERM back while the coordinator is inside multiprocessing internals.
 
 A KeyboardInterrupt raised at an arbitrary bytecode inside a queue's
 ``get``/``put`` leaves a lock held or a message half read; stopping the pool

@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from multiprocess.connection import wait as wait_for_readable
+from multiprocessing.connection import wait as wait_for_readable
 
 from synctool.backends import BackendSpec
 from synctool.worker_start import start_worker

@@ -52,10 +52,11 @@ class WorkerSettings:
 def pack(message: object) -> bytes:
     """A shard or a message as bytes for a worker's queue or pipe.
 
-    multiprocess pickles what it sends with dill, whose pickler is written
-    in Python: for a shard of small jobs, or a batch of their results, that
-    costs more than copying the files. These records need none of dill's
-    reach, so the C pickler packs them, and dill only passes the bytes on.
+    Where workers are spawned, multiprocess pickles what it sends with
+    dill, whose pickler is written in Python: for a shard of small jobs, or
+    a batch of their results, that costs more than copying the files. These
+    records need none of dill's reach, so the C pickler packs them, and the
+    queue only passes the bytes on.
     """
     return pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
 

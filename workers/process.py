@@ -93,7 +93,7 @@ class _PipeInbox:
 def exec_main() -> None:
     """Entry point of a worker started as a fresh interpreter: the descriptors
     of its two pipes in the command line, its arguments the first message."""
-    from multiprocess.connection import Connection
+    from multiprocessing.connection import Connection
 
     jobs = Connection(int(sys.argv[1]), writable=False)
     results = Connection(int(sys.argv[2]), readable=False)
