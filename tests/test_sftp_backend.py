@@ -188,6 +188,35 @@ def test_missing_source_folder(sftp_server, sftp_folder):
     assert not sftp_server.local(sftp_folder).exists()
 
 
+def test_a_first_login_asks_its_questions_in_one_round_trip(sftp_server, sftp_folder, monkeypatch):
+    """Across a network each question waited for alone is a round trip before
+    the first copy: the server's limits, the root's realpath and whether it
+    is a folder go out together, and prepare asks nothing more."""
+    from synctool.backends import sftp_pipe
+
+    sftp_server.put(sftp_folder, {"a": b"x", "sub/file": b"not a folder"})
+    steps: list[str] = []
+    send, reply = sftp_pipe.Pipe.send, sftp_pipe.Pipe.reply
+    monkeypatch.setattr(sftp_pipe.Pipe, "send", lambda self, *a: steps.append("send") or send(self, *a))
+    monkeypatch.setattr(sftp_pipe.Pipe, "reply", lambda self, n: steps.append("reply") or reply(self, n))
+    asked = []
+    stat = paramiko.SFTPClient.stat
+    monkeypatch.setattr(paramiko.SFTPClient, "stat", lambda self, path: asked.append(path) or stat(self, path))
+    with open_backend(sftp_server.spec(sftp_folder)) as b:
+        b.prepare(create=False)
+        assert steps == ["send"] * 3 + ["reply"] * 3 and asked == []
+        assert [e.name for e in b.list()] == ["a", "sub/file"]
+    with open_backend(sftp_server.spec(sftp_folder + "/sub/file")) as b:
+        with pytest.raises(FatalBackendError, match="exists but is not a folder"):
+            b.prepare(create=False)
+    with open_backend(sftp_server.spec(sftp_folder + "-new/below")) as b:
+        with pytest.raises(NotFound):
+            b.prepare(create=False)
+        b.prepare(create=True)  # asks again, and creates it
+        assert b.root_place() is not None
+    assert sftp_server.local(sftp_folder + "-new/below").is_dir()
+
+
 def test_bad_option_values():
     for key, value in (("ssh-keepalive", "often"), ("ssh-relative-path", "maybe")):
         with pytest.raises(FatalBackendError, match=key):

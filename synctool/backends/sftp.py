@@ -662,6 +662,7 @@ class SFTPBackend(Backend):
         self._conn: Connection | None = None
         self._root: str | None = None
         self._real_root: str | None = None  # the root with its links resolved by the server
+        self._first_look: sftp_pipe.FirstLook | None = None  # what the first login found, for prepare
         # Temporary files a dropped connection kept us from removing: removed
         # as soon as a new connection is up.
         self._orphans: set[str] = set()
@@ -712,11 +713,19 @@ class SFTPBackend(Backend):
 
     def _after_connect(self, conn: Connection) -> None:
         with conn.lease() as lease:
-            with _piped(lease) as pipe:
-                conn.limits = sftp_pipe.server_limits(pipe)
-            if self._root is None:
-                self._root = self._resolve_root(lease.sftp)
-                self._real_root = _realpath(lease.sftp, self._root)
+            root = self._root or self._absolute_root()
+            if root is not None and self._real_root is None:
+                # The first login, to a root the URL names: its questions go together.
+                with _piped(lease) as pipe:
+                    look = sftp_pipe.first_look(pipe, root)
+                conn.limits, self._first_look = look.limits, look
+                self._root, self._real_root = root, look.real or _realpath(lease.sftp, root)
+            else:
+                with _piped(lease) as pipe:
+                    conn.limits = sftp_pipe.server_limits(pipe)
+                if self._root is None:
+                    self._root = self._resolve_root(lease.sftp)
+                    self._real_root = _realpath(lease.sftp, self._root)
             self._remove_orphans(lease.sftp)
 
     def _remove_orphans(self, sftp: paramiko.SFTPClient) -> None:
@@ -814,9 +823,10 @@ class SFTPBackend(Backend):
         except BackendError as exc:
             raise FatalBackendError(str(exc)) from exc
         root = self._root
+        look, self._first_look = self._first_look, None  # fresh from the login, or asked now
         with self._sftp(f"opening {root}") as lease:
             try:
-                mode = lease.sftp.stat(root).st_mode
+                mode = look.mode if look is not None else lease.sftp.stat(root).st_mode
             except FileNotFoundError:
                 mode = None
             if mode is not None and not stat.S_ISDIR(mode):

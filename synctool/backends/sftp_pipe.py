@@ -22,6 +22,7 @@ flight, since they read replies straight from the channel.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import errno
 import struct
@@ -39,8 +40,11 @@ from paramiko.sftp import (
     CMD_EXTENDED_REPLY,
     CMD_FSTAT,
     CMD_HANDLE,
+    CMD_NAME,
     CMD_OPEN,
     CMD_READ,
+    CMD_REALPATH,
+    CMD_STAT,
     CMD_STATUS,
     CMD_WRITE,
     SFTP_DESC,
@@ -336,7 +340,45 @@ def check_status(kind: int, payload: memoryview) -> None:
 
 def server_limits(pipe: Pipe) -> Limits:
     """What the server takes per request (OpenSSH 8.6 and later say; others get the safe size)."""
-    kind, payload = pipe.call(CMD_EXTENDED, "limits@openssh.com")
+    return _limits(*pipe.call(CMD_EXTENDED, "limits@openssh.com"))
+
+
+@dataclasses.dataclass(frozen=True)
+class FirstLook:
+    """What a new connection asks before its first job."""
+
+    limits: Limits
+    real: str | None  # the root with its links resolved; None: the server could not (it does not exist)
+    mode: int | None  # the root's st_mode; None: it does not exist
+
+
+def first_look(pipe: Pipe, root: str) -> FirstLook:
+    """The server's limits, and the realpath and the attributes of ``root``,
+    asked together: one round trip where one question after the other took three."""
+    limits = pipe.send(CMD_EXTENDED, "limits@openssh.com")
+    real, attrs = pipe.send(CMD_REALPATH, root), pipe.send(CMD_STAT, root)
+    found = _limits(*pipe.reply(limits))
+    kind, payload = pipe.reply(real)
+    resolved = None
+    if kind == CMD_NAME:
+        msg = paramiko.Message(bytes(payload))
+        resolved = msg.get_text() if msg.get_int() else None
+    else:
+        with contextlib.suppress(OSError):  # missing, or refused: the caller walks up to what is there
+            check_status(kind, payload)
+    kind, payload = pipe.reply(attrs)
+    mode = None
+    if kind == CMD_ATTRS:
+        mode = paramiko.SFTPAttributes._from_msg(paramiko.Message(bytes(payload))).st_mode
+    else:
+        try:
+            check_status(kind, payload)
+        except FileNotFoundError:
+            pass
+    return FirstLook(found, resolved, mode)
+
+
+def _limits(kind: int, payload: memoryview) -> Limits:
     if kind != CMD_EXTENDED_REPLY:
         return Limits()  # a status: the server does not know the extension
     msg = paramiko.Message(bytes(payload))
