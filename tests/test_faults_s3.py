@@ -16,6 +16,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
@@ -24,6 +26,8 @@ import pytest
 
 import synctool
 from scripts.servers import rclone_s3
+from synctool.backends import BackendSpec, open_backend
+from synctool.backends.base import BackendError
 from synctool.errors import ExitCode
 from tests.helpers import (
     FAST_CLI,
@@ -368,3 +372,39 @@ def test_a_worker_killed_while_uploading_is_replaced_and_leaves_no_upload(s3_ser
     assert figures["copied"] == 24 and figures["failed"] == [] and figures["retries"] >= 1
     assert tree_digests_of_objects(client, s3_bucket, "mirror") == tree_digests(src)
     assert open_uploads(client, s3_bucket) == []  # the dead worker's upload was aborted
+
+
+# -- a large object's read cut short -----------------------------------------------
+def test_a_read_cut_by_a_server_crash_fails_and_never_ends_short(own_s3):
+    """A large object is streamed in one GET. A server that dies in the middle
+    of the body ends the read with an error to retry, never quietly with
+    fewer bytes (http.client lets a short body pass); once the server is
+    back, the same backend reads it whole."""
+    data = os.urandom(64 * MiB)
+    (own_s3.root / BUCKET / "big.bin").write_bytes(data)
+    backend = open_backend(BackendSpec(f"s3://{BUCKET}", own_s3.synctool_options()))
+    chunks = backend.read_sized("big.bin", len(data))
+    got = bytearray(next(chunks))
+    own_s3.kill()
+    with pytest.raises(BackendError) as info:
+        for chunk in chunks:
+            got += chunk
+    assert info.value.retryable and len(got) < len(data)
+    own_s3.start()
+    assert b"".join(backend.read_sized("big.bin", len(data))) == data
+    backend.close()
+
+
+def test_a_worker_that_reads_large_objects_never_loads_boto3(s3_server, s3_bucket):
+    """Loading boto3 takes a good part of a second of a worker's CPU: large
+    objects are read through the same signed HTTP client as the listing."""
+    data = os.urandom(3 * MiB)
+    s3_server.client().put_object(Bucket=s3_bucket, Key="r/big.bin", Body=data)
+    probe = (
+        "import sys, hashlib; from synctool.backends import BackendSpec, open_backend; "
+        f"b = open_backend(BackendSpec('s3://{s3_bucket}/r', {s3_server.options()!r})); "
+        f"d = b''.join(b.read_sized('big.bin', {len(data)})); b.close(); "
+        "print(hashlib.sha256(d).hexdigest(), 'boto3' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == [hashlib.sha256(data).hexdigest(), "False"], out.stderr

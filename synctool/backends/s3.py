@@ -620,12 +620,19 @@ class S3Backend(Backend):
     def read_sized(self, name: str, size: int) -> Iterator[bytes]:
         """Stream an object; ``size``, the listed size (-1: not known), picks the way.
 
-        An object larger than ``s3_http.SMALL_GET`` goes straight to
-        boto3's stream: one request, where the native probe would be a
-        second one for its first megabyte.
+        An object larger than ``s3_http.SMALL_GET`` is streamed in one GET
+        (the native probe would be a second request for its first
+        megabyte), signed here where the native client is in use, so that a
+        worker that only reads large objects never loads boto3.
         """
         key = self._key(name)
         args: dict = {}
+        if size > s3_http.SMALL_GET and (http := self._http) is not None:
+            try:
+                yield from http.get_stream(key, READ_CHUNK)
+            except s3_http.NativeError as exc:
+                raise self._error(exc, name) from exc
+            return
         native = self._native if size <= s3_http.SMALL_GET else None
         if native is not None:
             # One native ranged GET brings a small object whole; a larger

@@ -30,7 +30,7 @@ import ssl
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http import client as http_client
 from urllib.parse import quote, unquote_plus, urlsplit
 from xml.etree import ElementTree
@@ -136,8 +136,8 @@ class Signer:
 
 
 class S3Http:
-    """HeadBucket, ListObjectsV2 and streamed PutObject for one bucket, over
-    kept-alive connections.
+    """HeadBucket, ListObjectsV2, and streamed GetObject and PutObject for one
+    bucket, over kept-alive connections.
 
     Safe to use from several threads (the listing asks for key ranges in
     parallel, a worker's jobs write in parallel): each request takes an idle
@@ -224,11 +224,70 @@ class S3Http:
         if status >= 300:
             raise refusal(status, data)
 
+    def get_stream(self, key: str, chunk: int) -> Iterator[bytes]:
+        """GetObject: the body in chunks of up to ``chunk`` bytes, as it arrives.
+
+        The request is tried again like the others until its answer starts;
+        after that a failure, or a body shorter than its Content-Length
+        (which http.client lets pass silently), raises NativeError. The
+        connection goes back to the pool only once the body was read to its
+        end: a reader that stops early leaves the rest of it on the wire.
+        """
+        conn, response = self._answer_head("GET", self.address.path(key))
+        left = response.length
+        try:
+            while left is None or left > 0:
+                try:
+                    data = response.read(chunk if left is None else min(chunk, left))
+                except (OSError, http_client.HTTPException) as exc:
+                    raise NativeError(0, type(exc).__name__, f"reading from {self.address.host}: {exc}") from exc
+                if not data:
+                    if left:
+                        raise NativeError(0, "ConnectionClosed", f"{self.address.host} ended the answer {left} bytes short")
+                    break
+                if left is not None:
+                    left -= len(data)
+                yield data
+        except BaseException:
+            conn.close()
+            raise
+        if response.will_close:
+            conn.close()
+        else:
+            self._give_back(conn)
+
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+    def _answer_head(self, method: str, path: str) -> tuple[http_client.HTTPConnection, http_client.HTTPResponse]:
+        """Send a request without a body and read its answer's head, tried
+        again as :meth:`_send` does; a refusal raises NativeError."""
+        for attempt in range(ATTEMPTS):
+            last = attempt == ATTEMPTS - 1
+            conn = None
+            try:
+                conn = self._connection()
+                self._start(conn, method, path, "")
+                response = conn.getresponse()
+                if response.status < 300:
+                    return conn, response
+                body = response.read(LIST_ANSWER_LIMIT)
+            except (OSError, http_client.HTTPException) as exc:
+                if conn is not None:
+                    conn.close()
+                if last:
+                    raise NativeError(0, type(exc).__name__, f"{self.address.host}: {exc}") from None
+                time.sleep(0.1 * attempt)  # at once after a dropped idle connection
+                continue
+            conn.close()  # the rest of a refusal's answer may still be on its way
+            if response.status in RETRY_STATUSES and not last:
+                time.sleep(0.1 * (attempt + 1))
+                continue
+            raise refusal(response.status, body)
+        raise AssertionError("unreachable")
 
     def _send(self, method: str, path: str, query: dict[str, str], limit: int) -> bytes:
         """One request whose answer is small: its body, or NativeError."""
