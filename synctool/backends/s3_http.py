@@ -263,56 +263,45 @@ class S3Http:
             conn.close()
 
     def _answer_head(self, method: str, path: str) -> tuple[http_client.HTTPConnection, http_client.HTTPResponse]:
-        """Send a request without a body and read its answer's head, tried
-        again as :meth:`_send` does; a refusal raises NativeError."""
-        for attempt in range(ATTEMPTS):
-            last = attempt == ATTEMPTS - 1
-            conn = None
-            try:
-                conn = self._connection()
-                self._start(conn, method, path, "")
-                response = conn.getresponse()
-                if response.status < 300:
-                    return conn, response
-                body = response.read(LIST_ANSWER_LIMIT)
-            except (OSError, http_client.HTTPException) as exc:
-                if conn is not None:
-                    conn.close()
-                if last:
-                    raise NativeError(0, type(exc).__name__, f"{self.address.host}: {exc}") from None
-                time.sleep(0.1 * attempt)  # at once after a dropped idle connection
-                continue
-            conn.close()  # the rest of a refusal's answer may still be on its way
-            if response.status in RETRY_STATUSES and not last:
-                time.sleep(0.1 * (attempt + 1))
-                continue
-            raise refusal(response.status, body)
-        raise AssertionError("unreachable")
+        """Send a request without a body; its connection and its answer, whose
+        body is still to be read. Tried again as :meth:`_exchange` says."""
+        return self._exchange(method, path, "", None)  # type: ignore[return-value]
 
     def _send(self, method: str, path: str, query: dict[str, str], limit: int) -> bytes:
         """One request whose answer is small: its body, or NativeError."""
         encoded = "&".join(f"{quote(k, safe='~')}={quote(v, safe='~')}" for k, v in sorted(query.items()))
+        return self._exchange(method, path, encoded, limit)  # type: ignore[return-value]
+
+    def _exchange(self, method: str, path: str, query: str, limit: int | None):
+        """A request without a body, tried up to ATTEMPTS times: at once on a
+        connection that failed (an idle one the server had closed), after a
+        pause on a busy server's 5xx. A refusal raises NativeError. With a
+        ``limit`` the answer's body is read (at most that long) and returned;
+        without, (connection, answer) come back as soon as the answer starts."""
         for attempt in range(ATTEMPTS):
             last = attempt == ATTEMPTS - 1
             conn = None
             try:
                 conn = self._connection()
-                self._start(conn, method, path, encoded)
+                self._start(conn, method, path, query)
                 response = conn.getresponse()
-                body = response.read(limit + 1) if method != "HEAD" else response.read()
+                if limit is None and response.status < 300:
+                    return conn, response
+                wanted = LIST_ANSWER_LIMIT if limit is None else limit
+                body = response.read(wanted + 1) if method != "HEAD" else response.read()
             except (OSError, http_client.HTTPException) as exc:
                 if conn is not None:
                     conn.close()
                 if last:
                     raise NativeError(0, type(exc).__name__, f"{self.address.host}: {exc}") from None
-                time.sleep(0.1 * attempt)  # at once after a dropped idle connection
+                time.sleep(0.1 * attempt)
                 continue
-            if len(body) > limit or response.will_close:
+            if len(body) > wanted or response.will_close:
                 conn.close()  # the rest of a too long answer is still on its way
             else:
                 self._give_back(conn)
-            if len(body) > limit:
-                raise NativeError(response.status, "AnswerTooLarge", f"more than {limit} bytes")
+            if len(body) > wanted:
+                raise NativeError(response.status, "AnswerTooLarge", f"more than {wanted} bytes")
             if response.status in RETRY_STATUSES and not last:
                 time.sleep(0.1 * (attempt + 1))
                 continue
