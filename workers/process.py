@@ -134,7 +134,7 @@ def worker_main(
         return
     runner = ShardRunner(src, dst, settings, cancel, results, worker_id, f"w{worker_id}")
     results.put((MSG_READY, worker_id, os.getpid()))
-    connecting = threading.Thread(target=_connect_ahead, args=(dst, src), name="connect-ahead", daemon=True)
+    ahead = _ConnectAhead(dst, src)
     try:
         while True:
             with stop.interruptible():
@@ -142,8 +142,7 @@ def worker_main(
             if packed is None:
                 break
             if packed == CONNECT_AHEAD:
-                if connecting.ident is None:  # once
-                    connecting.start()
+                ahead.start()
                 continue
             runner.start(unpack(packed), stop.interruptible)
         runner.shutdown()
@@ -156,16 +155,31 @@ def worker_main(
         os._exit(130)
     finally:
         results.put((MSG_PEAK, worker_id, peak_rss()))
-        # Still logging in: no job used the backends, and closing them would
-        # wait for the login (seconds across a slow network) for nothing.
-        if not connecting.is_alive():
-            src.close()
-            dst.close()
+        for backend in (src, dst):
+            # One still logging in was used by no job (a job would have
+            # waited for that login), and closing it would wait for the login
+            # (seconds across a slow network) for nothing.
+            if backend is not ahead.connecting:
+                backend.close()
 
 
-def _connect_ahead(*backends: Backend) -> None:
-    for backend in backends:
-        try:
-            backend.connect_ahead()
-        except Exception as exc:  # noqa: BLE001 - the first job connects again and says why
-            logging.getLogger("synctool.worker").debug("connecting ahead failed: %s", redact(str(exc)))
+class _ConnectAhead:
+    """Backend.connect_ahead for each backend in turn, in a thread of its own, once."""
+
+    def __init__(self, *backends: Backend):
+        self.backends = backends
+        self.connecting: Backend | None = None  # the one whose connect_ahead is under way
+        self.thread = threading.Thread(target=self._run, name="connect-ahead", daemon=True)
+
+    def start(self) -> None:
+        if self.thread.ident is None:
+            self.thread.start()
+
+    def _run(self) -> None:
+        for backend in self.backends:
+            self.connecting = backend
+            try:
+                backend.connect_ahead()
+            except Exception as exc:  # noqa: BLE001 - the first job connects again and says why
+                logging.getLogger("synctool.worker").debug("connecting ahead failed: %s", redact(str(exc)))
+        self.connecting = None
