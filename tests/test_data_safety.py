@@ -536,8 +536,10 @@ def test_a_verify_run_stopped_during_a_read_back_leaves_only_exact_files_under_t
     src = tmp_path / "src"
     make_tree(src, {f"small/f{i}": os.urandom(1024) for i in range(200)}, mtime=OLD)
     (src / "big").mkdir()
+    # Large enough that a read-back lasts long enough to be seen on a busy
+    # machine (the test polls the processes' open files).
     for i in range(4):
-        write_big_file(src / "big" / f"b{i}", 32 << 20, seed=i)
+        write_big_file(src / "big" / f"b{i}", 64 << 20, seed=i)
     wanted = tree_digests(src)
     root = target.local_root
     stop_a_verifying_run(src, target.url, target.options, a_read_back_under_way(root, target.kind), sig)
