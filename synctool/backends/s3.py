@@ -163,7 +163,6 @@ def _new_open_lock() -> None:
 os.register_at_fork(after_in_child=_new_open_lock)
 
 
-
 def _holds_every_key_of(page: key_ranges.Page, start: str) -> bool:
     """Whether a listing's first page holds every key that begins with ``start``:
     it is the whole listing, or its last key sorts after all of them."""
@@ -183,6 +182,7 @@ def _starting_with(first: key_ranges.Page, page: key_ranges.PageOf) -> key_range
         return page(prefix, start_after, token, delimited)
 
     return answer
+
 
 class S3Backend(Backend):
     schemes = ("s3", "s3s")
@@ -377,8 +377,8 @@ class S3Backend(Backend):
         return self._http_obj
 
     def connect_ahead(self) -> None:
-        """A kept-alive connection for the streamed PUTs of large files (small
-        ones go through awscrt, which connects on its own)."""
+        """A kept-alive connection for the streamed GETs and PUTs of large
+        files (small ones go through awscrt, which connects on its own)."""
         http = self._http
         if http is not None:
             http.connect_ahead()

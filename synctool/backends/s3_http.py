@@ -1,4 +1,4 @@
-"""S3 over plain keep-alive HTTP, signed here: probes, listings and streamed PUTs.
+"""S3 over plain keep-alive HTTP, signed here: probes, listings, streamed GETs and PUTs.
 
 Why: the coordinator asks an S3 side a few small things before the first
 copy (is the bucket there, are there journals, the listing's pages). Across
@@ -9,8 +9,9 @@ runs event-loop threads that a later fork must wait out. Here a request is
 signed with AWS Signature Version 4 (a few HMACs of the standard library)
 and sent over a connection kept alive between requests, so the probe, the
 journal lookup and the listing share one. A worker's streamed PUTs (a file
-whose BLAKE3 is known before its bytes) go the same way, so a worker that
-copies from a local disk never loads awscrt.
+whose BLAKE3 is known before its bytes) and its reads of large objects go
+the same way, so a worker that copies a local disk to S3 never loads awscrt,
+and one that reads large objects never loads boto3.
 
 It also holds what this module and s3_native share: where a bucket is
 addressed, S3's error answers, and listing pages parsed with ElementTree.
